@@ -1,0 +1,1 @@
+"""Built-in objectives (installed as prefopt.algorithms)."""

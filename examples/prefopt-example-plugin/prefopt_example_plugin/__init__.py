@@ -1,0 +1,1 @@
+"""Example prefopt plugin."""

@@ -1,0 +1,3 @@
+from prefopt.cli import main
+
+raise SystemExit(main())

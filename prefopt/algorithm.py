@@ -1,0 +1,85 @@
+"""The contract every objective implements, built-in or plugin.
+
+An algorithm is a small class with a nested ``Config`` dataclass and declared
+capabilities. The trainer branches on the capabilities, never on names.
+
+Offline paired objectives implement ``loss(policy, reference, batch)`` where
+``policy`` and ``reference`` are :class:`PairLogps` (per-sequence response
+log-probs of the chosen and rejected sides; ``reference`` is ``None`` when
+``needs_reference`` is False). The loss is a pure function of these tensors:
+no model, trainer or device inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from prefopt.logprobs import SequenceLogps
+
+
+@dataclass
+class PairLogps:
+    """Response log-probs for B preference pairs."""
+
+    chosen: SequenceLogps  # sum / tokens, each (B,)
+    rejected: SequenceLogps  # sum / tokens, each (B,)
+
+    @classmethod
+    def from_concatenated(cls, seq: SequenceLogps) -> "PairLogps":
+        """Split a (2B,) forward whose first B rows are chosen, last B rejected."""
+        half = seq.sum.shape[0] // 2
+        return cls(chosen=seq.index(slice(0, half)), rejected=seq.index(slice(half, None)))
+
+
+@dataclass
+class LossOutput:
+    """What a loss returns.
+
+    losses: (B,) per-example values with the sign that is minimised. The trainer
+        sums them and divides by the global batch size, so gradient accumulation
+        gives the same update as one large batch.
+    metrics: detached (B,) tensors averaged by the trainer and logged. By
+        convention ``margin`` (chosen minus rejected implicit reward) and
+        ``accuracy`` (1 when the chosen side wins, 0.5 on a tie) drive the
+        progress bar and the held-out preference accuracy.
+    """
+
+    losses: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class NoConfig:
+    """An algorithm without options."""
+
+
+class Algorithm:
+    """Base class for objectives. Subclass, set the class attributes, implement loss.
+
+    The first line of the class docstring is the one-line description shown by
+    ``prefopt list``.
+    """
+
+    Config: ClassVar[type] = NoConfig
+    needs_reference: ClassVar[bool] = True  # needs log-probs of the frozen starting model
+    paired: ClassVar[bool] = True  # trains on (prompt, chosen, rejected) pairs
+    online: ClassVar[bool] = False  # samples from the policy during training
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0].strip() if doc else ""
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        raise NotImplementedError(f"{type(self).__name__} does not implement loss()")
+
+
+def preference_accuracy(margin: torch.Tensor) -> torch.Tensor:
+    """(B,) 1 where the chosen side's implicit reward is higher, 0.5 on an exact tie."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()

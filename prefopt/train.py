@@ -1,0 +1,340 @@
+"""The offline training loop. It reads an algorithm's capabilities
+(``needs_reference``, ``paired``, ``online``) and never its name.
+
+Order of work in :func:`train`: every cheap check first (algorithm, output
+folder, data, tokenisation), so bad input fails before anything is written;
+then the model, the reference, the loop. A run folder is finished when its
+``summary.json`` exists; that file is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import shutil
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from prefopt.algorithm import Algorithm, PairLogps
+from prefopt.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from prefopt.config import RunConfig, as_flat_dict
+from prefopt.data import bucketed_batches, collate_pairs, load_records, tokenize_pairs
+from prefopt.errors import PrefoptError
+from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.logprobs import forward_logps
+from prefopt.models import (
+    LoraSettings,
+    autocast,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    pick_device,
+    resolve_precision,
+    save_trained,
+)
+from prefopt.reference import build_reference, resolve_reference_mode
+
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+EVAL_SPLIT_SEED = 12345  # fixed, so every seed of a sweep is judged on the same held-out pairs
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def default_output_dir(algo_name: str) -> Path:
+    return Path("runs") / f"{algo_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_output_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one that is not there. Writes nothing."""
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise PrefoptError(f"cannot resume: '{out}' holds no run (no {CONFIG})")
+        if (out / SUMMARY).exists():
+            raise PrefoptError(f"cannot resume: '{out}' is already a finished run")
+        return
+    if (out / SUMMARY).exists():
+        raise PrefoptError(f"output folder '{out}' already holds a finished run; choose another output_dir")
+    if out.exists() and any(out.iterdir()):
+        raise PrefoptError(f"output folder '{out}' is not empty; resume it with --resume {out} or choose another")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PrefoptError(f"output folder '{out}' cannot be created: '{parent}' is a file")
+
+
+def create_output_dir(out: Path) -> bool:
+    """Create the folder and prove it is writable. Returns True if it is new."""
+    existed = out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PrefoptError(f"output folder '{out}' is not writable ({exc.strerror or exc})") from None
+    return not existed
+
+
+# ---------------------------------------------------------------- data order
+
+
+def split_indices(n: int, eval_size: int, source: str) -> tuple[list[int], list[int]]:
+    """A fixed random held-out split (independent of the run's seed)."""
+    if n - eval_size < 1:
+        raise PrefoptError(f"{source}: only {n} pairs, not enough for eval_size={eval_size} held-out pairs plus training")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SPLIT_SEED)).tolist()
+    return sorted(perm[eval_size:]), sorted(perm[:eval_size])
+
+
+def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, seed: int) -> Iterator[list[int]]:
+    """Endless global batches of example ids, epoch after epoch.
+
+    Each epoch's order is a pure function of (seed, epoch): length-bucketed,
+    then shuffled. Incomplete batches are dropped (unless there is no complete
+    one) so every optimizer step sees the same number of pairs.
+    """
+    epoch = 0
+    while True:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        batches = bucketed_batches([lengths[i] for i in train_ids], global_batch, gen)
+        full = [b for b in batches if len(b) == global_batch] or batches
+        for batch in full:
+            yield [train_ids[i] for i in batch]
+        epoch += 1
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr for update `step` (0-based): linear warm-up, then decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds what one run needs; `fit` runs the loop."""
+
+    def __init__(self, algorithm: Algorithm, run: RunConfig, out: Path, model, tokenizer, examples, reference, device, precision):
+        self.algorithm, self.run, self.out = algorithm, run, out
+        self.model, self.tokenizer, self.examples = model, tokenizer, examples
+        self.reference, self.device, self.precision = reference, device, precision
+        self.collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=run.lr, weight_decay=run.weight_decay)
+        warmup = int(round(run.warmup_ratio * run.steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, run.steps, warmup, run.schedule)
+        )
+
+    def _batch(self, ids: list[int]) -> dict:
+        batch = self.collate([self.examples[i] for i in ids])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def compute_loss(self, batch: dict):
+        with autocast(self.precision, self.device):
+            policy = PairLogps.from_concatenated(forward_logps(self.model, batch))
+        reference = self.reference.pair_logps(batch) if self.reference is not None else None
+        return self.algorithm.loss(policy, reference, batch)
+
+    def train_step(self, ids: list[int]) -> dict[str, float]:
+        """One optimizer update over a global batch, split into micro-batches.
+
+        Each micro-batch's summed loss is divided by the global batch size, so
+        accumulation gives the same gradient as one big batch.
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        tokens = 0
+        for start in range(0, len(ids), self.run.batch_size):
+            batch = self._batch(ids[start : start + self.run.batch_size])
+            out = self.compute_loss(batch)
+            (out.losses.sum() / len(ids)).backward()
+            sums["loss"] += float(out.losses.detach().sum())
+            for key, value in out.metrics.items():
+                sums[key] += float(value.detach().float().sum())
+            tokens += int(batch["attention_mask"].sum())
+        max_norm = self.run.max_grad_norm if self.run.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**{k: v / len(ids) for k, v in sums.items()}, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
+
+    @torch.no_grad()
+    def evaluate(self, ids: list[int]) -> dict[str, float]:
+        """Mean loss and metrics on held-out pairs (dropout off)."""
+        if not ids:
+            return {}
+        self.model.eval()
+        sums: dict[str, float] = defaultdict(float)
+        for start in range(0, len(ids), self.run.batch_size):
+            out = self.compute_loss(self._batch(ids[start : start + self.run.batch_size]))
+            sums["loss"] += float(out.losses.sum())
+            for key, value in out.metrics.items():
+                sums[key] += float(value.float().sum())
+        self.model.train()
+        return {f"eval_{k}": v / len(ids) for k, v in sums.items()}
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget rows logged after the checkpoint (they will be redone)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _progress_postfix(row: dict) -> dict[str, str]:
+    shown = {"loss": "loss", "margin": "margin", "accuracy": "acc"}
+    return {label: f"{row[key]:.3f}" for key, label in shown.items() if key in row}
+
+
+def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path | None = None) -> dict:
+    """Train `algorithm` as configured by `run`; returns the run summary."""
+    if algorithm.online or not algorithm.paired:
+        need = "on-policy rollouts" if algorithm.online else "unpaired labels"
+        raise PrefoptError(f"algorithm '{algo_name}' trains on {need}; this trainer runs offline paired objectives")
+    out = Path(resume_dir) if resume_dir else Path(run.output_dir or default_output_dir(algo_name))
+    check_output_dir(out, resume=resume_dir is not None)
+
+    # --- everything that can reject the input, before anything is written
+    random.seed(run.seed)
+    torch.manual_seed(run.seed)
+    tokenizer = load_tokenizer(run.model)
+    records = load_records(run.data, "paired")
+    examples, truncation = tokenize_pairs(records, tokenizer, run.max_length, run.max_prompt_length, source=run.data)
+    train_ids, eval_ids = split_indices(len(examples), run.eval_size, run.data)
+    global_batch = run.batch_size * run.grad_accum
+    device = pick_device()
+    precision = resolve_precision(run.precision, device)
+
+    created = create_output_dir(out)
+    try:
+        return _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, train_ids, eval_ids,
+                         global_batch, device, precision, resume=resume_dir is not None)
+    except PrefoptError:
+        if created and latest_checkpoint(out) is None:
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
+        raise
+
+
+def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, train_ids, eval_ids,
+              global_batch, device, precision, resume) -> dict:
+    started = time.perf_counter()
+    if not resume:
+        atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
+    lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
+    torch.manual_seed(run.seed)  # LoRA initialisation
+    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device)
+
+    reference = None
+    if algorithm.needs_reference:
+        mode = resolve_reference_mode(run.reference, run.adapter)
+        reference = build_reference(
+            mode, model, run.adapter,
+            examples=examples,
+            collate=partial(collate_pairs, pad_id=tokenizer.pad_token_id),
+            batch_size=run.batch_size,
+            fingerprint=f"{model_fingerprint(run.model)}|{run.max_length}|{run.max_prompt_length}",
+            autocast=partial(autocast, precision, device),
+            progress=run.progress,
+        )
+
+    trainer = Trainer(algorithm, run, out, model, tokenizer, examples, reference, device, precision)
+    metrics_path = out / METRICS
+    step, state = 0, {}
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, trainer.optimizer, trainer.scheduler)
+        step = state["step"]
+        _truncate_metrics(metrics_path, step)
+    elif resume:
+        metrics_path.unlink(missing_ok=True)  # stopped before the first checkpoint: start over
+
+    eval_before = state.get("eval_before") or trainer.evaluate(eval_ids)
+    if step == 0 and eval_before:
+        _append_metrics(metrics_path, {"step": 0, **eval_before})
+    lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples]
+    stream = batch_stream(train_ids, lengths, global_batch, run.seed)
+    for _ in range(step):  # skip the batches a checkpoint already trained on
+        next(stream)
+
+    step_seconds: list[float] = []
+    recent: list[dict] = []
+    bar = tqdm(total=run.steps, initial=step, desc=algo_name, disable=not run.progress, file=sys.stderr)
+    while step < run.steps:
+        t0 = time.perf_counter()
+        row = trainer.train_step(next(stream))
+        step += 1
+        step_seconds.append(time.perf_counter() - t0)
+        row = {"step": step, **row, "seconds": step_seconds[-1]}
+        recent = (recent + [row])[-10:]
+        if run.eval_every and step % run.eval_every == 0 and step < run.steps:
+            row.update(trainer.evaluate(eval_ids))
+        _append_metrics(metrics_path, row)
+        bar.set_postfix(_progress_postfix(row))
+        bar.update(1)
+        if run.save_every and step % run.save_every == 0 and step < run.steps:
+            save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before})
+    bar.close()
+
+    eval_after = trainer.evaluate(eval_ids)
+    if eval_after:
+        _append_metrics(metrics_path, {"step": step, **eval_after})
+    saved = save_trained(model, tokenizer, out, merge=run.merge)
+    remove_checkpoints(out)
+    final_train = {k: statistics.fmean(r[k] for r in recent) for k in recent[0] if k != "step"} if recent else {}
+    summary = {
+        "algo": algo_name,
+        "steps": step,
+        "train_pairs": len(train_ids),
+        "eval_pairs": len(eval_ids),
+        "global_batch": global_batch,
+        "truncation": asdict(truncation),
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        "train_last10": final_train,
+        "seconds_total": time.perf_counter() - started,
+        "seconds_per_step_median": statistics.median(step_seconds) if step_seconds else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "device": str(device),
+        "precision": precision,
+        "reference": reference.mode if reference is not None else None,
+        "outputs": saved,
+        "provenance": provenance(),
+    }
+    atomic_write_json(out / SUMMARY, summary)
+    return summary

@@ -1,0 +1,35 @@
+"""Small data files and CLI wrappers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefopt.cli import main
+
+TOPICS = ["cats", "rain", "maps", "tea", "bikes", "stars", "books", "songs", "trees", "boats", "clocks", "bread"]
+
+
+def write_learnable_pairs(path: Path, n: int = 48) -> Path:
+    """A trivially learnable preference set: the chosen answer is always 'yes', the rejected 'no'."""
+    with path.open("w") as f:
+        for i in range(n):
+            prompt = f"Question {i}: do you like {TOPICS[i % len(TOPICS)]}?"
+            f.write(json.dumps({"prompt": prompt, "chosen": "yes", "rejected": "no"}) + "\n")
+    return path
+
+
+def tiny_run_args(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out),
+        "precision=fp32", "progress=false", "max_length=64", "max_prompt_length=48",
+        "batch_size=4", "eval_size=8", "lora_r=8", "lora_alpha=16", *extra,
+    ]
+
+
+def run_cli(args: list[str]) -> int:
+    return main([str(a) for a in args])
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
