@@ -258,7 +258,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, t
         atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA initialisation
-    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device)
+    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
 
     reference = None
     if algorithm.needs_reference:

@@ -20,7 +20,7 @@ def pairs(tmp_path):
 
 def test_dpo_learns_a_trivial_preference(tiny_model_dir, pairs, tmp_path, capsys):
     out = tmp_path / "run"
-    code = run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=20", "lr=1e-2"))
+    code = run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=20", "lr=1e-2", "beta=0.5"))
     assert code == 0, capsys.readouterr().err
     rows = [r for r in read_metrics(out) if "loss" in r]
     # LoRA starts as a no-op, so policy == reference and the first loss is exactly ln 2.
