@@ -29,7 +29,7 @@ def write_pairs(path: Path, n: int, prompt_words: int, response_words: int) -> N
         for i in range(n):
             prompt = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(prompt_words))
             chosen = " ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(response_words))
-            rejected = " ".join(WORDS[(3 * i + k + 1) % len(WORDS)] for k in range(response_words))
+            rejected = " ".join(reversed(chosen.split()[1:])) + " no"  # same length, never identical
             f.write(json.dumps({"prompt": f"{i}: {prompt}", "chosen": chosen, "rejected": rejected}) + "\n")
 
 
@@ -74,8 +74,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
-        # ~1.3 tokens per word with this tokenizer: fill the prompt half and the response half
-        write_pairs(data, n=200, prompt_words=args.max_length // 3, response_words=args.max_length // 3)
+        # Long enough that truncation makes every sequence exactly max_length tokens:
+        # the prompt keeps its last max_length/2, the response its first max_length/2.
+        write_pairs(data, n=200, prompt_words=args.max_length // 2, response_words=args.max_length // 2)
         for precision in args.precisions.split(","):
             results.append(run_one(data, Path(tmp) / f"run-{precision}", precision, args))
             print(json.dumps(results[-1]), flush=True)
