@@ -9,15 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from prefopt.config import RunConfig, format_options
 from prefopt.errors import PrefoptError
 
 EPILOG_RUN = """\
 options are key=value pairs after the flags, e.g.
   prefopt run --algo dpo steps=100 lr=1e-4 beta=0.2 adapter=qlora
 precedence: defaults < --config FILE.yaml < flags < key=value.
-Run options: see README (model, data, adapter, lora_r, reference, precision,
-steps, batch_size, grad_accum, lr, schedule, max_length, eval_size, save_every,
-seed, merge, ...). Algorithm options: see `prefopt list` and the README table.
+Each algorithm's own options: prefopt list --options
+
+run options (key=default):
+{options}
 """
 
 
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="train one algorithm",
         description="Train a policy with one registered algorithm.",
-        epilog=EPILOG_RUN,
+        epilog=EPILOG_RUN.format(options=format_options(RunConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--algo", help="algorithm name (see `prefopt list`); default dpo")
@@ -42,11 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     run.add_argument("options", nargs="*", metavar="key=value", help="any run or algorithm option")
 
-    sub.add_parser("list", help="list registered algorithms", description="List registered algorithms.")
+    lister = sub.add_parser("list", help="list registered algorithms", description="List registered algorithms.")
+    lister.add_argument("--options", action="store_true", help="also show each algorithm's options and defaults")
     return parser
 
 
-def cmd_list() -> int:
+def cmd_list(show_options: bool = False) -> int:
     from prefopt.registry import discover
 
     found = discover()
@@ -64,6 +67,9 @@ def cmd_list() -> int:
     print(f"{'ALGORITHM':<{width_name}}  {'PACKAGE':<{width_pkg}}  DESCRIPTION")
     for name, package, description in rows:
         print(f"{name:<{width_name}}  {package:<{width_pkg}}  {description}")
+        entries = found[name]
+        if show_options and len(entries) == 1 and entries[0].cls is not None:
+            print(format_options(entries[0].cls.Config, indent=" " * 4))
     return 0
 
 
@@ -111,7 +117,6 @@ def cmd_run(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     before, after = summary["eval_before"], summary["eval_after"]
-    out = Path(summary["outputs"].get("adapter") or next(iter(summary["outputs"].values()))).parent
     print(f"trained {summary['algo']} for {summary['steps']} steps in {summary['seconds_total']:.0f} s "
           f"({summary['seconds_per_step_median']:.2f} s/step median)")
     if "eval_accuracy" in after:
@@ -123,7 +128,7 @@ def _print_summary(summary: dict) -> None:
               f"of {trunc['rows']} rows")
     for kind, path in summary["outputs"].items():
         print(f"{kind}: {path}")
-    print(f"run folder: {out}")
+    print(f"run folder: {summary['output_dir']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "list":
-            return cmd_list()
+            return cmd_list(args.options)
         parser.print_help()
         return 0
     except PrefoptError as exc:

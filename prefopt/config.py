@@ -27,26 +27,26 @@ class RunConfig:
     model: str = "smollm2-135m-instruct"  # hub id, local HF folder, .gguf file, or the bundled default
     data: str = "builtin:qa"  # data file/folder, builtin:<task>, or a hub dataset name
     output_dir: str = ""  # empty: runs/<algo>-<date>-<time>
-    adapter: Literal["lora", "qlora", "full"] = "lora"  # what is trained
+    adapter: Literal["lora", "qlora", "full"] = "lora"  # lora | qlora (4-bit base + LoRA) | full
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path
     lora_target_modules: str = "all-linear"  # or comma-separated module names
-    reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"  # how reference log-probs are made
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast where the hardware supports it
+    reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"  # auto | adapter (disabled) | copy (frozen) | precomputed (cached)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto (bf16 autocast where supported) | bf16 | fp32
     steps: int = 60  # optimizer steps
     batch_size: int = 8  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum)
     lr: float = 2e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # cosine | linear | constant, after warm-up
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
-    eval_size: int = 64  # held-out pairs (taken from the end of the data)
+    eval_size: int = 64  # held-out pairs (a fixed random split of the data)
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
-    save_every: int = 0  # checkpoint every N steps (0: only at the end of training)
+    save_every: int = 0  # checkpoint every N steps for --resume (0: none)
     seed: int = 0  # one seed for data order, initialisation and dropout
     merge: bool = False  # also save the LoRA-merged full model
     progress: bool = True  # show a progress bar
@@ -162,6 +162,35 @@ def split_options(values: dict[str, Any], algo_config_cls: type, source: str) ->
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise PrefoptError(f"{source}: unknown option '{key}'{hint}")
     return build(RunConfig, run_values), build(algo_config_cls, algo_values)
+
+
+def describe_options(cls: type) -> list[tuple[str, str, str]]:
+    """(name, default, comment) for each field of a config dataclass, read from its source.
+
+    The one-line comment after each field is its documentation, so help text
+    and code cannot drift apart.
+    """
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        source = ""
+    comments = dict(re.findall(r"^\s*(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
+    out = []
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        out.append((f.name, repr(default) if isinstance(default, str) else str(default), comments.get(f.name, "")))
+    return out
+
+
+def format_options(cls: type, indent: str = "  ") -> str:
+    rows = describe_options(cls)
+    if not rows:
+        return f"{indent}(none)"
+    width = max(len(f"{n}={d}") for n, d, _ in rows)
+    return "\n".join(f"{indent}{f'{n}={d}':<{width}}  {c}".rstrip() for n, d, c in rows)
 
 
 def as_flat_dict(algo: str, run: RunConfig, algo_config: Any) -> dict[str, Any]:

@@ -319,6 +319,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, t
     final_train = {k: statistics.fmean(r[k] for r in recent) for k in recent[0] if k != "step"} if recent else {}
     summary = {
         "algo": algo_name,
+        "output_dir": str(out),
         "steps": step,
         "train_pairs": len(train_ids),
         "eval_pairs": len(eval_ids),

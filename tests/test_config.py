@@ -72,3 +72,12 @@ def test_yaml_errors(tmp_path):
 def test_defaults_are_a_complete_config():
     assert RunConfig().model == "smollm2-135m-instruct"
     assert RunConfig().data == "builtin:qa"
+
+
+def test_option_help_is_read_from_the_field_comments():
+    from prefopt.config import describe_options
+
+    rows = {name: (default, comment) for name, default, comment in describe_options(RunConfig)}
+    assert rows["steps"] == ("60", "optimizer steps")
+    assert rows["model"][0] == "'smollm2-135m-instruct'"
+    assert all(comment for _, comment in rows.values())  # every run option is documented
