@@ -53,7 +53,7 @@ class DPO(Algorithm):
                 raise PrefoptError(f"option 'label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         losses, reward_chosen, reward_rejected = dpo_loss(

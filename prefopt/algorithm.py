@@ -3,11 +3,20 @@
 An algorithm is a small class with a nested ``Config`` dataclass and declared
 capabilities. The trainer branches on the capabilities, never on names.
 
-Offline paired objectives implement ``loss(policy, reference, batch)`` where
-``policy`` and ``reference`` are :class:`PairLogps` (per-sequence response
-log-probs of the chosen and rejected sides; ``reference`` is ``None`` when
-``needs_reference`` is False). The loss is a pure function of these tensors:
-no model, trainer or device inside it.
+Offline objectives implement ``loss(policy, reference, batch)``; what
+``policy`` and ``reference`` hold follows from two declarations:
+
+=================  ======  =====================================================
+``inputs``         head    ``policy`` / ``reference`` passed to ``loss``
+=================  ======  =====================================================
+``pairs``          lm      :class:`PairLogps` (chosen and rejected log-probs)
+``unpaired``       lm      :class:`UnpairedLogps` (own and mismatched completions)
+``demonstrations`` lm      :class:`~prefopt.logprobs.SequenceLogps`
+``pairs``          scalar  :class:`PairRewards` (one scalar per response)
+=================  ======  =====================================================
+
+``reference`` is ``None`` when ``needs_reference`` is False. The loss is a
+pure function of these tensors: no model, trainer or device inside it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,22 @@ class PairLogps:
         """Split a (2B,) forward whose first B rows are chosen, last B rejected."""
         half = seq.sum.shape[0] // 2
         return cls(chosen=seq.index(slice(0, half)), rejected=seq.index(slice(half, None)))
+
+
+@dataclass
+class UnpairedLogps:
+    """Log-probs for B labelled (prompt, completion) examples, as KTO needs them."""
+
+    completion: SequenceLogps  # (B,) each example's own completion
+    mismatched: SequenceLogps  # (B,) the same prompts with another example's completion (no grad)
+
+
+@dataclass
+class PairRewards:
+    """Scalar rewards of a reward head for B pairs."""
+
+    chosen: torch.Tensor  # (B,)
+    rejected: torch.Tensor  # (B,)
 
 
 @dataclass
@@ -64,8 +89,9 @@ class Algorithm:
     """
 
     Config: ClassVar[type] = NoConfig
+    inputs: ClassVar[str] = "pairs"  # "pairs" | "unpaired" (labelled completions) | "demonstrations"
+    head: ClassVar[str] = "lm"  # "lm": response log-probs | "scalar": a reward head on the last token
     needs_reference: ClassVar[bool] = True  # needs log-probs of the frozen starting model
-    paired: ClassVar[bool] = True  # trains on (prompt, chosen, rejected) pairs
     online: ClassVar[bool] = False  # samples from the policy during training
 
     def __init__(self, config=None):

@@ -119,8 +119,8 @@ def _print_summary(summary: dict) -> None:
     before, after = summary["eval_before"], summary["eval_after"]
     print(f"trained {summary['algo']} for {summary['steps']} steps in {summary['seconds_total']:.0f} s "
           f"({summary['seconds_per_step_median']:.2f} s/step median)")
-    if "eval_accuracy" in after:
-        print(f"held-out preference accuracy: {before['eval_accuracy']:.3f} -> {after['eval_accuracy']:.3f} "
+    if "eval_pref_accuracy" in after:
+        print(f"held-out preference accuracy: {before['eval_pref_accuracy']:.3f} -> {after['eval_pref_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs)")
     trunc = summary["truncation"]
     if trunc.get("truncated_prompts") or trunc.get("truncated_responses"):

@@ -38,11 +38,15 @@ Formats, detected from the columns (extra columns are ignored)
 - ``prompt`` + ``completion`` + ``label`` -> unpaired (KTO). ``label`` is a
   boolean; the strings "true"/"false" and the numbers 0/1 (CSV) are accepted.
   ``completion`` is a string or a message list as above.
+- ``prompt`` + ``completion`` without ``label`` -> demonstrations (SFT): every
+  completion is a desirable example.
 - ``prompt`` alone -> prompts only (string or message list).
 
 A plain string prompt becomes ``[{"role": "user", "content": prompt}]``.
 
-Kinds: ``"paired"`` needs paired data; ``"unpaired"`` takes unpaired data or
+Kinds: ``"native"`` keeps the records as the format gives them;
+``"demonstrations"`` takes the chosen side of pairs, the desirable examples of
+unpaired data, or demonstrations; ``"paired"`` needs paired data; ``"unpaired"`` takes unpaired data or
 splits each pair into (prompt, chosen, True) and (prompt, rejected, False);
 ``"prompt"`` takes the prompts of any data, deduplicated, first occurrence kept.
 
@@ -73,7 +77,7 @@ from prefopt.errors import PrefoptError
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
-KINDS = ("paired", "unpaired", "prompt")
+KINDS = ("paired", "unpaired", "demonstrations", "prompt", "native")
 _LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 _HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -277,10 +281,14 @@ def detect_format(columns: Sequence[str], name: str = "data") -> str:
             raise _missing_column(name, "prompt", cols)
         return "paired-implicit"
     if has & {"completion", "label"}:
-        for needed in ("prompt", "completion", "label"):
+        for needed in ("prompt", "completion"):
             if needed not in has:
                 raise _missing_column(name, needed, cols)
-        return "unpaired"
+        if "label" in has:
+            return "unpaired"
+        if _close("label", others, cutoff=0.75):  # 'lable', 'labels'
+            raise _missing_column(name, "label", cols)
+        return "demonstrations"
     if "prompt" in has:
         return "prompt"
     for known in ("prompt", "chosen", "rejected", "completion", "label"):
@@ -443,10 +451,12 @@ def _label(row: _Row) -> bool:
     raise row.error("label", f"expected a boolean (true/false or 1/0), got {_type_name(value)} {shown}")
 
 
-def _unpaired(row: _Row) -> UnpairedRecord:
+def _unpaired(row: _Row, labelled: bool = True) -> UnpairedRecord:
+    """prompt + completion (+ label); a demonstration (no label column) is a desirable example."""
     prompt = row.prompt()
     lead, completion = row.response("completion")
-    return UnpairedRecord(prompt=tuple(_join_prompt(prompt, lead)), completion=completion, label=_label(row), row=row.row)
+    label = _label(row) if labelled else True
+    return UnpairedRecord(prompt=tuple(_join_prompt(prompt, lead)), completion=completion, label=label, row=row.row)
 
 
 # ---------------------------------------------------------------- kinds
@@ -476,11 +486,19 @@ def unique_prompts(records: Sequence) -> list[PromptRecord]:
 def as_kind(records: list, kind: str, name: str = "data") -> list:
     """Convert paired/unpaired/prompt records to the requested kind (or explain why not)."""
     _check_kind(kind)
+    if kind == "native":
+        return records
     if kind == "prompt":
         return unique_prompts(records)
     if not records:
         return records
     first = records[0]
+    if kind == "demonstrations":
+        if isinstance(first, PreferenceRecord):  # the chosen side of each pair
+            return [UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row) for r in records]
+        if isinstance(first, UnpairedRecord):  # desirable examples only
+            return [r for r in records if r.label]
+        raise PrefoptError(f"{name} holds prompts only; this needs demonstrations (prompt, completion)")
     if kind == "paired":
         if isinstance(first, PreferenceRecord):
             return records
@@ -523,6 +541,8 @@ def _record(fmt: str, row: _Row):
         return _pair(row, implicit=True)
     if fmt == "unpaired":
         return _unpaired(row)
+    if fmt == "demonstrations":
+        return _unpaired(row, labelled=False)
     return PromptRecord(prompt=tuple(row.prompt()), row=row.row)
 
 

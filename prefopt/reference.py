@@ -64,7 +64,7 @@ def _is_peft(model) -> bool:
 
 
 @contextlib.contextmanager
-def _starting_model(policy):
+def starting_model(policy):
     """The policy as it was at step 0: adapters disabled for LoRA, itself otherwise.
 
     Only valid for full fine-tuning before the first optimizer step.
@@ -254,7 +254,7 @@ def _compute_table(policy, batches, device, autocast, progress) -> dict[str, tor
     total = sum(int(b["index"].shape[0]) for b in batches)
     with tqdm(total=total, desc="reference log-probs", unit="pair", disable=not progress) as bar:
         for batch in batches:
-            with _starting_model(policy) as model, torch.no_grad(), autocast():
+            with starting_model(policy) as model, torch.no_grad(), autocast():
                 pair = PairLogps.from_concatenated(forward_logps(model, _to_device(batch, device)))
             index = batch["index"]  # (B,)
             table["chosen_sum"][index] = pair.chosen.sum.float().cpu()

@@ -1,5 +1,5 @@
 """The offline training loop. It reads an algorithm's capabilities
-(``needs_reference``, ``paired``, ``online``) and never its name.
+(``inputs``, ``head``, ``needs_reference``, ``online``) and never its name.
 
 Order of work in :func:`train`: every cheap check first (algorithm, output
 folder, data, tokenisation), so bad input fails before anything is written;
@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -28,13 +28,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from prefopt.algorithm import Algorithm, PairLogps
+from prefopt.algorithm import Algorithm, preference_accuracy
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from prefopt.config import RunConfig, as_flat_dict
-from prefopt.data import bucketed_batches, collate_pairs, load_records, tokenize_pairs
+from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, load_records, tokenize_pairs
 from prefopt.errors import PrefoptError
+from prefopt.heads import attach_scalar_head
+from prefopt.inputs import PairInputs, RewardPairInputs, inputs_for
 from prefopt.io import atomic_write_json, atomic_write_text, provenance
-from prefopt.logprobs import forward_logps
 from prefopt.models import (
     LoraSettings,
     autocast,
@@ -45,7 +46,7 @@ from prefopt.models import (
     resolve_precision,
     save_trained,
 )
-from prefopt.reference import build_reference, resolve_reference_mode
+from prefopt.reference import build_reference, resolve_reference_mode, starting_model
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -95,12 +96,48 @@ def create_output_dir(out: Path) -> bool:
 # ---------------------------------------------------------------- data order
 
 
-def split_indices(n: int, eval_size: int, source: str) -> tuple[list[int], list[int]]:
-    """A fixed random held-out split (independent of the run's seed)."""
+def split_records(records: list, eval_size: int, source: str) -> tuple[list, list]:
+    """A fixed random held-out split of the source rows (independent of the run's seed).
+
+    The split is made on the rows as the file holds them, before pairs are
+    turned into unpaired examples or demonstrations, so every algorithm is
+    judged on the same held-out rows.
+    """
+    n = len(records)
     if n - eval_size < 1:
-        raise PrefoptError(f"{source}: only {n} pairs, not enough for eval_size={eval_size} held-out pairs plus training")
+        raise PrefoptError(f"{source}: only {n} rows, not enough for eval_size={eval_size} held-out rows plus training")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SPLIT_SEED)).tolist()
-    return sorted(perm[eval_size:]), sorted(perm[:eval_size])
+    held = set(perm[:eval_size])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+@dataclass
+class Prepared:
+    """Tokenised data for one run: the algorithm's examples and the held-out pairs."""
+
+    examples: list  # the algorithm's kind; train first, then held-out
+    train_ids: list[int]
+    eval_ids: list[int]
+    eval_pairs: list  # TokenizedPair of the held-out rows when the data is paired (else empty)
+    truncation: object
+
+
+def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
+    """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
+    records = load_records(run.data, "native")
+    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_items = as_kind(train_records, inputs.data_kind, run.data)
+    eval_items = as_kind(eval_records, inputs.data_kind, run.data)
+    if not train_items:
+        raise PrefoptError(f"{run.data}: no training examples of the kind this algorithm needs ({inputs.data_kind})")
+    examples, truncation = inputs.tokenize(
+        train_items + eval_items, tokenizer, run.max_length, run.max_prompt_length, run.data
+    )
+    eval_pairs = []
+    if eval_records and isinstance(eval_records[0], PreferenceRecord):
+        eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    n_train = len(train_items)
+    return Prepared(examples, list(range(n_train)), list(range(n_train, len(examples))), eval_pairs, truncation)
 
 
 def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, seed: int) -> Iterator[list[int]]:
@@ -138,11 +175,22 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 class Trainer:
     """Holds what one run needs; `fit` runs the loop."""
 
-    def __init__(self, algorithm: Algorithm, run: RunConfig, out: Path, model, tokenizer, examples, reference, device, precision):
+    def __init__(self, algorithm: Algorithm, run: RunConfig, out: Path, model, tokenizer, data: Prepared,
+                 reference, device, precision):
         self.algorithm, self.run, self.out = algorithm, run, out
-        self.model, self.tokenizer, self.examples = model, tokenizer, examples
+        self.model, self.tokenizer, self.examples = model, tokenizer, data.examples
         self.reference, self.device, self.precision = reference, device, precision
-        self.collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id)
+        self.inputs = inputs_for(algorithm)
+        self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
+        # Held-out preference accuracy, the same measure for every algorithm:
+        # scalar heads compare rewards; LM heads compare the log-ratio to the
+        # starting model (scored now, before any update).
+        self.eval_pairs = data.eval_pairs
+        self.pair_scorer = RewardPairInputs() if algorithm.head == "scalar" else PairInputs()
+        self.start_scores = None
+        if self.eval_pairs and algorithm.head == "lm":
+            with starting_model(model) as start:
+                self.start_scores = self._score_pairs(start)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=run.lr, weight_decay=run.weight_decay)
         warmup = int(round(run.warmup_ratio * run.steps))
@@ -156,9 +204,35 @@ class Trainer:
 
     def compute_loss(self, batch: dict):
         with autocast(self.precision, self.device):
-            policy = PairLogps.from_concatenated(forward_logps(self.model, batch))
-        reference = self.reference.pair_logps(batch) if self.reference is not None else None
+            policy = self.inputs.policy(self.model, batch)
+        reference = self.inputs.reference(self.reference, batch) if self.reference is not None else None
         return self.algorithm.loss(policy, reference, batch)
+
+    @torch.no_grad()
+    def _score_pairs(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) scores of the held-out pairs, each (P,): log-prob sums or rewards."""
+        chosen, rejected = [], []
+        was_training = model.training
+        model.eval()
+        for start in range(0, len(self.eval_pairs), self.run.batch_size):
+            batch = collate_pairs(self.eval_pairs[start : start + self.run.batch_size], self.tokenizer.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with autocast(self.precision, self.device):
+                scored = self.pair_scorer.policy(model, batch)
+            chosen.append(getattr(scored.chosen, "sum", scored.chosen).float().cpu())
+            rejected.append(getattr(scored.rejected, "sum", scored.rejected).float().cpu())
+        model.train(was_training)
+        return torch.cat(chosen), torch.cat(rejected)
+
+    def preference(self) -> dict[str, float]:
+        """Held-out preference accuracy and mean margin (ties count half)."""
+        if not self.eval_pairs:
+            return {}
+        chosen, rejected = self._score_pairs(self.model)  # (P,), (P,)
+        if self.start_scores is not None:  # log-ratio to the starting model
+            chosen, rejected = chosen - self.start_scores[0], rejected - self.start_scores[1]
+        margin = chosen - rejected  # (P,)
+        return {"eval_pref_accuracy": float(preference_accuracy(margin).mean()), "eval_pref_margin": float(margin.mean())}
 
     def train_step(self, ids: list[int]) -> dict[str, float]:
         """One optimizer update over a global batch, split into micro-batches.
@@ -187,9 +261,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, ids: list[int]) -> dict[str, float]:
-        """Mean loss and metrics on held-out pairs (dropout off)."""
+        """Mean loss and metrics on held-out examples, and held-out preference accuracy (dropout off)."""
         if not ids:
-            return {}
+            return self.preference()
         self.model.eval()
         sums: dict[str, float] = defaultdict(float)
         for start in range(0, len(ids), self.run.batch_size):
@@ -198,7 +272,7 @@ class Trainer:
             for key, value in out.metrics.items():
                 sums[key] += float(value.float().sum())
         self.model.train()
-        return {f"eval_{k}": v / len(ids) for k, v in sums.items()}
+        return {**{f"eval_{k}": v / len(ids) for k, v in sums.items()}, **self.preference()}
 
 
 def _append_metrics(path: Path, row: dict) -> None:
@@ -224,9 +298,9 @@ def _progress_postfix(row: dict) -> dict[str, str]:
 
 def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path | None = None) -> dict:
     """Train `algorithm` as configured by `run`; returns the run summary."""
-    if algorithm.online or not algorithm.paired:
-        need = "on-policy rollouts" if algorithm.online else "unpaired labels"
-        raise PrefoptError(f"algorithm '{algo_name}' trains on {need}; this trainer runs offline paired objectives")
+    if algorithm.online:
+        raise PrefoptError(f"algorithm '{algo_name}' trains on on-policy rollouts; this trainer runs offline objectives")
+    inputs = inputs_for(algorithm, algo_name)
     out = Path(resume_dir) if resume_dir else Path(run.output_dir or default_output_dir(algo_name))
     check_output_dir(out, resume=resume_dir is not None)
 
@@ -234,46 +308,45 @@ def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path
     random.seed(run.seed)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.model)
-    records = load_records(run.data, "paired")
-    examples, truncation = tokenize_pairs(records, tokenizer, run.max_length, run.max_prompt_length, source=run.data)
-    train_ids, eval_ids = split_indices(len(examples), run.eval_size, run.data)
+    data = prepare_data(run, inputs, tokenizer)
     global_batch = run.batch_size * run.grad_accum
     device = pick_device()
     precision = resolve_precision(run.precision, device)
 
     created = create_output_dir(out)
     try:
-        return _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, train_ids, eval_ids,
-                         global_batch, device, precision, resume=resume_dir is not None)
+        return _train_in(out, algo_name, algorithm, run, tokenizer, data, global_batch, device, precision,
+                         resume=resume_dir is not None)
     except PrefoptError:
         if created and latest_checkpoint(out) is None:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
         raise
 
 
-def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, train_ids, eval_ids,
-              global_batch, device, precision, resume) -> dict:
+def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_batch, device, precision, resume) -> dict:
     started = time.perf_counter()
     if not resume:
         atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA initialisation
     model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
+    if algorithm.head == "scalar":
+        model = attach_scalar_head(model)
 
     reference = None
     if algorithm.needs_reference:
         mode = resolve_reference_mode(run.reference, run.adapter)
         reference = build_reference(
             mode, model, run.adapter,
-            examples=examples,
-            collate=partial(collate_pairs, pad_id=tokenizer.pad_token_id),
+            examples=data.examples,
+            collate=partial(inputs_for(algorithm).collate, pad_id=tokenizer.pad_token_id),
             batch_size=run.batch_size,
             fingerprint=f"{model_fingerprint(run.model)}|{run.max_length}|{run.max_prompt_length}",
             autocast=partial(autocast, precision, device),
             progress=run.progress,
         )
 
-    trainer = Trainer(algorithm, run, out, model, tokenizer, examples, reference, device, precision)
+    trainer = Trainer(algorithm, run, out, model, tokenizer, data, reference, device, precision)
     metrics_path = out / METRICS
     step, state = 0, {}
     checkpoint = latest_checkpoint(out) if resume else None
@@ -284,11 +357,11 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, t
     elif resume:
         metrics_path.unlink(missing_ok=True)  # stopped before the first checkpoint: start over
 
-    eval_before = state.get("eval_before") or trainer.evaluate(eval_ids)
+    eval_before = state.get("eval_before") or trainer.evaluate(data.eval_ids)
     if step == 0 and eval_before:
         _append_metrics(metrics_path, {"step": 0, **eval_before})
-    lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in examples]
-    stream = batch_stream(train_ids, lengths, global_batch, run.seed)
+    lengths = [trainer.inputs.length(e) for e in data.examples]
+    stream = batch_stream(data.train_ids, lengths, global_batch, run.seed)
     for _ in range(step):  # skip the batches a checkpoint already trained on
         next(stream)
 
@@ -303,7 +376,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, t
         row = {"step": step, **row, "seconds": step_seconds[-1]}
         recent = (recent + [row])[-10:]
         if run.eval_every and step % run.eval_every == 0 and step < run.steps:
-            row.update(trainer.evaluate(eval_ids))
+            row.update(trainer.evaluate(data.eval_ids))
         _append_metrics(metrics_path, row)
         bar.set_postfix(_progress_postfix(row))
         bar.update(1)
@@ -311,20 +384,24 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, examples, truncation, t
             save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before})
     bar.close()
 
-    eval_after = trainer.evaluate(eval_ids)
+    eval_after = trainer.evaluate(data.eval_ids)
     if eval_after:
         _append_metrics(metrics_path, {"step": step, **eval_after})
-    saved = save_trained(model, tokenizer, out, merge=run.merge)
+    saved = save_trained(model.lm if algorithm.head == "scalar" else model, tokenizer, out, merge=run.merge)
+    if algorithm.head == "scalar":
+        for folder in saved.values():
+            model.save_head(Path(folder))
     remove_checkpoints(out)
     final_train = {k: statistics.fmean(r[k] for r in recent) for k in recent[0] if k != "step"} if recent else {}
     summary = {
         "algo": algo_name,
         "output_dir": str(out),
         "steps": step,
-        "train_pairs": len(train_ids),
-        "eval_pairs": len(eval_ids),
+        "train_examples": len(data.train_ids),
+        "eval_examples": len(data.eval_ids),
+        "eval_pairs": len(data.eval_pairs),
         "global_batch": global_batch,
-        "truncation": asdict(truncation),
+        "truncation": asdict(data.truncation),
         "eval_before": eval_before,
         "eval_after": eval_after,
         "train_last10": final_train,

@@ -22,7 +22,7 @@ class LengthNormalisedDPO(Algorithm):
         beta: float = 1.0  # larger than DPO's 0.1: mean log-ratios are ~length times smaller
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         chosen = policy.chosen.mean - reference.chosen.mean  # (B,)

@@ -1,0 +1,68 @@
+"""A scalar head on a causal LM's backbone: reward models (and later value heads).
+
+The head reads the last hidden state at each sequence's final token (right
+padding: position attention_mask.sum() - 1) and maps it to one number. It
+sits on the same backbone as the policy, LoRA included, so a reward model is
+trained exactly like any other objective and saved as an adapter plus one small
+file, ``reward_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prefopt.errors import PrefoptError
+
+HEAD_FILE = "reward_head.safetensors"
+HEAD_META = "reward_head.json"
+
+
+def _backbone(lm):
+    """The transformer without its vocabulary projection (LoRA layers stay injected)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return base.base_model
+
+
+class ScalarHeadModel(nn.Module):
+    """lm's backbone + Linear(hidden, 1): one scalar per sequence."""
+
+    def __init__(self, lm, hidden_size: int):
+        super().__init__()
+        self.lm = lm
+        self.head = nn.Linear(hidden_size, 1)
+        # Small initial rewards: the Bradley-Terry loss starts near ln 2.
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = _backbone(self.lm)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N, T, H)
+        last = attention_mask.sum(-1) - 1  # (N,) index of each row's final token
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, H)
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()  # (N,)
+
+    def save_head(self, folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(Path(folder) / HEAD_FILE))
+        (Path(folder) / HEAD_META).write_text(json.dumps({"hidden_size": self.head.in_features}))
+
+    def load_head(self, folder: Path) -> None:
+        path = Path(folder) / HEAD_FILE
+        if not path.is_file():
+            raise PrefoptError(f"'{folder}' holds no reward head ({HEAD_FILE}); was it trained with --algo reward?")
+        self.head.load_state_dict(load_file(str(path)))
+
+
+def attach_scalar_head(lm) -> ScalarHeadModel:
+    """Wrap a loaded policy (plain or peft) with a fresh, trainable scalar head."""
+    hidden = lm.config.hidden_size if hasattr(lm, "config") else lm.get_base_model().config.hidden_size
+    model = ScalarHeadModel(lm, hidden).to(next(lm.parameters()).device)
+    return model
+
+
+def forward_rewards(model: ScalarHeadModel, batch: dict) -> torch.Tensor:
+    """(N,) scalar rewards for the N rows of a collated batch."""
+    return model(batch["input_ids"], batch["attention_mask"])
