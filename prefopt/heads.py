@@ -66,3 +66,40 @@ def attach_scalar_head(lm) -> ScalarHeadModel:
 def forward_rewards(model: ScalarHeadModel, batch: dict) -> torch.Tensor:
     """(N,) scalar rewards for the N rows of a collated batch."""
     return model(batch["input_ids"], batch["attention_mask"])
+
+
+def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -> ScalarHeadModel:
+    """A reward model trained by `prefopt run --algo reward`, ready to score (eval mode, no grad).
+
+    Reads the run's config.yaml for the base model, then puts the saved LoRA
+    adapter (or the fully fine-tuned model) and the head on top. A QLoRA-trained
+    adapter is applied to the float base, which differs slightly from the
+    4-bit base it was trained on.
+    """
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from prefopt.models import resolve_model
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise PrefoptError(f"'{run_dir}' is not a prefopt run folder (no config.yaml)")
+    config = yaml.safe_load(config_file.read_text())
+    if config.get("algo") != "reward":
+        raise PrefoptError(f"'{run_dir}' was trained with --algo {config.get('algo')}, not a reward model")
+    if (run_dir / "model").is_dir():  # full fine-tuning
+        folder = run_dir / "model"
+        lm = AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        from peft import PeftModel
+
+        folder = run_dir / "adapter"
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(config["model"]))
+        lm = PeftModel.from_pretrained(base, folder)
+    model = attach_scalar_head(lm)
+    model.load_head(folder)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

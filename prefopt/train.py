@@ -28,7 +28,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from prefopt.algorithm import Algorithm, preference_accuracy
+from prefopt.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from prefopt.config import RunConfig, as_flat_dict
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, load_records, tokenize_pairs
@@ -219,8 +219,10 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast(self.precision, self.device):
                 scored = self.pair_scorer.policy(model, batch)
-            chosen.append(getattr(scored.chosen, "sum", scored.chosen).float().cpu())
-            rejected.append(getattr(scored.rejected, "sum", scored.rejected).float().cpu())
+            if isinstance(scored, PairLogps):
+                scored = PairRewards(scored.chosen.sum, scored.rejected.sum)
+            chosen.append(scored.chosen.float().cpu())
+            rejected.append(scored.rejected.float().cpu())
         model.train(was_training)
         return torch.cat(chosen), torch.cat(rejected)
 
