@@ -64,7 +64,7 @@ class _APO(Algorithm):
             check_positive("beta", self.beta)
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
     _loss_fn = staticmethod(apo_zero_loss)
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:

@@ -47,7 +47,7 @@ class Hinge(Algorithm):
             check_positive("beta", self.beta)
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         chosen, rejected = logratios(policy, reference)  # (B,), (B,)

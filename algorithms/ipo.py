@@ -49,7 +49,7 @@ class IPO(Algorithm):
             check_positive("beta", self.beta)
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         chosen, rejected = logratios(policy, reference, per_token=True)  # (B,), (B,)

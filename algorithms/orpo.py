@@ -82,7 +82,7 @@ class ORPO(Algorithm):
             check_nonnegative("lam", self.lam)
 
     needs_reference = False
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         chosen, rejected = policy.chosen.mean, policy.rejected.mean  # (B,), (B,)

@@ -3,8 +3,8 @@
 arXiv:2403.00409, ICML 2024).
 
 If each preference label is flipped with known probability eps < 1/2, the
-DPO loss l(h) = -log sigmoid(beta * h) is biased. The paper's de-biased loss
-(Sec. 3, the rDPO loss; trl's ``robust``) is
+DPO loss l(h) = -log sigmoid(beta * h) is biased. The paper's de-biased rDPO
+loss (trl's ``robust``) is
 
     loss = ((1 - eps) * l(h) - eps * l(-h)) / (1 - 2 * eps)
 
@@ -55,7 +55,7 @@ class RobustDPO(Algorithm):
             check_flip_rate("label_smoothing", self.label_smoothing)
 
     needs_reference = True
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         chosen, rejected = logratios(policy, reference)  # (B,), (B,)

@@ -54,7 +54,7 @@ class SimPO(Algorithm):
             check_flip_rate("label_smoothing", self.label_smoothing)
 
     needs_reference = False
-    paired = True
+    inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
         cfg = self.config

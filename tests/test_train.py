@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
