@@ -6,9 +6,11 @@ the bookkeeping that would otherwise be repeated in every file lives here.
 
 from __future__ import annotations
 
+from typing import Callable, ClassVar
+
 import torch
 
-from prefopt.algorithm import PairLogps, preference_accuracy
+from prefopt.algorithm import Algorithm, LossOutput, PairLogps, preference_accuracy
 from prefopt.errors import PrefoptError
 
 
@@ -58,3 +60,21 @@ def check_flip_rate(option: str, value: float) -> None:
     """A label-noise rate: the unbiased and conservative corrections need it in [0, 0.5)."""
     if not 0 <= value < 0.5:
         raise PrefoptError(f"option '{option}': must be in [0, 0.5), got {value}")
+
+
+class SummedLogRatioLoss(Algorithm):
+    """Plumbing for pair losses of the summed log-ratios with one option, beta (not registered).
+
+    A subclass sets ``pair_loss(chosen_logratio, rejected_logratio, beta=...) -> (B,)``
+    and its own ``Config`` (with a ``beta`` field); metrics report beta * log-ratio.
+    """
+
+    needs_reference = True
+    inputs = "pairs"
+    pair_loss: ClassVar[Callable[..., torch.Tensor]]
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        chosen, rejected = logratios(policy, reference)  # (B,), (B,)
+        beta = self.config.beta
+        losses = type(self).pair_loss(chosen, rejected, beta=beta)  # (B,)
+        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import check_positive, logratios, pair_metrics
+from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
 
 
 def apo_zero_loss(
@@ -53,7 +52,7 @@ def apo_down_loss(
     return chosen_down + keep_margin
 
 
-class _APO(Algorithm):
+class _APO(SummedLogRatioLoss):
     """Plumbing shared by the two APO variants (not registered); each subclass picks its loss."""
 
     @dataclass
@@ -63,24 +62,15 @@ class _APO(Algorithm):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    needs_reference = True
-    inputs = "pairs"
-    _loss_fn = staticmethod(apo_zero_loss)
-
-    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)  # (B,), (B,)
-        beta = self.config.beta
-        losses = self._loss_fn(chosen, rejected, beta=beta)
-        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))
 
 
 class APOZero(_APO):
     """APO-zero: raise the chosen and lower the rejected likelihood, each anchored at the reference (D'Oosterlinck et al. 2024)."""
 
-    _loss_fn = staticmethod(apo_zero_loss)
+    pair_loss = staticmethod(apo_zero_loss)
 
 
 class APODown(_APO):
     """APO-down: lower the chosen likelihood, and the rejected one more, for chosen outputs worse than the model's (D'Oosterlinck et al. 2024)."""
 
-    _loss_fn = staticmethod(apo_down_loss)
+    pair_loss = staticmethod(apo_down_loss)

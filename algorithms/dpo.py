@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps, preference_accuracy
+from prefopt.algorithm import Algorithm, LossOutput, PairLogps
+from prefopt.algorithms._common import pair_metrics
 from prefopt.errors import PrefoptError
 
 
@@ -64,15 +65,4 @@ class DPO(Algorithm):
             beta=self.config.beta,
             label_smoothing=self.config.label_smoothing,
         )
-        margin = reward_chosen - reward_rejected  # (B,)
-        return LossOutput(
-            losses=losses,
-            metrics={
-                "reward_chosen": reward_chosen,
-                "reward_rejected": reward_rejected,
-                "margin": margin,
-                "accuracy": preference_accuracy(margin),
-                "logp_chosen": policy.chosen.sum.detach(),
-                "logp_rejected": policy.rejected.sum.detach(),
-            },
-        )
+        return LossOutput(losses=losses, metrics=pair_metrics(reward_chosen, reward_rejected, policy))

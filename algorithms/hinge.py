@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import check_positive, logratios, pair_metrics
+from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
 
 
 def hinge_loss(
@@ -36,7 +35,7 @@ def hinge_loss(
     return torch.relu(1.0 - beta * (chosen_logratio - rejected_logratio))
 
 
-class Hinge(Algorithm):
+class Hinge(SummedLogRatioLoss):
     """SLiC-style hinge loss on the reference-normalised margin, zero beyond 1/beta nats (Zhao et al. 2023; Liu et al. 2023)."""
 
     @dataclass
@@ -46,11 +45,4 @@ class Hinge(Algorithm):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    needs_reference = True
-    inputs = "pairs"
-
-    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)  # (B,), (B,)
-        beta = self.config.beta
-        losses = hinge_loss(chosen, rejected, beta=beta)
-        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))
+    pair_loss = staticmethod(hinge_loss)

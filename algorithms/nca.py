@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import check_positive, logratios, pair_metrics
+from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
 
 
 def nca_pair_loss(
@@ -40,7 +39,7 @@ def nca_pair_loss(
     return chosen_is_data + both_are_noise
 
 
-class NCA(Algorithm):
+class NCA(SummedLogRatioLoss):
     """NCA (pairwise): noise-contrastive loss on each response's absolute implicit reward (Chen et al. 2024)."""
 
     @dataclass
@@ -50,11 +49,4 @@ class NCA(Algorithm):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    needs_reference = True
-    inputs = "pairs"
-
-    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)  # (B,), (B,)
-        beta = self.config.beta
-        losses = nca_pair_loss(chosen, rejected, beta=beta)
-        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))
+    pair_loss = staticmethod(nca_pair_loss)

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import check_positive, logratios, pair_metrics
+from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
 
 
 def sppo_hard_loss(
@@ -35,7 +34,7 @@ def sppo_hard_loss(
     return (chosen_logratio - target) ** 2 + (rejected_logratio + target) ** 2
 
 
-class SPPOHard(Algorithm):
+class SPPOHard(SummedLogRatioLoss):
     """SPPO (hard labels): regress the chosen log-ratio onto +1/(2 beta) and the rejected onto -1/(2 beta) (Wu et al. 2024)."""
 
     @dataclass
@@ -45,11 +44,4 @@ class SPPOHard(Algorithm):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    needs_reference = True
-    inputs = "pairs"
-
-    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)  # (B,), (B,)
-        beta = self.config.beta
-        losses = sppo_hard_loss(chosen, rejected, beta=beta)
-        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))
+    pair_loss = staticmethod(sppo_hard_loss)

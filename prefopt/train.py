@@ -173,7 +173,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class Trainer:
-    """Holds what one run needs; `fit` runs the loop."""
+    """Holds what one run needs: model, data, reference, optimizer; one step or one evaluation at a time."""
 
     def __init__(self, algorithm: Algorithm, run: RunConfig, out: Path, model, tokenizer, data: Prepared,
                  reference, device, precision):
