@@ -249,3 +249,275 @@ def test_orpo_total_loss_sign_and_scale_agree(batch, monkeypatch):
     loss, metrics = trainer.get_batch_loss_metrics(model=None, batch={})
     assert_close(out.losses.mean(), loss, **TOL)
     assert math.isclose(metrics["nll_loss"], out.metrics["nll"].mean().item(), rel_tol=1e-6)
+
+
+# --- KTOTrainer._compute_loss ----------------------------------------------------------------------
+#
+# trl 1.16 keeps KTO in trl/trainer/kto_trainer.py (trl.experimental.kto only re-exports it with a deprecation
+# warning). Its _compute_loss takes the batch mean of [desirable losses..., undesirable losses...], so per-example
+# losses are read by calling it once per example: a 1-row main batch with the FULL batch's mismatched ("KL") rows,
+# so every call estimates the same z0 from all B mismatched completions, as ours does.
+
+from prefopt.algorithm import PairRewards, UnpairedLogps  # noqa: E402
+from prefopt.algorithms.kto import KTO, kto_loss, kto_reference_point  # noqa: E402
+from prefopt.algorithms.reward import Reward, bradley_terry_loss  # noqa: E402
+from prefopt.algorithms.sft import SFT, sft_loss  # noqa: E402
+from prefopt.logprobs import forward_logps  # noqa: E402
+
+KTO_LABELS = [True, False, True, True, False, False]
+
+
+def _kto_trainer(beta: float, desirable_weight: float, undesirable_weight: float):
+    from trl import KTOTrainer
+
+    trainer = object.__new__(KTOTrainer)
+    trainer.__dict__.update(
+        accelerator=_fake_accelerator(),
+        model=types.SimpleNamespace(training=True),
+        beta=beta,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        loss_type="kto",
+        calculate_KL=True,
+        precompute_ref_logps=True,  # reference log-probs (own and mismatched) come in the batch
+        aux_loss_enabled=False,
+        _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    return trainer
+
+
+def _per_token(sums: torch.Tensor) -> torch.Tensor:
+    """(N, T-1) per-token log-probs as trl's fused head returns them: each row's sum on its first response token."""
+    out = torch.zeros(sums.shape[0], T - 1)
+    out[:, 0] = sums
+    return out
+
+
+def _trl_kto(trainer, policy: UnpairedLogps, reference: UnpairedLogps, labels: torch.Tensor, rows):
+    """One KTOTrainer._compute_loss call on main rows `rows` (KL rows: the whole batch). Returns (loss, metrics)."""
+    rows = torch.as_tensor(rows)
+    n, n_kl = rows.shape[0], policy.mismatched.sum.shape[0]
+    main_ids = torch.zeros(n, T, dtype=torch.long)  # 0 marks the main forward, 1 the KL forward
+    kl_ids = torch.ones(n_kl, T, dtype=torch.long)
+
+    def model(input_ids, **kwargs):
+        assert kwargs.get("fused_lm_head"), "trl no longer asks for the fused LM head: stand-in out of date"
+        if bool((input_ids == 1).all()):
+            return types.SimpleNamespace(log_probs=_per_token(policy.mismatched.sum))
+        zeros = torch.zeros(n, T - 1)
+        return types.SimpleNamespace(
+            log_probs=_per_token(policy.completion.sum[rows]), entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+        )
+
+    def completion_mask(tokens):
+        mask = torch.zeros(tokens.shape[0], T, dtype=torch.long)
+        for i, t in enumerate(tokens.tolist()):
+            mask[i, 1 : 1 + int(t)] = 1
+        return mask
+
+    inputs = {
+        "input_ids": main_ids,
+        "attention_mask": torch.ones(n, T, dtype=torch.long),
+        "completion_mask": completion_mask(policy.completion.tokens[rows]),
+        "KL_input_ids": kl_ids,
+        "KL_attention_mask": torch.ones(n_kl, T, dtype=torch.long),
+        "KL_completion_mask": completion_mask(policy.mismatched.tokens),
+        "label": labels[rows],
+        "ref_logps": reference.completion.sum[rows],
+        "ref_KL_logps": reference.mismatched.sum,
+    }
+    trainer._metrics["train"].clear()
+    loss = trainer._compute_loss(model, inputs, return_outputs=False)
+    return loss, dict(trainer._metrics["train"])
+
+
+def _kto_batch(kl_shift: float, seed: int = 1):
+    """Own and mismatched log-probs; the mismatched policy-minus-reference log-ratios average about kl_shift."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(KTO_LABELS)
+    tokens = torch.randint(1, T - 1, (n,), generator=g).float()
+    tokens_kl = torch.randint(1, T - 1, (n,), generator=g).float()
+
+    def sums(tok):
+        return -(0.05 + 2.95 * torch.rand(n, generator=g)) * tok
+
+    ref_own, ref_kl = sums(tokens), sums(tokens_kl)
+    pol_own = ref_own + 4.0 * torch.randn(n, generator=g)  # log-ratios of both signs, a few nats
+    pol_kl = ref_kl + kl_shift + torch.randn(n, generator=g)
+    policy = UnpairedLogps(SequenceLogps(pol_own, tokens), SequenceLogps(pol_kl, tokens_kl))
+    reference = UnpairedLogps(SequenceLogps(ref_own, tokens), SequenceLogps(ref_kl, tokens_kl))
+    return policy, reference, torch.tensor(KTO_LABELS)
+
+
+@pytest.mark.parametrize("kl_shift", [3.0, -3.0], ids=["kl-positive", "kl-negative-clamped"])
+@pytest.mark.parametrize(
+    "beta, desirable_weight, undesirable_weight", [(0.1, 1.0, 1.0), (0.1, 1.33, 1.0), (0.5, 1.0, 0.7)]
+)
+def test_kto_agrees_with_kto_trainer(kl_shift, beta, desirable_weight, undesirable_weight):
+    policy, reference, labels = _kto_batch(kl_shift)
+    raw_kl = (policy.mismatched.sum - reference.mismatched.sum).mean()
+    assert (raw_kl > 1.0) if kl_shift > 0 else (raw_kl < -1.0)  # guard: the case is what its id says
+
+    cfg = KTO.Config(beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
+    out = KTO(cfg).loss(policy, reference, {"label": labels})
+    # The pure functions give what the class gives.
+    z0 = kto_reference_point(policy.mismatched.sum, reference.mismatched.sum)
+    losses, rewards = kto_loss(
+        policy.completion.sum, reference.completion.sum, labels, z0, beta, desirable_weight, undesirable_weight
+    )
+    assert_close(out.losses, losses, **TOL)
+    assert_close(out.metrics["reward"], rewards, **TOL)
+
+    trainer = _kto_trainer(beta, desirable_weight, undesirable_weight)
+    for i, desirable in enumerate(KTO_LABELS):
+        loss, metrics = _trl_kto(trainer, policy, reference, labels, [i])
+        assert_close(out.losses[i], loss, **TOL)
+        assert math.isclose(metrics["kl"][0], z0.item(), rel_tol=1e-6, abs_tol=1e-6)
+        side = "chosen" if desirable else "rejected"
+        assert math.isclose(metrics[f"rewards/{side}"][0], out.metrics["reward"][i].item(), rel_tol=1e-5, abs_tol=1e-6)
+    if kl_shift < 0:
+        assert z0.item() == 0.0  # trl clamps too (checked above against its logged kl)
+
+    # The whole batch in one call: trl regroups desirable-first, its mean is ours.
+    loss, _ = _trl_kto(trainer, policy, reference, labels, list(range(len(KTO_LABELS))))
+    assert_close(out.losses.mean(), loss, **TOL)
+
+
+def test_kto_reference_point_moves_the_loss():
+    """Guard against a vacuous KL check: with z0 > 0, the losses differ from those with z0 = 0 by far more than TOL."""
+    policy, reference, labels = _kto_batch(3.0)
+    z0 = kto_reference_point(policy.mismatched.sum, reference.mismatched.sum)
+    with_z0, _ = kto_loss(policy.completion.sum, reference.completion.sum, labels, z0, 0.1)
+    without, _ = kto_loss(policy.completion.sum, reference.completion.sum, labels, torch.tensor(0.0), 0.1)
+    assert (with_z0 - without).abs().min() > 1e-3
+
+
+# --- RewardTrainer.compute_loss --------------------------------------------------------------------
+
+
+def _reward_trainer(center_rewards_coefficient):
+    from trl import RewardTrainer
+
+    trainer = object.__new__(RewardTrainer)
+    trainer.__dict__.update(
+        accelerator=_fake_accelerator(),
+        model=types.SimpleNamespace(training=True),
+        args=types.SimpleNamespace(center_rewards_coefficient=center_rewards_coefficient),
+        _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    return trainer
+
+
+@pytest.mark.parametrize("margin, center", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.01), (0.7, 0.05)])
+def test_bradley_terry_agrees_with_reward_trainer(margin, center):
+    """trl: -mean(logsigmoid(r_w - r_l - margin)) + c * mean((r_w + r_l)^2), with a per-pair "margin" column
+    (here constant) and no margin key when there is none; c = None (its default) when we use 0."""
+    g = torch.Generator().manual_seed(2)
+    chosen, rejected = 2.0 * torch.randn(B, generator=g) + 1.0, 2.0 * torch.randn(B, generator=g)
+    out = Reward(Reward.Config(margin=margin, center_coefficient=center)).loss(PairRewards(chosen, rejected), None, {})
+    assert_close(out.losses, bradley_terry_loss(chosen, rejected, margin, center), **TOL)
+
+    def model(**kwargs):
+        assert kwargs["input_ids"].shape[0] == 2 * B
+        return types.SimpleNamespace(logits=torch.cat([chosen, rejected])[:, None])  # (2B, 1): chosen rows first
+
+    inputs = {"input_ids": torch.zeros(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T, dtype=torch.long)}
+    if margin:
+        inputs["margin"] = torch.full((B,), margin)
+    trainer = _reward_trainer(center if center else None)
+    theirs = trainer.compute_loss(model, inputs)
+    assert_close(out.losses.mean(), theirs, **TOL)
+    assert math.isclose(trainer._metrics["train"]["margin"][0], out.metrics["margin"].mean().item(), rel_tol=1e-5)
+    assert math.isclose(trainer._metrics["train"]["accuracy"][0], out.metrics["accuracy"].mean().item())
+
+
+# --- SFTTrainer.compute_loss -----------------------------------------------------------------------
+#
+# Driven end to end through a tiny randomly initialised Llama (no download) with trl's own fused LM head
+# (add_fused_lm_head, as SFTTrainer.__init__ installs it): trl shifts and masks via labels=-100, we via
+# prefopt.logprobs.forward_logps on the same model's ordinary logits. So this also checks the two agree on
+# which position predicts which token.
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config).float().eval()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    return model
+
+
+def _sft_trainer(model):
+    from trl import SFTTrainer
+
+    trainer = object.__new__(SFTTrainer)
+    accelerator = _fake_accelerator()
+    accelerator.parallelism_config = None
+    trainer.__dict__.update(
+        accelerator=accelerator,
+        model=model,
+        args=types.SimpleNamespace(loss_type="nll", average_tokens_across_devices=False, max_length=None),
+        compute_loss_func=None,
+        label_smoother=None,
+        aux_loss_enabled=False,
+        _metrics={"train": collections.defaultdict(list), "eval": collections.defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    return trainer
+
+
+def _sft_batch(rows):
+    """rows: (prompt_len, completion_len) per sequence, right-padded to a common length."""
+    g = torch.Generator().manual_seed(3)
+    width = max(p + c for p, c in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    loss_mask = torch.zeros_like(input_ids)
+    for i, (p, c) in enumerate(rows):
+        input_ids[i, : p + c] = torch.randint(1, 48, (p + c,), generator=g)
+        attention_mask[i, : p + c] = 1
+        loss_mask[i, p : p + c] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def _trl_sft_loss(model, batch):
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["input_ids"].masked_fill(batch["loss_mask"] == 0, -100),
+    }
+    with torch.no_grad():
+        return _sft_trainer(model).compute_loss(model, inputs)
+
+
+def test_sft_single_sequence_agrees_with_sft_trainer(tiny_lm):
+    batch = _sft_batch([(4, 7)])
+    with torch.no_grad():
+        logps = forward_logps(tiny_lm, batch)
+    ours = SFT().loss(logps, None, batch).losses
+    assert_close(ours, sft_loss(logps), **TOL)
+    assert logps.tokens.item() == 7
+    assert_close(ours[0], _trl_sft_loss(tiny_lm, batch), **TOL)
+
+
+def test_sft_batch_differs_from_sft_trainer_only_by_token_weighting(tiny_lm):
+    """Deliberate difference (algorithms/sft.py): trl averages over all tokens of the batch, we average per example.
+    trl's batch loss is therefore the token-weighted mean of our per-example losses, not their plain mean."""
+    batch = _sft_batch([(3, 2), (2, 9), (5, 4)])
+    with torch.no_grad():
+        logps = forward_logps(tiny_lm, batch)
+    ours = sft_loss(logps)  # (3,)
+    theirs = _trl_sft_loss(tiny_lm, batch)
+    assert_close((ours * logps.tokens).sum() / logps.tokens.sum(), theirs, **TOL)
