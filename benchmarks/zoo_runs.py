@@ -1,4 +1,4 @@
-"""One real run of every registered algorithm on the same model, data, steps, batch and seed.
+"""One real run of every registered offline algorithm on the same model, data, steps, batch and seed.
 
 Each algorithm runs as its own `prefopt run` process into runs/zoo/<algo>
 (not committed: adapters); cells already finished (a summary.json there) are
@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def builtin_algorithms() -> list[str]:
     from prefopt import registry
 
-    return sorted(name for name, entries in registry.discover().items() if entries[0].package == "prefopt")
+    return sorted(
+        name for name, entries in registry.discover().items()
+        if entries[0].package == "prefopt" and not registry.get(name).online
+    )
 
 
 def run_cell(algo: str, out: Path, args) -> dict:

@@ -103,3 +103,28 @@ def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def policy_value_forward(model: ScalarHeadModel, batch: dict, first: int | None = None) -> dict[str, torch.Tensor]:
+    """One backbone pass giving the policy's token log-probs, entropies and the head's values.
+
+    For PPO: the value head reads every position's hidden state. Only the
+    columns from the first response position on are kept (as in
+    ``prefopt.logprobs.forward_token_logps``, so the columns line up with a
+    reference forward of the same batch). Logits come from the output
+    embedding applied to the final hidden state. Returns (N, K) tensors:
+    logps, mask, values (the value of the state before each token) and entropy.
+    """
+    from prefopt.logprobs import first_response_position, token_logps
+    from prefopt.rl import entropy_from_logits
+
+    input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
+    first = first_response_position(loss_mask) if first is None else first
+    hidden = _backbone(model.lm)(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    hidden = hidden[:, first - 1 :]  # (N, K+1, H)
+    base = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    logits = base.get_output_embeddings()(hidden)  # (N, K+1, V)
+    logps, mask = token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])  # (N, K)
+    values = model.head(hidden[:, :-1].to(model.head.weight.dtype)).squeeze(-1).float()  # (N, K)
+    entropy = entropy_from_logits(logits[:, :-1].detach())  # (N, K)
+    return {"logps": logps, "mask": mask, "values": values, "entropy": entropy}

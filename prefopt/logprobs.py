@@ -73,19 +73,30 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
 def forward_logps(model, batch: dict) -> SequenceLogps:
     """One forward of `model` over a collated batch -> per-sequence log-probs.
 
-    batch holds input_ids, attention_mask, loss_mask, each (N, T). Logits are
-    only computed from the first response position on (``logits_to_keep``):
-    prompt positions never reach the vocabulary projection, which is a large
-    share of a small model's compute and of its activation memory.
+    batch holds input_ids, attention_mask, loss_mask, each (N, T).
+    """
+    logps, mask = forward_token_logps(model, batch)
+    return SequenceLogps(sum=logps.sum(-1), tokens=mask.sum(-1))
+
+
+def forward_token_logps(model, batch: dict, first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token response log-probs from one forward: (logps (N, K), mask (N, K)).
+
+    Logits are only computed from the first response position on
+    (``logits_to_keep``): prompt positions never reach the vocabulary
+    projection, which is a large share of a small model's compute and of its
+    activation memory. K = T - first response column; the same batch always
+    gives the same K, so token-level tensors of two forwards line up; pass
+    ``first`` (from the full batch) to line up a sub-batch with it.
     """
     input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
-    first = first_response_position(loss_mask)
+    first = first_response_position(loss_mask) if first is None else first
     keep = input_ids.shape[1] - first + 1  # logits at positions first-1 .. T-1
     logits = model(
         input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep
     ).logits  # (N, keep, V)
     # Drop the prompt columns that can never carry a response token.
-    return sequence_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])
+    return token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])
 
 
 def first_response_position(loss_mask: torch.Tensor) -> int:

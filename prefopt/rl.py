@@ -92,7 +92,8 @@ def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_
     score: (N,); kl, mask: (N, G). Returns (N, G).
     """
     rewards = -kl_coef * kl * mask  # (N, G)
-    last = (mask.sum(-1) - 1).clamp(min=0).long()  # (N,) index of each row's final response token
+    positions = torch.arange(mask.shape[1], device=mask.device)  # (G,)
+    last = (mask * positions).argmax(-1)  # (N,) index of each row's final response token (may follow a prompt)
     rows = torch.arange(score.shape[0], device=score.device)
     rewards[rows, last] += score
     return rewards

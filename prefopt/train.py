@@ -301,7 +301,9 @@ def _progress_postfix(row: dict) -> dict[str, str]:
 def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path | None = None) -> dict:
     """Train `algorithm` as configured by `run`; returns the run summary."""
     if algorithm.online:
-        raise PrefoptError(f"algorithm '{algo_name}' trains on on-policy rollouts; this trainer runs offline objectives")
+        from prefopt.online import train_online
+
+        return train_online(algo_name, algorithm, run, resume_dir)
     inputs = inputs_for(algorithm, algo_name)
     out = Path(resume_dir) if resume_dir else Path(run.output_dir or default_output_dir(algo_name))
     check_output_dir(out, resume=resume_dir is not None)

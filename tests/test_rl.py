@@ -98,6 +98,9 @@ def test_token_rewards():
     """score 2, KL [0.1, 0.2, pad], coef 0.5: [-0.05, -0.1 + 2, 0]."""
     rewards = token_rewards(t(2.0), t([0.1, 0.2, 0.3]), t([1, 1, 0]), kl_coef=0.5)
     assert_close(rewards, t([-0.05, 1.9, 0.0]))
+    # responses that follow a prompt (masked) still get the score on their own last token
+    rewards = token_rewards(t(2.0, 1.0), t([9, 0.1, 0.2], [9, 9, 0.4]), t([0, 1, 1], [0, 0, 1]), kl_coef=0.5)
+    assert_close(rewards, t([0.0, -0.05, 1.9], [0.0, 0.0, 0.8]))
 
 
 def test_clipped_policy_loss_by_hand():
