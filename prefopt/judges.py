@@ -31,11 +31,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 
+from prefopt import registry
 from prefopt.errors import PrefoptError
+from prefopt.registry import Entry
 
 Message = dict[str, str]
 GROUP = "prefopt.judges"
@@ -604,61 +604,22 @@ def _normalise_url(url: str) -> str:
 BUILTIN_JUDGES: dict[str, type[Judge]] = {"gold": GoldJudge, "reward": RewardModelJudge, "lm": LMJudge, "http": HTTPJudge}
 
 
-@dataclass
-class JudgeKind:
-    name: str
-    package: str  # the distribution that provides it
-    target: str  # "module:Class"
-    cls: type[Judge] | None = None
-    error: str | None = None  # why it cannot be used
-
-    @property
-    def description(self) -> str:
-        if self.cls is None:
-            return f"error: {self.error}"
-        return (inspect.getdoc(self.cls) or "").split("\n")[0]
-
-
 def _target(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _load(ep) -> JudgeKind:
-    kind = JudgeKind(name=ep.name, package=ep.dist.name if ep.dist is not None else "?", target=ep.value)
-    try:
-        cls = ep.load()
-    except Exception as exc:  # a broken plugin must not take the others down
-        kind.error = f"failed to import {ep.value}: {type(exc).__name__}: {exc}".splitlines()[0]
-        return kind
-    if isinstance(cls, type) and issubclass(cls, Judge):
-        kind.cls = cls
-    else:
-        kind.error = f"{ep.value} is not a prefopt.judges.Judge subclass"
-    return kind
-
-
-def judge_kinds() -> dict[str, JudgeKind]:
-    """Every judge kind: the built-ins, then the entry points of group prefopt.judges.
-
-    Built-ins are always present (also before prefopt registers them as entry
-    points); an entry point naming a built-in's own class is that built-in. Two
-    providers of one name make the name an error, a built-in's name included.
+def judge_kinds() -> dict[str, list[Entry]]:
+    """Every judge kind: the entry points of group prefopt.judges (prefopt registers
+    its built-ins there too) plus the built-ins themselves, so a source tree that
+    was never pip-installed still has them. An entry point naming a built-in's own
+    class is that built-in; any other provider of a built-in's name is a clash.
     """
-    kinds = {name: JudgeKind(name, "prefopt", _target(cls), cls) for name, cls in BUILTIN_JUDGES.items()}
-    providers: dict[str, list[JudgeKind]] = {name: [kind] for name, kind in kinds.items()}
-    seen: set[tuple[str, str]] = set()
-    for ep in entry_points(group=GROUP):
-        if (ep.name, ep.value) in seen or (ep.name in BUILTIN_JUDGES and ep.value == kinds[ep.name].target):
-            continue  # the same distribution twice on sys.path, or prefopt registering its own built-in
-        seen.add((ep.name, ep.value))
-        providers.setdefault(ep.name, []).append(_load(ep))
-    for name, found in providers.items():
-        if len(found) == 1:
-            kinds[name] = found[0]
-        else:
-            listing = ", ".join(f"{k.package} ({k.target})" for k in found)
-            kinds[name] = JudgeKind(name, found[0].package, found[0].target, error=f"judge kind '{name}' is registered more than once: {listing}")
-    return kinds
+    found = registry.discover(GROUP, Judge)
+    for name, cls in BUILTIN_JUDGES.items():
+        own = [e for e in found.get(name, []) if e.target == _target(cls)]
+        others = [e for e in found.get(name, []) if e.target != _target(cls)]
+        found[name] = (own or [Entry(name, "prefopt", _target(cls), cls)]) + others
+    return found
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -687,12 +648,6 @@ def make_judge(spec: str, **options) -> Judge:
     """A judge from 'kind:arg' ('gold:qa', 'reward:RUN_DIR', 'lm:MODEL', 'http:URL'); options go to its constructor."""
     kind, arg = _split_spec(spec)
     kinds = judge_kinds()
-    if kind not in kinds:
-        close = difflib.get_close_matches(kind, sorted(kinds), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise PrefoptError(f"unknown judge kind '{kind}'{hint} (available: {', '.join(sorted(kinds))})")
-    entry = kinds[kind]
-    if entry.cls is None:
-        raise PrefoptError(f"judge '{kind}' from {entry.package}: {entry.error}")
-    _check_options(kind, entry.cls, options)
-    return entry.cls.from_spec(arg, **options)
+    cls = registry.resolve(kinds, kind, "judge kind", f" (available: {', '.join(sorted(kinds))})")
+    _check_options(kind, cls, options)
+    return cls.from_spec(arg, **options)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from prefopt import judges
+from prefopt import judges, registry
 from prefopt.errors import PrefoptError
 from prefopt.judges import (
     GoldJudge,
@@ -169,8 +169,8 @@ class ConstantJudge(Judge):
 def test_builtins_are_always_discoverable():
     kinds = judges.judge_kinds()
     assert {"gold", "reward", "lm", "http"} <= set(kinds)
-    assert kinds["gold"].package == "prefopt" and kinds["gold"].target == "prefopt.judges:GoldJudge"
-    assert kinds["lm"].description.startswith("A causal LM asked")
+    assert [(e.package, e.target) for e in kinds["gold"]] == [("prefopt", "prefopt.judges:GoldJudge")]
+    assert kinds["lm"][0].description.startswith("A causal LM asked")
 
 
 def test_plugins_are_found_and_a_broken_one_does_not_break_the_others(monkeypatch):
@@ -180,19 +180,19 @@ def test_plugins_are_found_and_a_broken_one_does_not_break_the_others(monkeypatc
         FakeEntryPoint("broken", "broken_pkg:Judge", "broken-pkg", error=ImportError("No module named 'vllm'")),
         FakeEntryPoint("notjudge", "pkg:thing", "pkg", target=object),
     ]
-    monkeypatch.setattr(judges, "entry_points", lambda group: eps if group == judges.GROUP else [])
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == judges.GROUP else [])
     kinds = judges.judge_kinds()
-    assert kinds["broken"].description == "error: failed to import broken_pkg:Judge: ImportError: No module named 'vllm'"
-    assert "not a prefopt.judges.Judge subclass" in kinds["notjudge"].description
+    assert kinds["broken"][0].description == "error: failed to import broken_pkg:Judge: ImportError: No module named 'vllm'"
+    assert "not a prefopt.judges.Judge subclass" in kinds["notjudge"][0].description
     assert make_judge("const:1.0").compare([Q], [SHORT], [LONG]) == [1.0]
     assert isinstance(make_judge("gold:qa"), GoldJudge)
-    with pytest.raises(PrefoptError, match="judge 'broken' from broken-pkg: failed to import"):
+    with pytest.raises(PrefoptError, match="judge kind 'broken' from broken-pkg: failed to import"):
         make_judge("broken")
 
 
 def test_a_plugin_reusing_a_builtin_name_is_an_error(monkeypatch):
     eps = [FakeEntryPoint("lm", "other_pkg:LMJudge", "other-pkg", target=ConstantJudge)]
-    monkeypatch.setattr(judges, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == judges.GROUP else [])
     with pytest.raises(PrefoptError, match=r"'lm' is registered more than once: prefopt \(prefopt.judges:LMJudge\), other-pkg"):
         make_judge("lm:whatever")
 
