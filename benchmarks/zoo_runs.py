@@ -48,6 +48,8 @@ def run_cell(algo: str, out: Path, args) -> dict:
         "final_train_loss": last["loss"],
         "eval_pref_accuracy_before": summary["eval_before"].get("eval_pref_accuracy"),
         "eval_pref_accuracy_after": summary["eval_after"].get("eval_pref_accuracy"),
+        # the algorithm's own implicit-reward accuracy (its `accuracy` metric), where it defines one
+        "eval_own_accuracy_after": summary["eval_after"].get("eval_accuracy"),
         "eval_pairs": summary["eval_pairs"],
         "seconds_per_step_median": summary["seconds_per_step_median"],
         "seconds_total": summary["seconds_total"],
@@ -65,15 +67,24 @@ def to_markdown(record: dict) -> str:
         f"{record['rows'][0]['eval_pairs'] if record['rows'] else 0}. Machine: {record['machine']}.",
         f"Command: `{record['command']}`",
         "",
-        "| algorithm | final train loss (mean of last 10 steps) | held-out preference accuracy before -> after | s/step (median) |",
-        "| --- | --- | --- | --- |",
+        "| algorithm | final train loss (mean of last 10 steps) | held-out preference accuracy before -> after | own implicit-reward accuracy after | s/step (median) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for r in record["rows"]:
         lines.append(
             f"| {r['algo']} | {r['final_train_loss']:.4f} | {r['eval_pref_accuracy_before']:.3f} -> "
-            f"{r['eval_pref_accuracy_after']:.3f} | {r['seconds_per_step_median']:.2f} |"
+            f"{r['eval_pref_accuracy_after']:.3f} | "
+            + (f"{r['eval_own_accuracy_after']:.3f}" if r["eval_own_accuracy_after"] is not None else "-")
+            + f" | {r['seconds_per_step_median']:.2f} |"
         )
-    lines += ["", "Loss values are in each objective's own units and are not comparable across rows."]
+    lines += [
+        "",
+        "Held-out preference accuracy is the same measurement for every algorithm: the fraction of held-out",
+        "pairs whose summed log-ratio to the starting model (reward margin for `reward`) favours the chosen",
+        "response. The own-accuracy column uses each objective's implicit reward instead (per-token means for",
+        "simpo, log odds for orpo, ...). Loss values are in each objective's own units and are not comparable",
+        "across rows.",
+    ]
     return "\n".join(lines) + "\n"
 
 
