@@ -1,9 +1,9 @@
 """A real online run on the default model and built-in task, with its curves.
 
 Runs `prefopt run --algo ppo` (or rlaif) on builtin:qa with the bundled model,
-then writes results/online/<algo>.json (settings, summary, per-step medians of
-generation and update seconds) and results/online/<algo>_curves.png (reward and
-KL per step).
+then writes results/online/<name>.json (settings, summary, per-step medians of
+generation and update seconds) and, for PPO, results/online/<name>_curves.png
+(reward and KL per step).
 
     python benchmarks/online_curves.py --algo ppo --steps 30
 """
@@ -48,12 +48,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--options", nargs="*", default=[], help="extra key=value options")
+    parser.add_argument("--name", default="", help="result file stem (default: the algorithm)")
     parser.add_argument("--out", default=str(ROOT / "results" / "online"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from prefopt.io import atomic_write_json, provenance
 
-    run_dir = ROOT / "runs" / "online" / args.algo
+    name = args.name or args.algo
+    run_dir = ROOT / "runs" / "online" / name
     shutil.rmtree(run_dir, ignore_errors=True)
     options = [f"steps={args.steps}", f"batch_size={args.batch_size}", f"seed={args.seed}", "eval_size=32", *args.options]
     cmd = [sys.executable, "-m", "prefopt", "run", "--algo", args.algo, "--output-dir", str(run_dir), *options]
@@ -66,9 +68,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     curve_rows = [r for r in train_rows if "reward" in r and ("kl" in r)]
     if curve_rows:
-        plot(curve_rows, f"{args.algo} on builtin:qa, smollm2-135m-instruct, {' '.join(options)}", out / f"{args.algo}_curves.png")
+        plot(curve_rows, f"{args.algo} on builtin:qa, smollm2-135m-instruct, {' '.join(options)}", out / f"{name}_curves.png")
     median = lambda key: statistics.median(r[key] for r in train_rows if key in r) if any(key in r for r in train_rows) else None  # noqa: E731
-    atomic_write_json(out / f"{args.algo}.json", {
+    atomic_write_json(out / f"{name}.json", {
         "command": " ".join(["python", *sys.argv]),
         "run_command": " ".join(["prefopt", *cmd[3:]]),
         "seconds_per_step_median": summary["seconds_per_step_median"],
