@@ -35,7 +35,7 @@ class RunConfig:
     reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"  # auto | adapter (disabled) | copy (frozen) | precomputed (cached)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto (bf16 autocast where supported) | bf16 | fp32
     steps: int = 60  # optimizer steps
-    batch_size: int = 8  # pairs per micro-batch
+    batch_size: int = 8  # pairs (or examples) per micro-batch; prompts per step for online methods
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum)
     lr: float = 2e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
