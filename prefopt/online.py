@@ -28,16 +28,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from prefopt.algorithm import Algorithm
-from prefopt.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from prefopt.checkpoint import latest_checkpoint, save_checkpoint
 from prefopt.config import RunConfig, as_flat_dict
 from prefopt.data import load_records, tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.generate import Rollout, SamplingConfig, generate
-from prefopt.heads import attach_scalar_head
 from prefopt.io import atomic_write_json, atomic_write_text, provenance
 from prefopt.logprobs import SequenceLogps, forward_token_logps
+from prefopt.models import autocast, pick_device, resolve_precision
 from prefopt.rl import kl_estimate
-from prefopt.models import LoraSettings, autocast, load_model, pick_device, resolve_precision, save_trained
 
 STEP_SEED = 1_000_003
 
@@ -194,29 +193,28 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, res
 
 def _train_online_in(out, algo_name, algorithm, run, tokenizer, train_records, train_prompts, eval_records,
                      eval_prompts, device, precision, resume) -> dict:
-    from prefopt.train import CONFIG, METRICS, SUMMARY, _append_metrics, _peak_rss_mb, _truncate_metrics
+    from prefopt.train import (
+        CONFIG,
+        METRICS,
+        SUMMARY,
+        _append_metrics,
+        _peak_rss_mb,
+        load_policy,
+        restore,
+        save_outputs,
+    )
 
     started = time.perf_counter()
     if not resume:
         atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
-    lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
-    torch.manual_seed(run.seed)
-    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
-    if algorithm.head == "scalar":
-        model = attach_scalar_head(model)
+    model = load_policy(run, algorithm, device, precision)
     ctx = OnlineContext(run, model, tokenizer, device, precision)
     algorithm.setup(ctx)
 
     metrics_path = out / METRICS
-    step, state = 0, {}
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, ctx.optimizer, ctx.scheduler)
-        step = state["step"]
-        algorithm.load_state_dict(state.get("algorithm", {}))
-        _truncate_metrics(metrics_path, step)
-    elif resume:
-        metrics_path.unlink(missing_ok=True)
+    state = restore(out, resume, model, ctx.optimizer, ctx.scheduler)
+    step = state["step"]
+    algorithm.load_state_dict(state.get("algorithm", {}))
 
     eval_ids = [p.prompt_ids for p in eval_prompts]
     eval_messages = [r.prompt for r in eval_records]
@@ -252,11 +250,7 @@ def _train_online_in(out, algo_name, algorithm, run, tokenizer, train_records, t
     eval_after = {f"eval_{k}": v for k, v in algorithm.evaluate(ctx, eval_ids, eval_messages).items()}
     if eval_after:
         _append_metrics(metrics_path, {"step": step, **eval_after})
-    saved = save_trained(ctx.lm, tokenizer, out, merge=run.merge)
-    if algorithm.head == "scalar":
-        for folder in saved.values():
-            model.save_head(Path(folder))
-    remove_checkpoints(out)
+    saved = save_outputs(out, model, tokenizer, run.merge)
     numeric = [k for k in recent[0] if k != "step" and isinstance(recent[0][k], (int, float))] if recent else []
     summary = {
         "algo": algo_name,

@@ -293,6 +293,42 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def load_policy(run: RunConfig, algorithm: Algorithm, device, precision):
+    """The model to train: LoRA/QLoRA/full as configured, with a scalar head if the algorithm declares one."""
+    lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
+    torch.manual_seed(run.seed)  # LoRA and head initialisation
+    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
+    return attach_scalar_head(model) if algorithm.head == "scalar" else model
+
+
+def restore(out: Path, resume: bool, model, optimizer, scheduler) -> dict:
+    """State of the latest checkpoint of a resumed run ({"step": 0} for a fresh start).
+
+    Rows logged after that checkpoint are dropped from metrics.jsonl (they will
+    be redone); a run stopped before its first checkpoint starts over.
+    """
+    metrics_path = out / METRICS
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is None:
+        if resume:
+            metrics_path.unlink(missing_ok=True)
+        return {"step": 0}
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    _truncate_metrics(metrics_path, state["step"])
+    return state
+
+
+def save_outputs(out: Path, model, tokenizer, merge: bool) -> dict[str, str]:
+    """The trained adapter/model (+ a scalar head beside it); checkpoints are no longer needed."""
+    head = hasattr(model, "head")
+    saved = save_trained(model.lm if head else model, tokenizer, out, merge=merge)
+    if head:
+        for folder in saved.values():
+            model.save_head(Path(folder))
+    remove_checkpoints(out)
+    return saved
+
+
 def _progress_postfix(row: dict) -> dict[str, str]:
     shown = {"loss": "loss", "margin": "margin", "accuracy": "acc"}
     return {label: f"{row[key]:.3f}" for key, label in shown.items() if key in row}
@@ -331,11 +367,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
     started = time.perf_counter()
     if not resume:
         atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
-    lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
-    torch.manual_seed(run.seed)  # LoRA initialisation
-    model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
-    if algorithm.head == "scalar":
-        model = attach_scalar_head(model)
+    model = load_policy(run, algorithm, device, precision)
 
     reference = None
     if algorithm.needs_reference:
@@ -352,14 +384,8 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
 
     trainer = Trainer(algorithm, run, out, model, tokenizer, data, reference, device, precision)
     metrics_path = out / METRICS
-    step, state = 0, {}
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, trainer.optimizer, trainer.scheduler)
-        step = state["step"]
-        _truncate_metrics(metrics_path, step)
-    elif resume:
-        metrics_path.unlink(missing_ok=True)  # stopped before the first checkpoint: start over
+    state = restore(out, resume, model, trainer.optimizer, trainer.scheduler)
+    step = state["step"]
 
     eval_before = state.get("eval_before") or trainer.evaluate(data.eval_ids)
     if step == 0 and eval_before:
@@ -391,11 +417,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
     eval_after = trainer.evaluate(data.eval_ids)
     if eval_after:
         _append_metrics(metrics_path, {"step": step, **eval_after})
-    saved = save_trained(model.lm if algorithm.head == "scalar" else model, tokenizer, out, merge=run.merge)
-    if algorithm.head == "scalar":
-        for folder in saved.values():
-            model.save_head(Path(folder))
-    remove_checkpoints(out)
+    saved = save_outputs(out, model, tokenizer, run.merge)
     final_train = {k: statistics.fmean(r[k] for r in recent) for k in recent[0] if k != "step"} if recent else {}
     summary = {
         "algo": algo_name,

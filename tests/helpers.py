@@ -33,3 +33,21 @@ def run_cli(args: list[str]) -> int:
 
 def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class FakeDist:
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeEntryPoint:
+    """Stands in for importlib.metadata.EntryPoint in discovery tests."""
+
+    def __init__(self, name, value, package, target=None, error=None):
+        self.name, self.value, self.dist = name, value, FakeDist(package)
+        self._target, self._error = target, error
+
+    def load(self):
+        if self._error:
+            raise self._error
+        return self._target

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import run_cli, tiny_run_args, write_learnable_pairs
 
 

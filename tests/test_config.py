@@ -1,10 +1,10 @@
 from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 
 from prefopt.config import RunConfig, coerce, parse_overrides, read_yaml, split_options
 from prefopt.errors import PrefoptError
-from typing import Literal
 
 
 @dataclass

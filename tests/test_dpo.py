@@ -5,9 +5,9 @@ import torch
 from torch.testing import assert_close
 
 from prefopt.algorithm import PairLogps
+from prefopt.algorithms.dpo import DPO, dpo_loss
 from prefopt.errors import PrefoptError
 from prefopt.logprobs import SequenceLogps
-from prefopt.algorithms.dpo import DPO, dpo_loss
 
 
 def t(*values):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from helpers import FakeEntryPoint
 
 from prefopt import judges, registry
 from prefopt.errors import PrefoptError
@@ -138,22 +139,6 @@ def test_gold_judge_errors():
 
 
 # ---------------------------------------------------------------- discovery
-
-
-class FakeDist:
-    def __init__(self, name):
-        self.name = name
-
-
-class FakeEntryPoint:
-    def __init__(self, name, value, package, target=None, error=None):
-        self.name, self.value, self.dist = name, value, FakeDist(package)
-        self._target, self._error = target, error
-
-    def load(self):
-        if self._error:
-            raise self._error
-        return self._target
 
 
 class ConstantJudge(Judge):

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import read_metrics, run_cli, tiny_run_args
+
 from prefopt import judges
 from prefopt.judges import Judge
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_run_args, write_learnable_pairs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prefopt-example-plugin"

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-
 from helpers import read_metrics, run_cli
 
 

@@ -1,24 +1,9 @@
 import pytest
+from helpers import FakeEntryPoint
 
 from prefopt import registry
 from prefopt.algorithms.dpo import DPO
 from prefopt.errors import PrefoptError
-
-
-class FakeDist:
-    def __init__(self, name):
-        self.name = name
-
-
-class FakeEntryPoint:
-    def __init__(self, name, value, package, target=None, error=None):
-        self.name, self.value, self.dist = name, value, FakeDist(package)
-        self._target, self._error = target, error
-
-    def load(self):
-        if self._error:
-            raise self._error
-        return self._target
 
 
 def test_builtin_dpo_is_registered_through_the_entry_point_group():

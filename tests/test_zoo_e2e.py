@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from prefopt import registry
 
 BUILTIN = sorted(
