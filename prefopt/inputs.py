@@ -66,8 +66,8 @@ class LabelledPair(TokenizedPair):
     label: bool = True
 
 
-class UnpairedInputs:
-    """(prompt, completion, label) -> UnpairedLogps.
+class UnpairedInputs(PairInputs):
+    """(prompt, completion, label) -> UnpairedLogps, in the pair layout (own, mismatched).
 
     Each example's mismatched completion is fixed at tokenisation: the
     completion of the example half the dataset away, so (for pairs split into
@@ -92,9 +92,6 @@ class UnpairedInputs:
         batch = collate_pairs(examples, pad_id)
         batch["label"] = torch.tensor([e.label for e in examples], dtype=torch.bool)  # (B,)
         return batch
-
-    def length(self, example) -> int:
-        return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
 
     def policy(self, model, batch: dict):
         half = batch["input_ids"].shape[0] // 2

@@ -51,3 +51,14 @@ class FakeEntryPoint:
         if self._error:
             raise self._error
         return self._target
+
+
+def perturb_lora(model) -> None:
+    """LoRA B starts at zero (the policy equals the base, every A gradient is zero): give B values."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import perturb_lora
 
 from prefopt.data import render_prompt
 from prefopt.errors import PrefoptError
@@ -265,15 +266,6 @@ def test_bad_settings_are_one_line_errors(tiny_tokenizer, tiny_model):
 # ------------------------------------------------------------ 6. LoRA / QLoRA
 
 
-def _perturb_lora(model) -> None:
-    """LoRA B starts at zero, which makes every A gradient zero: give B values."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-
-
 def _fixed_batch(prompts: list[list[int]], response: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded prompt + the same response per row, as the collators build them."""
     width = max(len(p) for p in prompts) + len(response)
@@ -310,7 +302,7 @@ def test_training_after_generate_reaches_every_lora_parameter(tiny_model_dir, ti
     through the 4-bit layers is silently wrong)."""
     tok = tiny_tokenizer
     model = load_model(str(tiny_model_dir), adapter, LoraSettings(r=4, alpha=8))
-    _perturb_lora(model)
+    perturb_lora(model)
     if adapter == "qlora":
         import bitsandbytes as bnb
 

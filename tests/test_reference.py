@@ -7,6 +7,7 @@ import importlib.util
 
 import pytest
 import torch
+from helpers import perturb_lora
 
 from prefopt import reference as R
 from prefopt.algorithm import PairLogps
@@ -49,14 +50,6 @@ def _assert_pairs_close(a: PairLogps, b: PairLogps, **tol) -> None:
     for side in ("chosen", "rejected"):
         torch.testing.assert_close(getattr(a, side).sum, getattr(b, side).sum, **tol)
         torch.testing.assert_close(getattr(a, side).tokens, getattr(b, side).tokens, **tol)
-
-
-def _perturb_lora(model) -> None:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def _count_forwards(model, monkeypatch) -> list[int]:
@@ -111,7 +104,7 @@ def test_adapter_reference_is_the_base_model(tiny_model_dir, tiny_model, example
     _assert_pairs_close(got, base)
     assert not got.chosen.sum.requires_grad
 
-    _perturb_lora(policy)
+    perturb_lora(policy)
     moved = _base_logps(policy, batch)
     assert (moved.chosen.sum - base.chosen.sum).abs().min() > 1e-3  # the policy changed ...
     _assert_pairs_close(ref.pair_logps(batch), base)  # ... the reference did not
@@ -130,7 +123,7 @@ def test_adapter_reference_with_qlora(tiny_model_dir, examples, collate):
     ref = build_reference("auto", policy, "qlora")
     batch = collate(examples)
     start = _base_logps(policy, batch)
-    _perturb_lora(policy)
+    perturb_lora(policy)
     _assert_pairs_close(ref.pair_logps(batch), start)
 
 
@@ -169,7 +162,7 @@ def _precomputed(policy, adapter, examples, collate, fingerprint="model-a|256|12
 
 def test_precomputed_equals_adapter_mode_and_is_cached(tiny_model_dir, examples, collate, monkeypatch):
     policy = load_model(str(tiny_model_dir), "lora", SMALL_LORA)
-    _perturb_lora(policy)  # the reference must still be the base model, not the (moved) policy
+    perturb_lora(policy)  # the reference must still be the base model, not the (moved) policy
     calls = _count_forwards(policy, monkeypatch)
 
     first = _precomputed(policy, "lora", examples, collate)
