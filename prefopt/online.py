@@ -61,6 +61,7 @@ class OnlineContext:
         if not hasattr(self.lm, "disable_adapter"):
             self._frozen = copy.deepcopy(self.lm).eval().requires_grad_(False)
         self.step = 0
+        self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
 
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -70,6 +71,7 @@ class OnlineContext:
         sampling = SamplingConfig(**{**asdict(sampling), "seed": self.run.seed * STEP_SEED + self.step})
         rollout = generate(self.lm, self.tokenizer, prompt_ids, sampling, batch_size=len(prompt_ids), autocast=self.autocast)
         input_ids, attention_mask, loss_mask = rollout.sequences()
+        self.tokens += int(attention_mask.sum())
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
         return rollout, {k: v.to(self.device) for k, v in batch.items()}
 
@@ -231,12 +233,13 @@ def _train_online_in(out, algo_name, algorithm, run, tokenizer, train_records, t
         ctx.step = step
         t0 = time.perf_counter()
         model.train()
+        tokens_before = ctx.tokens
         row = algorithm.train_step(ctx, [train_prompts[i].prompt_ids for i in ids], [train_records[i].prompt for i in ids])
         lr = ctx.scheduler.get_last_lr()[0]
         ctx.scheduler.step()
         step += 1
         step_seconds.append(time.perf_counter() - t0)
-        row = {"step": step, **row, "lr": lr, "seconds": step_seconds[-1]}
+        row = {"step": step, **row, "lr": lr, "tokens": ctx.tokens - tokens_before, "seconds": step_seconds[-1]}
         recent = (recent + [row])[-10:]
         _append_metrics(metrics_path, row)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("reward", "kl", "loss") if k in row})

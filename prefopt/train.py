@@ -290,7 +290,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM where Linux has it (reset_peak_rss() resets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def load_policy(run: RunConfig, algorithm: Algorithm, device, precision):
