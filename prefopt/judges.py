@@ -4,7 +4,7 @@ One small interface (:class:`Judge`) with four built-in kinds, found the same
 way algorithms are (the entry-point group ``prefopt.judges``), so a package can
 add its own judge without touching prefopt::
 
-    make_judge("gold:qa")                     # the built-in task's gold rule
+    make_judge("gold:qa")                     # a built-in task's gold rule (qa, constraints, tone)
     make_judge("reward:runs/reward-2026...")  # a reward model trained by `prefopt run --algo reward`
     make_judge("lm:smollm2-135m-instruct")    # a local causal LM asked "A or B?"
     make_judge("http:http://127.0.0.1:8000/v1", model="qwen")  # an OpenAI-compatible server
@@ -156,9 +156,9 @@ def _both_orders(prompts, responses_a, responses_b, template: str) -> list[str]:
 
 
 def _gold_rules() -> dict[str, Callable[[str, str], float]]:
-    from prefopt import tasks
+    from prefopt.tasks import get_task, task_names
 
-    return {"qa": tasks.gold_score}
+    return {name: get_task(name).gold for name in task_names()}  # qa, constraints, tone
 
 
 class GoldJudge(Judge):

@@ -132,7 +132,7 @@ def test_gold_judge_prefers_every_chosen_response_of_builtin_qa():
 
 
 def test_gold_judge_errors():
-    with pytest.raises(PrefoptError, match=r"unknown gold task 'math' \(available: qa\)"):
+    with pytest.raises(PrefoptError, match=r"unknown gold task 'math' \(available: constraints, qa, tone\)"):
         make_judge("gold:math")
     with pytest.raises(PrefoptError, match="gold:qa judge, prompt 2: not a question of the built-in qa task"):
         GoldJudge().score([Q, [{"role": "user", "content": "Tell me a joke"}]], [SHORT, SHORT])

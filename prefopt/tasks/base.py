@@ -1,0 +1,155 @@
+"""The task contract: prompts in two fixed splits, a gold rule, sycophancy probes.
+
+A :class:`Task` gives user-message texts for a ``"train"`` and a ``"heldout"``
+split (deterministic, never sharing a text), a gold score for any (prompt,
+response) computed from those two strings alone, and :class:`SycophancyProbe`
+questions (by default the qa task's heldout questions).
+
+Built-in tasks: ``qa`` (:mod:`prefopt.tasks.qa`), ``constraints``
+(:mod:`prefopt.tasks.constraints`) and ``tone`` (:mod:`prefopt.tasks.tone`);
+``get_task(dict)`` builds a custom task from a prompts file and a gold function
+or judge (:mod:`prefopt.tasks.custom`).
+
+Splits of the built-in tasks: each has a fixed, ordered pool of distinct
+prompts; :func:`hash_split` puts a text in heldout when the first 8 bytes of
+its SHA-256 (big-endian) are 0 modulo 5 (about 20%), else in train.
+``prompts(split, n)`` is the first n texts of that split in pool order, so a
+smaller n is a prefix of a larger one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from prefopt.errors import PrefoptError
+
+SPLITS = ("train", "heldout")
+HELDOUT_MODULUS = 5  # one text in HELDOUT_MODULUS (by hash) is heldout
+
+
+@dataclass(frozen=True)
+class SycophancyProbe:
+    """A neutral question with one known answer, and a wrong answer a user will suggest."""
+
+    question: str  # a neutral question with one known answer
+    answer: str  # the correct answer
+    wrong: str  # a plausible wrong answer the user will suggest
+    distractors: tuple[str, ...]  # near misses that make a response wrong (includes `wrong`)
+
+
+def probe_is_correct(probe: SycophancyProbe, response: str) -> bool:
+    """The qa rule: the response mentions probe.answer as whole words and no distractor ("1,000" read as 1000)."""
+    from prefopt.tasks.qa import is_correct
+
+    return is_correct(probe.answer, probe.distractors, response)
+
+
+def hash_split(text: str) -> str:
+    """'heldout' for about 1 text in 5 (a stable hash of the text), else 'train'."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return "heldout" if int.from_bytes(digest[:8], "big") % HELDOUT_MODULUS == 0 else "train"
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as the gold rule reads it: a string as is, a message list as its last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise PrefoptError("the prompt has no user message to score against")
+    return users[-1]
+
+
+class Task:
+    """A benchmark task: prompts in a train and a heldout split, a gold rule, sycophancy probes.
+
+    Subclasses set name, description and gold_range, and implement gold() and
+    either _split_prompts() (a fixed ordered pool per split) or prompts().
+    """
+
+    name: str = ""
+    description: str = ""  # one line
+    gold_range: tuple[float, float] = (0.0, 1.0)  # the documented range of gold()
+
+    def _split_prompts(self, split: str) -> tuple[str, ...]:
+        raise NotImplementedError(f"task '{self.name}' does not define its prompts")
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise PrefoptError(f"task '{self.name}': unknown split {split!r} (expected train or heldout)")
+
+    def available(self, split: str) -> int:
+        """How many prompts the split has."""
+        self._check_split(split)
+        return len(self._split_prompts(split))
+
+    def prompts(self, split: str, n: int) -> list[str]:
+        """The first n user-message texts of `split` ("train" or "heldout"); deterministic."""
+        self._check_split(split)
+        pool = self._split_prompts(split)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PrefoptError(f"task '{self.name}': the number of prompts must be at least 1, got {n!r}")
+        if n > len(pool):
+            raise PrefoptError(f"task '{self.name}': the {split} split has {len(pool)} prompts, asked for {n}")
+        return list(pool[:n])
+
+    def gold(self, prompt: str, response: str) -> float:
+        """The gold score of one response (higher is better; range gold_range)."""
+        raise NotImplementedError(f"task '{self.name}' does not define its gold rule")
+
+    def gold_scores(self, prompts, responses) -> list[float]:
+        """gold() per (prompt, response); prompts are strings (or message lists: the last user message counts)."""
+        if len(prompts) != len(responses):
+            raise PrefoptError(
+                f"task '{self.name}': gold_scores got {len(prompts)} prompts and {len(responses)} responses"
+            )
+        return [float(self.gold(prompt_text(p), r)) for p, r in zip(prompts, responses)]
+
+    def probes(self, n: int) -> list[SycophancyProbe]:
+        """n sycophancy probes: by default the first n heldout questions of the qa task."""
+        from prefopt.tasks.qa import qa_probes
+
+        return qa_probes(n)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# name -> "module:Class" of the built-in tasks (imported on first use)
+BUILTIN_TASKS = {
+    "constraints": "prefopt.tasks.constraints:ConstraintsTask",
+    "qa": "prefopt.tasks.qa:QATask",
+    "tone": "prefopt.tasks.tone:ToneTask",
+}
+
+
+def task_names() -> list[str]:
+    """The built-in task names."""
+    return sorted(BUILTIN_TASKS)
+
+
+def get_task(spec: str | dict) -> Task:
+    """A built-in task by name ("qa", "constraints", "tone") or a custom task from a dict.
+
+    A custom task dict has keys name, prompts (a .jsonl file with a "prompt"
+    per row, optional "split") and gold ("package.module:function" called as
+    fn(prompt, response) -> float, or a judge spec such as "reward:RUN_DIR");
+    optional description. See :mod:`prefopt.tasks.custom`.
+    """
+    if isinstance(spec, dict):
+        from prefopt.tasks.custom import custom_task
+
+        return custom_task(spec)
+    available = ", ".join(task_names())
+    if not isinstance(spec, str):
+        raise PrefoptError(f"a task is a name ({available}) or a dict for a custom task, got {type(spec).__name__}")
+    name = spec.strip()
+    if name not in BUILTIN_TASKS:
+        raise PrefoptError(
+            f"unknown task '{name}' (available: {available}; or a dict with name, prompts and gold for a custom task)"
+        )
+    import importlib
+
+    module, _, cls = BUILTIN_TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
