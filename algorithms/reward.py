@@ -50,6 +50,7 @@ class Reward(Algorithm):
 
     inputs = "pairs"
     head = "scalar"
+    produces = "reward_model"
     needs_reference = False
 
     def loss(self, policy: PairRewards, reference: None, batch: dict) -> LossOutput:

@@ -93,6 +93,7 @@ class Algorithm:
     head: ClassVar[str] = "lm"  # "lm": response log-probs | "scalar": a reward head on the last token
     needs_reference: ClassVar[bool] = True  # needs log-probs of the frozen starting model
     online: ClassVar[bool] = False  # samples from the policy during training
+    produces: ClassVar[str] = "policy"  # "policy" | "reward_model": what the benchmark evaluates
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

@@ -1,4 +1,4 @@
-"""Command line: `prefopt run | list`.
+"""Command line: `prefopt run | list | bench | report`.
 
 Every user-facing error is one line on stderr and exit status 2.
 """
@@ -42,10 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value")
     run.add_argument("--output-dir", help="where the run is written; default runs/<algo>-<date>-<time>")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--num-processes", type=int, metavar="N",
+                     help="data-parallel over N processes (GPUs, or CPU processes over gloo), launched through "
+                     "accelerate; same results as one process, faster")
     run.add_argument("options", nargs="*", metavar="key=value", help="any run or algorithm option")
 
     lister = sub.add_parser("list", help="list registered algorithms", description="List registered algorithms.")
     lister.add_argument("--options", action="store_true", help="also show each algorithm's options and defaults")
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (algorithms x seeds x tasks) and write its report",
+        description="Train every algorithm of a suite on the same policy, data and budget, evaluate each against "
+        "the starting model, and write results/<suite>/results.csv + report.md + report.html. "
+        "Cells already in the CSV are skipped, so a killed benchmark resumes.",
+    )
+    bench.add_argument("--suite", default="benchmarks/quick.yaml", help="suite file (default benchmarks/quick.yaml)")
+    bench.add_argument("--results", metavar="DIR", help="results folder (default results/<suite name>)")
+    bench.add_argument("--work-dir", metavar="DIR", help="run folders and cached data (default runs/bench/<suite name>)")
+    bench.add_argument("--algos", help="comma-separated subset of the suite's algorithms")
+    bench.add_argument("--restart", action="store_true", help="forget earlier results of this suite and start over")
+
+    report = sub.add_parser("report", help="re-render a benchmark report from its CSV",
+                            description="Render report.md, report.html and plots from a results.csv alone.")
+    report.add_argument("source", help="a results folder (holding results.csv) or a CSV file")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (default: beside the CSV)")
     return parser
 
 
@@ -70,6 +91,29 @@ def cmd_list(show_options: bool = False) -> int:
         entries = found[name]
         if show_options and len(entries) == 1 and entries[0].cls is not None:
             print(format_options(entries[0].cls.Config, indent=" " * 4))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from prefopt.bench import run_suite
+
+    only = [a for a in (args.algos or "").split(",") if a] or None
+    outcome = run_suite(args.suite, args.results, args.work_dir, only=only, restart=args.restart)
+    print(f"ran {outcome['ran']} cells in {outcome['seconds'] / 60:.1f} min; results: {outcome['results']}")
+    for kind, path in outcome["report"].items():
+        if kind in ("md", "html"):
+            print(f"report ({kind}): {path}")
+    for cell, reason in outcome["failures"]:
+        print(f"prefopt: error: {cell.task}/{cell.algo}/seed{cell.seed}: {reason}", file=sys.stderr)
+    return 2 if outcome["failures"] else 0
+
+
+def cmd_report(args) -> int:
+    from prefopt.report import render
+
+    written = render(args.source, args.out)
+    for kind in ("md", "html"):
+        print(f"report ({kind}): {written[kind]}")
     return 0
 
 
@@ -99,19 +143,30 @@ def _resolve_run_options(args) -> tuple[str, dict, Path | None]:
     return algo, values, None
 
 
-def cmd_run(args) -> int:
-    from prefopt import registry
+def cmd_run(args, argv: list[str] | None = None) -> int:
+    from prefopt import distributed, registry
     from prefopt.config import split_options
 
-    algo_name, values, resume_dir = _resolve_run_options(args)
-    algo_cls = registry.get(algo_name)
-    source = str(resume_dir / "config.yaml") if resume_dir else "options"
-    run, algo_config = split_options(values, algo_cls.Config, source)
+    wanted = args.num_processes
+    relaunch = wanted is not None and wanted > 1 and distributed.launched_world_size() == 1
+    dist = distributed.Context() if relaunch else distributed.context()  # a launched process joins its group here
+    with dist.agree():  # a bad option fails on every process at once, reported once
+        algo_name, values, resume_dir = _resolve_run_options(args)
+        algo_cls = registry.get(algo_name)
+        source = str(resume_dir / "config.yaml") if resume_dir else "options"
+        run, algo_config = split_options(values, algo_cls.Config, source)
+        if relaunch and getattr(algo_cls, "online", False):
+            raise PrefoptError(f"{algo_name} is an online method and runs in one process; drop --num-processes")
+        if wanted is not None and not relaunch and wanted != dist.world:
+            raise PrefoptError(f"--num-processes {wanted} inside a launch of {dist.world} process(es)")
+    if relaunch:  # the same command in N processes; they write and print everything
+        return distributed.launch(wanted, distributed.strip_flag(list(argv or sys.argv[1:]), "--num-processes"))
 
     from prefopt.train import train
 
     summary = train(algo_name, algo_cls(algo_config), run, resume_dir=resume_dir)
-    _print_summary(summary)
+    if dist.is_main:
+        _print_summary(summary)
     return 0
 
 
@@ -145,17 +200,29 @@ def main(argv: list[str] | None = None) -> int:
         args.options = list(args.options) + extra
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, argv)
         if args.command == "list":
             return cmd_list(args.options)
+        if args.command == "bench":
+            return cmd_bench(args)
+        if args.command == "report":
+            return cmd_report(args)
         parser.print_help()
         return 0
     except PrefoptError as exc:
-        print(f"prefopt: error: {exc}", file=sys.stderr)
+        distributed = sys.modules.get("prefopt.distributed")  # loaded by runs only
+        if distributed is not None:
+            distributed.report_error(exc)  # once per launch, not once per process
+        else:
+            print(f"prefopt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prefopt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed = sys.modules.get("prefopt.distributed")
+        if distributed is not None:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -520,3 +520,23 @@ def _float_base_copy(base):
 def _strip_lora_names(name: str) -> str:
     """peft inserts `.base_layer` under each adapted module; the plain model has none."""
     return name.replace(".base_layer", "")
+
+
+def load_trained(outputs: dict[str, str], base_spec: str, device: torch.device | str = "cpu"):
+    """A trained policy for evaluation (eval mode, no grad) from a run's ``summary["outputs"]``.
+
+    A LoRA/QLoRA adapter is put on the float base model (a QLoRA adapter is
+    thus evaluated without 4-bit rounding of the base); a fully fine-tuned
+    model is loaded from its folder.
+    """
+    device = torch.device(device)
+    if "model" in outputs:
+        model = _load_float(outputs["model"])
+    elif "adapter" in outputs:
+        from peft import PeftModel
+
+        with _peft_deprecations_quiet():
+            model = PeftModel.from_pretrained(_load_float(resolve_model(base_spec)), outputs["adapter"])
+    else:
+        raise PrefoptError(f"the run saved no model or adapter (outputs: {sorted(outputs)})")
+    return model.to(device).eval().requires_grad_(False)
