@@ -5,6 +5,10 @@ Order of work in :func:`train`: every cheap check first (algorithm, output
 folder, data, tokenisation), so bad input fails before anything is written;
 then the model, the reference, the loop. A run folder is finished when its
 ``summary.json`` exists; that file is written last, atomically.
+
+Launched in several processes (``prefopt.distributed``), each optimizer step's
+global batch is split across them and their gradients summed, so the run
+matches a one-process run; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import yaml
@@ -32,6 +36,7 @@ from prefopt.algorithm import Algorithm, PairLogps, PairRewards, preference_accu
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from prefopt.config import RunConfig, as_flat_dict
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, load_records, tokenize_pairs
+from prefopt.distributed import Context, context
 from prefopt.errors import PrefoptError
 from prefopt.heads import attach_scalar_head
 from prefopt.inputs import PairInputs, RewardPairInputs, inputs_for
@@ -176,8 +181,9 @@ class Trainer:
     """Holds what one run needs: model, data, reference, optimizer; one step or one evaluation at a time."""
 
     def __init__(self, algorithm: Algorithm, run: RunConfig, out: Path, model, tokenizer, data: Prepared,
-                 reference, device, precision):
+                 reference, device, precision, dist: Context | None = None):
         self.algorithm, self.run, self.out = algorithm, run, out
+        self.dist = dist or Context()
         self.model, self.tokenizer, self.examples = model, tokenizer, data.examples
         self.reference, self.device, self.precision = reference, device, precision
         self.inputs = inputs_for(algorithm)
@@ -193,7 +199,7 @@ class Trainer:
                 self.start_scores = self._score_pairs(start)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=run.lr, weight_decay=run.weight_decay)
-        warmup = int(round(run.warmup_ratio * run.steps))
+        warmup = round(run.warmup_ratio * run.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, run.steps, warmup, run.schedule)
         )
@@ -210,20 +216,25 @@ class Trainer:
 
     @torch.no_grad()
     def _score_pairs(self, model) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) scores of the held-out pairs, each (P,): log-prob sums or rewards."""
-        chosen, rejected = [], []
+        """(chosen, rejected) scores of the held-out pairs, each (P,): log-prob sums or rewards.
+
+        With several processes each scores every W-th batch; all get every score, in order.
+        """
+        scores = {}
         was_training = model.training
         model.eval()
-        for start in range(0, len(self.eval_pairs), self.run.batch_size):
+        for number, start in enumerate(range(0, len(self.eval_pairs), self.run.batch_size)):
+            if not self.dist.mine(number):
+                continue
             batch = collate_pairs(self.eval_pairs[start : start + self.run.batch_size], self.tokenizer.pad_token_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with autocast(self.precision, self.device):
                 scored = self.pair_scorer.policy(model, batch)
             if isinstance(scored, PairLogps):
                 scored = PairRewards(scored.chosen.sum, scored.rejected.sum)
-            chosen.append(scored.chosen.float().cpu())
-            rejected.append(scored.rejected.float().cpu())
+            scores[number] = (scored.chosen.float().cpu(), scored.rejected.float().cpu())
         model.train(was_training)
+        chosen, rejected = zip(*self.dist.collect(scores))
         return torch.cat(chosen), torch.cat(rejected)
 
     def preference(self) -> dict[str, float]:
@@ -240,20 +251,26 @@ class Trainer:
         """One optimizer update over a global batch, split into micro-batches.
 
         Each micro-batch's summed loss is divided by the global batch size, so
-        accumulation gives the same gradient as one big batch.
+        accumulation gives the same gradient as one big batch. With several
+        processes each runs its contiguous share of `ids` and the gradients and
+        metric sums are added across processes before the update.
         """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         tokens = 0
-        for start in range(0, len(ids), self.run.batch_size):
-            batch = self._batch(ids[start : start + self.run.batch_size])
+        share = self.dist.shard(ids)
+        for start in range(0, len(share), self.run.batch_size):
+            batch = self._batch(share[start : start + self.run.batch_size])
             out = self.compute_loss(batch)
             (out.losses.sum() / len(ids)).backward()
             sums["loss"] += float(out.losses.detach().sum())
             for key, value in out.metrics.items():
                 sums[key] += float(value.detach().float().sum())
             tokens += int(batch["attention_mask"].sum())
+        if self.dist.distributed:
+            self.dist.sum_gradients(self.params)
+            sums, tokens = self.dist.sum_metrics(sums, tokens)
         max_norm = self.run.max_grad_norm if self.run.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
@@ -267,12 +284,18 @@ class Trainer:
         if not ids:
             return self.preference()
         self.model.eval()
+        parts = {}  # batch number -> its sums (each process does every W-th batch)
+        for number, start in enumerate(range(0, len(ids), self.run.batch_size)):
+            if self.dist.mine(number):
+                out = self.compute_loss(self._batch(ids[start : start + self.run.batch_size]))
+                part = {"loss": float(out.losses.sum())}
+                for key, value in out.metrics.items():
+                    part[key] = float(value.float().sum())
+                parts[number] = part
         sums: dict[str, float] = defaultdict(float)
-        for start in range(0, len(ids), self.run.batch_size):
-            out = self.compute_loss(self._batch(ids[start : start + self.run.batch_size]))
-            sums["loss"] += float(out.losses.sum())
-            for key, value in out.metrics.items():
-                sums[key] += float(value.float().sum())
+        for part in self.dist.collect(parts):  # added in batch order, as one process would
+            for key, value in part.items():
+                sums[key] += value
         self.model.train()
         return {**{f"eval_{k}": v / len(ids) for k, v in sums.items()}, **self.preference()}
 
@@ -310,27 +333,51 @@ def reset_peak_rss() -> bool:
 
 
 def load_policy(run: RunConfig, algorithm: Algorithm, device, precision):
-    """The model to train: LoRA/QLoRA/full as configured, with a scalar head if the algorithm declares one."""
+    """The model to train: LoRA/QLoRA/full as configured, with a scalar head if the algorithm declares one.
+
+    With ``run.gradient_checkpointing`` every decoder layer of the HF model
+    (under the peft wrapper, and under the scalar head, which runs the same
+    layers) keeps only its input in the forward and recomputes the rest in the
+    backward: non-reentrant ``torch.utils.checkpoint``, so the gradients are the
+    ones without it (dropout masks are replayed from the saved RNG state). It
+    acts in train mode only; evaluation and reference forwards run as before.
+    """
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA and head initialisation
     model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
+    if run.gradient_checkpointing:
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        kwargs = {"use_reentrant": False}
+        if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.x name; the old one warns
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # A frozen base gives the first checkpointed layer an input that needs no grad; the reentrant variant
+        # would then drop the LoRA gradients of that segment. Non-reentrant does not, but an input that requires
+        # grad is what every variant expects (transformers 5 already adds this hook; older versions do not).
+        hooked = getattr(hf, "_require_grads_hooks", None) or getattr(hf, "_require_grads_hook", None)
+        if hf is not model and not hooked:
+            hf.enable_input_require_grads()
+        hf.config.use_cache = False  # no KV cache in training forwards (they also pass use_cache=False)
     return attach_scalar_head(model) if algorithm.head == "scalar" else model
 
 
-def restore(out: Path, resume: bool, model, optimizer, scheduler) -> dict:
+def restore(out: Path, resume: bool, model, optimizer, scheduler, write: bool = True) -> dict:
     """State of the latest checkpoint of a resumed run ({"step": 0} for a fresh start).
 
     Rows logged after that checkpoint are dropped from metrics.jsonl (they will
-    be redone); a run stopped before its first checkpoint starts over.
+    be redone; only when `write`, i.e. on process 0); a run stopped before its
+    first checkpoint starts over.
     """
     metrics_path = out / METRICS
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is None:
-        if resume:
+        if resume and write:
             metrics_path.unlink(missing_ok=True)
         return {"step": 0}
     state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-    _truncate_metrics(metrics_path, state["step"])
+    if write:
+        _truncate_metrics(metrics_path, state["step"])
     return state
 
 
@@ -351,60 +398,98 @@ def _progress_postfix(row: dict) -> dict[str, str]:
 
 
 def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path | None = None) -> dict:
-    """Train `algorithm` as configured by `run`; returns the run summary."""
+    """Train `algorithm` as configured by `run`; returns the run summary (process 0's, on every process)."""
+    dist = context()
     if algorithm.online:
+        with dist.agree():
+            if dist.distributed:
+                raise PrefoptError(f"{algo_name} is an online method and runs in one process; "
+                                   f"launch it without accelerate/--num-processes (got {dist.world} processes)")
         from prefopt.online import train_online
 
         return train_online(algo_name, algorithm, run, resume_dir)
-    inputs = inputs_for(algorithm, algo_name)
-    out = Path(resume_dir) if resume_dir else Path(run.output_dir or default_output_dir(algo_name))
-    check_output_dir(out, resume=resume_dir is not None)
+    # process 0's folder name: the default one holds the time, which may differ by a second between processes
+    out = dist.broadcast(Path(resume_dir) if resume_dir else Path(run.output_dir or default_output_dir(algo_name)))
 
-    # --- everything that can reject the input, before anything is written
-    random.seed(run.seed)
-    torch.manual_seed(run.seed)
-    tokenizer = load_tokenizer(run.model)
-    data = prepare_data(run, inputs, tokenizer)
-    global_batch = run.batch_size * run.grad_accum
-    device = pick_device()
-    precision = resolve_precision(run.precision, device)
+    # --- everything that can reject the input, before anything is written (every process checks)
+    tokenizer = None
+    with dist.agree():
+        inputs = inputs_for(algorithm, algo_name)
+        check_output_dir(out, resume=resume_dir is not None)
+        random.seed(run.seed)
+        torch.manual_seed(run.seed)
+        if dist.is_main:  # first alone: a .gguf model is converted once, by process 0
+            tokenizer = load_tokenizer(run.model)
+    with dist.agree():
+        if tokenizer is None:
+            tokenizer = load_tokenizer(run.model)
+        data = prepare_data(run, inputs, tokenizer)
+        global_batch = run.batch_size * run.grad_accum
+        device = dist.device if dist.distributed else pick_device()
+        precision = resolve_precision(run.precision, device)
 
-    created = create_output_dir(out)
+    created = False
+    with dist.agree():  # only process 0 creates the folder; the others wait here until it exists
+        if dist.is_main:
+            created = create_output_dir(out)
     try:
         return _train_in(out, algo_name, algorithm, run, tokenizer, data, global_batch, device, precision,
-                         resume=resume_dir is not None)
+                         resume=resume_dir is not None, dist=dist)
     except PrefoptError:
-        if created and latest_checkpoint(out) is None:
+        if dist.is_main and created and latest_checkpoint(out) is None:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
         raise
 
 
-def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_batch, device, precision, resume) -> dict:
-    started = time.perf_counter()
-    if not resume:
-        atomic_write_text(out / CONFIG, yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
-    model = load_policy(run, algorithm, device, precision)
-
+def _build_reference(run, algorithm, model, tokenizer, data: Prepared, device, precision, dist: Context):
+    """The reference for the run. A precomputed one is computed and cached by process 0 while the
+    others wait, then loaded from that cache by them (never two writers of one cache file)."""
+    mode = resolve_reference_mode(run.reference, run.adapter)
+    build = partial(
+        build_reference, mode, model, run.adapter,
+        examples=data.examples,
+        collate=partial(inputs_for(algorithm).collate, pad_id=tokenizer.pad_token_id),
+        batch_size=run.batch_size,
+        fingerprint=f"{model_fingerprint(run.model)}|{run.max_length}|{run.max_prompt_length}",
+        autocast=partial(autocast, precision, device),
+        progress=run.progress and dist.is_main,
+    )
+    if mode != "precomputed" or not dist.distributed:
+        return build()
     reference = None
-    if algorithm.needs_reference:
-        mode = resolve_reference_mode(run.reference, run.adapter)
-        reference = build_reference(
-            mode, model, run.adapter,
-            examples=data.examples,
-            collate=partial(inputs_for(algorithm).collate, pad_id=tokenizer.pad_token_id),
-            batch_size=run.batch_size,
-            fingerprint=f"{model_fingerprint(run.model)}|{run.max_length}|{run.max_prompt_length}",
-            autocast=partial(autocast, precision, device),
-            progress=run.progress,
-        )
+    with dist.agree():
+        if dist.is_main:
+            reference = build()
+    with dist.agree():
+        if not dist.is_main:
+            reference = build()
+    return reference
 
-    trainer = Trainer(algorithm, run, out, model, tokenizer, data, reference, device, precision)
+
+def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_batch, device, precision, resume,
+              dist: Context | None = None) -> dict:
+    dist = dist or Context()
+    started = time.perf_counter()
+    reference = None
+    with dist.agree():
+        if not resume and dist.is_main:
+            atomic_write_text(out / CONFIG,
+                              yaml.safe_dump(as_flat_dict(algo_name, run, algorithm.config), sort_keys=False))
+        model = load_policy(run, algorithm, device, precision)
+        if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
+            reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
+    if algorithm.needs_reference and reference is None:  # precomputed, several processes: agrees by itself
+        reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
+    # every process starts from process 0's weights (they are equal already: same seed, same files)
+    dist.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+
+    trainer = Trainer(algorithm, run, out, model, tokenizer, data, reference, device, precision, dist=dist)
     metrics_path = out / METRICS
-    state = restore(out, resume, model, trainer.optimizer, trainer.scheduler)
+    state = restore(out, resume, model, trainer.optimizer, trainer.scheduler, write=dist.is_main)
     step = state["step"]
 
     eval_before = state.get("eval_before") or trainer.evaluate(data.eval_ids)
-    if step == 0 and eval_before:
+    if step == 0 and eval_before and dist.is_main:
         _append_metrics(metrics_path, {"step": 0, **eval_before})
     lengths = [trainer.inputs.length(e) for e in data.examples]
     stream = batch_stream(data.train_ids, lengths, global_batch, run.seed)
@@ -413,7 +498,8 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
 
     step_seconds: list[float] = []
     recent: list[dict] = []
-    bar = tqdm(total=run.steps, initial=step, desc=algo_name, disable=not run.progress, file=sys.stderr)
+    bar = tqdm(total=run.steps, initial=step, desc=algo_name, disable=not (run.progress and dist.is_main),
+               file=sys.stderr)
     while step < run.steps:
         t0 = time.perf_counter()
         row = trainer.train_step(next(stream))
@@ -423,14 +509,17 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         recent = (recent + [row])[-10:]
         if run.eval_every and step % run.eval_every == 0 and step < run.steps:
             row.update(trainer.evaluate(data.eval_ids))
-        _append_metrics(metrics_path, row)
+        if dist.is_main:
+            _append_metrics(metrics_path, row)
         bar.set_postfix(_progress_postfix(row))
         bar.update(1)
-        if run.save_every and step % run.save_every == 0 and step < run.steps:
+        if run.save_every and step % run.save_every == 0 and step < run.steps and dist.is_main:
             save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before})
     bar.close()
 
     eval_after = trainer.evaluate(data.eval_ids)
+    if not dist.is_main:
+        return dist.broadcast(None)  # process 0's summary, once it has written everything
     if eval_after:
         _append_metrics(metrics_path, {"step": step, **eval_after})
     saved = save_outputs(out, model, tokenizer, run.merge)
@@ -443,6 +532,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         "eval_examples": len(data.eval_ids),
         "eval_pairs": len(data.eval_pairs),
         "global_batch": global_batch,
+        "num_processes": dist.world,
         "truncation": asdict(data.truncation),
         "eval_before": eval_before,
         "eval_after": eval_after,
@@ -457,4 +547,4 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         "provenance": provenance(),
     }
     atomic_write_json(out / SUMMARY, summary)
-    return summary
+    return dist.broadcast(summary)

@@ -1,0 +1,166 @@
+"""Data-parallel training in real processes (gloo on CPU), launched as a user would, against one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+from prefopt.distributed import Context, strip_flag
+
+ROOT = Path(__file__).resolve().parents[1]
+# what a launcher leaves behind; none of it may reach the next launch
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+               "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_learnable_pairs(tmp_path / "pairs.jsonl")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCH_VARS and not k.startswith(("ACCELERATE_", "TORCHELASTIC_", "PET_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def _accelerate_launch(*args) -> list:
+    # `accelerate launch` (the console script's module); --multi_gpu is its torchrun launcher, on CPU too:
+    # its --cpu mode starts one process unless run under mpirun. Port 0: a free one.
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            "-m", "prefopt", *args]
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def _assert_same_run(one: Path, two: Path, atol: float) -> None:
+    assert _files(one) == _files(two)
+    rows1, rows2 = read_metrics(one), read_metrics(two)
+    assert len(rows1) == len(rows2)
+    for r1, r2 in zip(rows1, rows2):
+        assert r1.keys() == r2.keys()
+        for key in r1:
+            if key != "seconds":
+                assert r2[key] == pytest.approx(r1[key], abs=atol), (r1["step"], key)
+    w1 = load_file(one / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(two / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        assert_close(w2[key], w1[key], rtol=0, atol=atol)
+    s1, s2 = (json.loads((run / "summary.json").read_text()) for run in (one, two))
+    assert (s1["num_processes"], s2["num_processes"]) == (1, 2)
+    assert s1["eval_after"] == pytest.approx(s2["eval_after"], abs=atol)
+
+
+def test_accelerate_launch_two_processes_matches_one(tiny_model_dir, pairs, tmp_path):
+    """Each process runs exactly one of the micro-batches one process would run: the same numbers."""
+    common = ("steps=4", "lr=1e-2", "grad_accum=2", "eval_every=2", "save_every=2")  # batch_size=4: 2 x 4 = 8
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0
+    work = tmp_path / "work"
+    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, two, *common)), work)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    _assert_same_run(one, two, atol=1e-5)
+    train_steps = [r["step"] for r in read_metrics(two) if "loss" in r]
+    assert train_steps == [1, 2, 3, 4]  # one row per step: process 1 logged nothing
+    assert done.stdout.count("run folder:") == 1  # one summary, printed by process 0
+    assert list(work.iterdir()) == []  # nothing written beside the run folder
+    assert not (two / "checkpoints").exists()
+
+
+def test_num_processes_flag_precomputed_reference(tiny_model_dir, pairs, tmp_path, monkeypatch):
+    """`--num-processes 2` re-launches through accelerate; the reference cache is written once, by process 0.
+
+    Each process accumulates two micro-batches of 2 (one process: four), so the gradients are the same
+    sums added in another order.
+    """
+    home = tmp_path / "home"
+    monkeypatch.setenv("PREFOPT_HOME", str(home))
+    common = ("steps=3", "lr=1e-2", "batch_size=2", "grad_accum=4", "reference=precomputed")
+    one, two = tmp_path / "one", tmp_path / "two"
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, two, *common),
+                 "--num-processes", "2"], tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cache = list((home / "reference").iterdir())
+    assert len(cache) == 1 and cache[0].suffix == ".pt"  # one file, no temp files left by a second writer
+
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0  # loads that cache
+    _assert_same_run(one, two, atol=1e-5)
+    assert json.loads((two / "summary.json").read_text())["reference"] == "precomputed"
+
+
+def test_resume_in_two_processes(tiny_model_dir, pairs, tmp_path, monkeypatch):
+    """A one-process run interrupted after its step-2 checkpoint, resumed in two processes: the uninterrupted run."""
+    from prefopt import train as train_module
+
+    common = ("steps=4", "save_every=2", "lr=5e-3", "grad_accum=2")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, straight, *common)) == 0
+    real_step = train_module.Trainer.train_step
+    calls = {"n": 0}
+
+    def dies_on_third(self, ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, ids)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", dies_on_third)
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, broken, *common)) == 130
+    monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
+
+    done = _run(_accelerate_launch("run", "--resume", broken), tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(broken / "adapter" / "adapter_model.safetensors")
+    for key in a:  # the same sums of the same micro-batch gradients: exact
+        assert_close(b[key], a[key], rtol=0, atol=0)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(read_metrics(broken)) == strip(read_metrics(straight))
+
+
+def test_bad_input_fails_once_on_every_process(tiny_model_dir, tmp_path):
+    """A check that fails on both processes gives one line and exit status 2, and writes nothing."""
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, tmp_path / "missing.jsonl", out),
+                 "--num-processes", "2"], tmp_path / "work")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("prefopt: error: ") and "missing.jsonl" in errors[0], done.stderr
+    assert not out.exists()
+
+
+def test_online_methods_refuse_several_processes(tiny_model_dir, pairs, tmp_path, capsys):
+    code = run_cli(["run", "--algo", "ppo", "--num-processes", "2", *tiny_run_args(tiny_model_dir, pairs, tmp_path)[1:]])
+    assert code == 2
+    assert "online method and runs in one process" in capsys.readouterr().err
+
+
+def test_shares_and_flag_stripping():
+    ids = list(range(7))
+    shares = [Context(rank=r, world=3).shard(ids) for r in range(3)]
+    assert shares == [[0, 1], [2, 3], [4, 5, 6]]
+    assert Context().shard(ids) is ids
+    assert [k for k in range(5) if Context(rank=1, world=2).mine(k)] == [1, 3]
+    argv = ["run", "--num-processes", "2", "--algo", "dpo", "--num-processes=3", "steps=2"]
+    assert strip_flag(argv, "--num-processes") == ["run", "--algo", "dpo", "steps=2"]
