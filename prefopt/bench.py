@@ -423,7 +423,8 @@ class Bench:
         train_prompts = task.prompts("train", p.prompts)
         repeated = [q for q in train_prompts for _ in range(p.samples)]
         _, texts, _ = ref.sample([_chat(q) for q in repeated],
-                                 SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, seed=p.seed))
+                                 SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, seed=p.seed),
+                                 progress=self.progress)
         scores = task.gold_scores(repeated, texts)
         grouped = [texts[i : i + p.samples] for i in range(0, len(texts), p.samples)]
         grouped_scores = [scores[i : i + p.samples] for i in range(0, len(scores), p.samples)]

@@ -246,10 +246,10 @@ class Sampler:
         texts = [prompt_text(self.tokenizer, c) for c in conversations]
         return self.tokenizer(texts, add_special_tokens=False).input_ids
 
-    def sample(self, conversations: Sequence[Sequence[Message]], sampling: SamplingConfig):
+    def sample(self, conversations: Sequence[Sequence[Message]], sampling: SamplingConfig, progress: bool = False):
         """(rollout, texts, lengths) for one reply per conversation."""
         rollout = generate(self.model, self.tokenizer, self.prompt_ids(conversations), sampling,
-                           batch_size=self.batch_size, autocast=self.autocast)
+                           batch_size=self.batch_size, autocast=self.autocast, progress=progress)
         return rollout, rollout.texts(self.tokenizer), rollout.lengths().tolist()
 
     def respond(self, conversations: list[list[Message]], max_new_tokens: int) -> list[str]:
