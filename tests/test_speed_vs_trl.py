@@ -1,0 +1,70 @@
+"""benchmarks/speed_vs_trl.py on the tiny model: prefopt's DPO step and trl's DPOTrainer step, driven as the
+benchmark drives them, give the same loss (within 1e-4 in fp32) from the same weights on the same batches."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl", reason="trl not installed: the benchmark against trl is skipped")
+
+# Importing trl's trainers trips a torch.jit deprecation inside a dependency; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed_vs_trl.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("speed_vs_trl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("pad_to", [0, 48])
+def test_loss_check_agrees_on_tiny_model(tiny_model_dir, pad_to):
+    sv = _script()
+    setup = sv.Setup(model=str(tiny_model_dir), rows=16, batch_size=2, max_length=64, max_prompt_length=32,
+                     pad_to=pad_to, precision="fp32", lora_r=8, lora_alpha=16, lr=1e-2)
+    tokenizer, pairs, _ = sv.load_pairs(setup)
+    if pad_to:
+        assert all(len(p.prompt_ids) + len(p.chosen_ids) == pad_to == len(p.prompt_ids) + len(p.rejected_ids)
+                   for p in pairs)
+    batches = sv.batch_order(pairs, setup, 3)
+    assert all(len(b) == 2 for b in batches)
+    check = sv.loss_check(setup, tokenizer, pairs, batches)
+    assert len(check["trl_losses"]) == len(check["prefopt_losses"]) == 3
+    assert check["passed"], check
+    assert check["max_abs_diff"] < 1e-4
+    # not vacuous: perturbed LoRA B moves the policy off the reference, and training moves the loss
+    assert max(abs(x - math.log(2)) for x in check["prefopt_losses"]) > 1e-3
+    assert len({round(x, 6) for x in check["prefopt_losses"]}) > 1
+
+
+def test_benchmark_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
+    """The alternating protocol: both trainers take the same steps on the same batches (fp32: same losses)."""
+    sv = _script()
+    out = tmp_path / "speed"
+    code = sv.main(["--model", str(tiny_model_dir), "--rows", "32", "--max-length", "64", "--batch-size", "2",
+                    "--precision", "fp32", "--reps", "2", "--warmup", "1", "--steps", "2", "--check-steps", "1",
+                    "--lr", "1e-2", "--out", str(out)])
+    assert code == 0
+    record = json.loads((out / "dpo_vs_trl.json").read_text())
+    assert "dpo_vs_trl.md" in {p.name for p in out.iterdir()}
+    for impl in ("prefopt", "trl"):
+        r = record["results"][impl]
+        assert [len(s) for s in r["seconds_per_step"]] == [2, 2] and r["timed_steps"] == 4
+        assert r["seconds_per_step_min"] <= r["seconds_per_step_median"] <= r["seconds_per_step_max"]
+        assert r["tokens_per_second"] > 0 and r["peak_memory_mb"] > 0
+    assert record["ratios"]["steps_per_second_prefopt_over_trl"] > 0
+    assert record["loss_check"]["passed"]
+    assert record["reference"]["prefopt"] == "adapter"
+    assert record["machine"]["versions"]["trl"]
+    ours, theirs = record["train_losses"]["prefopt"], record["train_losses"]["trl"]
+    assert len(ours) == len(theirs) == 6
+    assert ours == pytest.approx(theirs, abs=1e-4)
+    assert ours[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at the start, in both
