@@ -530,16 +530,9 @@ class Bench:
         return next(t for t in self.suite.tasks if (t if isinstance(t, str) else t.get("name")) == name)
 
     def evaluate_cell(self, cell: Cell, prep: dict, algo_cls, algo_config, summary: dict) -> dict:
-        from prefopt.evaluate import (
-            batched_kl,
-            hacking_gap,
-            length_controlled_win_rate,
-            score_decisions,
-            standardised_gain,
-            win_rate,
-        )
+        from prefopt.evaluate import batched_kl, length_controlled_win_rate, score_decisions, win_rate
         from prefopt.generate import SamplingConfig
-        from prefopt.judges import agreement, make_judge, tie_rate
+        from prefopt.judges import agreement, tie_rate
         from prefopt.models import load_trained
 
         if algo_cls.produces != "policy":  # a reward model has no samples to compare
@@ -570,16 +563,7 @@ class Bench:
         proxy = _proxy_spec(algo_config)
         out["proxy"] = proxy or ""
         if proxy:
-            proxy_judge = make_judge(proxy)
-            convs = [_chat(q) for q in heldout]
-            proxy_decisions = proxy_judge.compare(convs, texts, ref_texts)
-            out["proxy_win_rate"] = _mean(proxy_decisions)
-            out["hacking_gap"] = hacking_gap(proxy_decisions, gold_decisions)
-            try:
-                out["proxy_gain_z"] = standardised_gain(proxy_judge.score(convs, texts), proxy_judge.score(convs, ref_texts))
-                out["gold_gain_z"] = standardised_gain(gold, prep["ref_gold"])
-            except NotImplementedError:  # a compare-only judge (LM, HTTP) has no scores
-                pass
+            out.update(self._proxy_metrics(proxy, heldout, texts, ref_texts, gold, prep["ref_gold"], gold_decisions))
         side = self._side_metrics(pol, task, policy, tokenizer)
         out.update(side)
         ref_side = prep["ref"]
@@ -588,6 +572,27 @@ class Bench:
             out[name] = v
         del policy, pol
         gc.collect()
+        return out
+
+    def _proxy_metrics(self, spec, heldout, texts, ref_texts, gold, ref_gold, gold_decisions) -> dict:
+        """How far the proxy a policy was trained on over-rates it, compared with gold."""
+        from prefopt.evaluate import hacking_gap, score_decisions, standardised_gain
+        from prefopt.judges import make_judge
+
+        kind = spec.split(":", 1)[0]
+        options = {"precision": self.precision, "device": str(self.device)} if kind in ("lm", "reward") else {}
+        judge = make_judge(spec, **options)
+        convs = [_chat(q) for q in heldout]
+        out = {}
+        try:  # a scoring judge: one score per sample, decisions from the scores
+            proxy_policy, proxy_ref = judge.score(convs, texts), judge.score(convs, ref_texts)
+            decisions = score_decisions(proxy_policy, proxy_ref)
+            out["proxy_gain_z"] = standardised_gain(proxy_policy, proxy_ref)
+            out["gold_gain_z"] = standardised_gain(gold, ref_gold)
+        except NotImplementedError:  # a compare-only judge (LM, HTTP)
+            decisions = judge.compare(convs, texts, ref_texts)
+        out["proxy_win_rate"] = _mean(decisions)
+        out["hacking_gap"] = hacking_gap(decisions, gold_decisions)
         return out
 
     # ---- the whole suite
