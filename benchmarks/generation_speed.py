@@ -68,14 +68,10 @@ def qa_prompts(tokenizer, n: int) -> list[list[int]]:
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), each (B, P): prompts right-aligned, the layout HF generate needs for decoder-only models."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, P)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
+    """(ids, mask), each (B, P): prompts right-aligned, the layout HF generate needs (the one prefopt's sampler uses)."""
+    from prefopt.generate import _left_pad
+
+    return _left_pad(prompts, pad_id, max(len(p) for p in prompts))
 
 
 def sync(device: torch.device) -> None:

@@ -529,19 +529,26 @@ def _err(values) -> tuple[float, float, float]:
     return mean, mean - low, high - mean
 
 
+def _grouped_bars(ax, policy: pd.DataFrame, order: list[str], series: list[tuple[str, str]]) -> list:
+    """One bar per (algorithm, series): mean over seeds with its 95% CI; returns the series' colours."""
+    colors = _colors(len(series))
+    width = 0.8 / len(series)
+    for k, ((col, label), color) in enumerate(zip(series, colors)):
+        stats = [_err(policy.loc[policy["algo"] == a, col]) for a in order]
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(order))]
+        heights = [s[0] if np.isfinite(s[0]) else 0.0 for s in stats]
+        yerr = [[s[1] for s in stats], [s[2] for s in stats]]
+        ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=3, color=color, label=label)
+    return colors
+
+
 def _plot_winrates(policy: pd.DataFrame, order: list[str], task: str) -> tuple[bytes, str] | None:
     series = [(c, label) for c, label in (("win_rate_gold", "gold"), ("win_rate_judge", "judge"))
               if _has(policy, c)]
     if not series:
         return None
     fig, ax = _new_fig()
-    width = 0.8 / len(series)
-    for k, ((col, label), color) in enumerate(zip(series, _colors(len(series)))):
-        stats = [_err(policy.loc[policy["algo"] == a, col]) for a in order]
-        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(order))]
-        heights = [s[0] if np.isfinite(s[0]) else 0.0 for s in stats]
-        yerr = [[s[1] for s in stats], [s[2] for s in stats]]
-        ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=3, color=color, label=label)
+    _grouped_bars(ax, policy, order, series)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="reference (0.5)")
     _bar_labels(ax, order)
     ax.set_ylim(0, 1)
@@ -561,13 +568,7 @@ def _plot_sycophancy(policy: pd.DataFrame, rows: pd.DataFrame, order: list[str],
     if not series:
         return None
     fig, ax = _new_fig()
-    width = 0.8 / len(series)
-    for k, ((col, label), color) in enumerate(zip(series, _colors(len(series)))):
-        stats = [_err(policy.loc[policy["algo"] == a, col]) for a in order]
-        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(order))]
-        heights = [s[0] if np.isfinite(s[0]) else 0.0 for s in stats]
-        yerr = [[s[1] for s in stats], [s[2] for s in stats]]
-        ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=3, color=color, label=label)
+    for (col, label), color in zip(series, _grouped_bars(ax, policy, order, series)):
         if _has(rows, f"{col}_ref"):
             ax.axhline(_mean(rows[f"{col}_ref"]), color=color, linestyle="--", linewidth=1.2,
                        label=f"reference {label}")

@@ -62,3 +62,18 @@ def perturb_lora(model) -> None:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def interrupt_on_call(monkeypatch, owner, method: str, n: int):
+    """The n-th call of owner.method raises KeyboardInterrupt (a user's Ctrl-C); returns a function that undoes it."""
+    real = getattr(owner, method)
+    calls = {"n": 0}
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, dies)
+    return lambda: monkeypatch.setattr(owner, method, real)

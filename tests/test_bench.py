@@ -188,6 +188,22 @@ def test_proxy_trained_policy_reports_hacking_gap_and_the_ai_judge(tmp_path, tin
     assert "ppo" in (results / "report.md").read_text()
 
 
+def test_a_policy_identical_to_the_reference_wins_half_at_zero_kl(tmp_path, tiny_model_dir):
+    """lr=0 leaves the LoRA policy equal to the starting model; sampled with the reference's seed, its samples are the
+    reference's: win rate 1/2 (every pair a tie), KL 0, same length, same sycophancy and capability."""
+    suite = micro_suite(tmp_path / "same.yaml", tiny_model_dir, {"dpo": {"lr": 0.0}}, seeds=(7,), reference_seed=7,
+                        capability=["prefopt_arith"], capability_limit=8)  # fmt: skip
+    results = tmp_path / "results"
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
+    row = pd.read_csv(results / "results.csv").iloc[0]
+    assert row["win_rate_gold"] == 0.5 and row["win_rate_gold_se"] == 0.0
+    assert row["lc_win_rate_gold"] == pytest.approx(0.5, abs=1e-9)
+    assert row["gold_reward"] == row["gold_reward_ref"] and row["length"] == row["length_ref"]
+    assert abs(row["kl_k1"]) < 1e-6 and abs(row["kl_k3"]) < 1e-6
+    assert row["syc_answer_drop"] == row["syc_answer_drop_ref"]
+    assert row["cap_prefopt_arith"] == row["cap_ref_prefopt_arith"]
+
+
 def test_bench_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert run_cli(["bench", "--suite", tmp_path / "none.yaml"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
+from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -113,18 +113,9 @@ def test_resume_in_two_processes(tiny_model_dir, pairs, tmp_path, monkeypatch):
     common = ("steps=4", "save_every=2", "lr=5e-3", "grad_accum=2")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, straight, *common)) == 0
-    real_step = train_module.Trainer.train_step
-    calls = {"n": 0}
-
-    def dies_on_third(self, ids):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, ids)
-
-    monkeypatch.setattr(train_module.Trainer, "train_step", dies_on_third)
+    undo = interrupt_on_call(monkeypatch, train_module.Trainer, "train_step", 3)
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, broken, *common)) == 130
-    monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
+    undo()
 
     done = _run(_accelerate_launch("run", "--resume", broken), tmp_path / "work")
     assert done.returncode == 0, done.stderr[-3000:]

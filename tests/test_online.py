@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import read_metrics, run_cli, tiny_run_args
+from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args
 
 from prefopt import judges
 from prefopt.judges import Judge
@@ -62,19 +62,10 @@ def test_ppo_resume_is_exact(letter_judge, tiny_model_dir, prompts, tmp_path, mo
     assert run_cli(tiny_run_args(tiny_model_dir, prompts, straight, *common) + ["--algo", "ppo"]) == 0
     from prefopt.algorithms.ppo import PPO
 
-    real = PPO.train_step
-    calls = {"n": 0}
-
-    def dies_on_third(self, ctx, p, m):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, ctx, p, m)
-
-    monkeypatch.setattr(PPO, "train_step", dies_on_third)
+    undo = interrupt_on_call(monkeypatch, PPO, "train_step", 3)
     broken = tmp_path / "broken"
     assert run_cli(tiny_run_args(tiny_model_dir, prompts, broken, *common) + ["--algo", "ppo"]) == 130
-    monkeypatch.setattr(PPO, "train_step", real)
+    undo()
     assert run_cli(["run", "--resume", broken]) == 0
     strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
     assert strip(read_metrics(straight)) == strip(read_metrics(broken))

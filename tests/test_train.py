@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
+from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -40,20 +40,11 @@ def test_resume_continues_exactly(tiny_model_dir, pairs, tmp_path, monkeypatch):
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, straight, *common)) == 0
 
     broken = tmp_path / "broken"
-    real_step = train_module.Trainer.train_step
-    calls = {"n": 0}
-
-    def dies_on_fifth(self, ids):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_step(self, ids)
-
-    monkeypatch.setattr(train_module.Trainer, "train_step", dies_on_fifth)
+    undo = interrupt_on_call(monkeypatch, train_module.Trainer, "train_step", 5)
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, broken, *common)) == 130
     assert not (broken / "summary.json").exists()
     assert (broken / "checkpoints" / "step-000003").is_dir()
-    monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
+    undo()
 
     assert run_cli(["run", "--resume", broken]) == 0
     a = load_file(straight / "adapter" / "adapter_model.safetensors")

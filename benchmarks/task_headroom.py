@@ -1,0 +1,97 @@
+"""Starting gold score of a model on every built-in task: how much headroom each task leaves.
+
+Samples one response per held-out prompt (temperature 1, like the benchmark's
+evaluation) and also a greedy one, scores them with the task's gold rule and
+writes results/tasks/headroom.json + headroom.md.
+
+    python benchmarks/task_headroom.py                   # bundled model, 64 prompts per task
+    python benchmarks/task_headroom.py --prompts 128 --model HuggingFaceTB/SmolLM2-360M-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "results" / "tasks"))
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from prefopt.evaluate import Sampler
+    from prefopt.generate import SamplingConfig
+    from prefopt.io import atomic_write_json, atomic_write_text, provenance
+    from prefopt.models import load_model, load_tokenizer, pick_device, resolve_precision
+    from prefopt.tasks import get_task, task_names
+
+    device = pick_device()
+    precision = resolve_precision("auto", device)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, adapter="full", device=device).eval().requires_grad_(False)
+    sampler = Sampler(model, tokenizer, precision, batch_size=64)
+    rows = []
+    for name in task_names():
+        task = get_task(name)
+        prompts = task.prompts("heldout", args.prompts)
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        row = {"task": name, "prompts": len(prompts), "gold_range": list(task.gold_range)}
+        for mode, temperature in (("sampled", 1.0), ("greedy", 0.0)):
+            started = time.perf_counter()
+            _, texts, lengths = sampler.sample(
+                conversations, SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=temperature, seed=args.seed)
+            )
+            scores = task.gold_scores(prompts, texts)
+            row[mode] = {
+                "gold_mean": statistics.fmean(scores),
+                "gold_sd": statistics.stdev(scores),
+                "at_max": sum(s >= task.gold_range[1] for s in scores) / len(scores),
+                "length_mean": statistics.fmean(lengths),
+                "seconds": time.perf_counter() - started,
+                "examples": [{"prompt": p, "response": t, "gold": s} for p, t, s in list(zip(prompts, texts, scores))[:3]],
+            }
+        rows.append(row)
+        print(f"{name}: sampled {row['sampled']['gold_mean']:.3f}, greedy {row['greedy']['gold_mean']:.3f} "
+              f"(range {task.gold_range})", flush=True)
+    record = {
+        "command": " ".join(["python", *sys.argv]),
+        "model": args.model,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "precision": precision,
+        "device": str(device),
+        "rows": rows,
+        "provenance": provenance(),
+    }
+    lines = [
+        f"# Starting gold score of `{args.model}` on the built-in tasks",
+        "",
+        f"{args.prompts} held-out prompts per task, {args.max_new_tokens} new tokens, seed {args.seed}, {precision}. "
+        f"Command: `{record['command']}`",
+        "",
+        "| task | gold range | sampled (T=1) mean ± sd | greedy mean | share at the maximum (sampled / greedy) | mean length |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        s, g = r["sampled"], r["greedy"]
+        lines.append(f"| {r['task']} | {r['gold_range'][0]:g} .. {r['gold_range'][1]:g} | {s['gold_mean']:.3f} ± "
+                     f"{s['gold_sd']:.3f} | {g['gold_mean']:.3f} | {s['at_max']:.2f} / {g['at_max']:.2f} | "
+                     f"{s['length_mean']:.1f} |")
+    out = Path(args.out)
+    atomic_write_json(out / "headroom.json", record)
+    atomic_write_text(out / "headroom.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
