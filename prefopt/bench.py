@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -169,16 +170,13 @@ def load_suite(path: str | Path) -> Suite:
     return suite
 
 
+def _refs_in(text: str) -> list[str]:
+    """Algorithm names of the {cell:ALGO} placeholders in text."""
+    return re.findall(r"\{cell:([^}]*)\}", text)
+
+
 def _cell_refs(options: dict) -> list[str]:
-    refs = []
-    for value in options.values():
-        text = str(value)
-        while "{cell:" in text:
-            start = text.index("{cell:") + len("{cell:")
-            end = text.index("}", start)
-            refs.append(text[start:end])
-            text = text[end:]
-    return refs
+    return [ref for value in options.values() for ref in _refs_in(str(value))]
 
 
 def _check_references(suite: Suite) -> None:
@@ -237,7 +235,7 @@ def _substitute(value: Any, cell: Cell, work: Path) -> Any:
     if not isinstance(value, str):
         return value
     text = value.replace("{task}", cell.task)
-    for ref in _cell_refs({"v": text}):
+    for ref in _refs_in(text):
         text = text.replace(f"{{cell:{ref}}}", str(Cell(cell.task, ref, cell.seed).folder(work)))
     return text
 
@@ -379,14 +377,17 @@ class Bench:
         return Sampler(model, self.reference()[1], self.precision, self.suite.eval.batch_size)
 
     def judge(self):
-        spec = self.suite.eval.judge
-        if spec and self._judge is None:
-            from prefopt.judges import make_judge
-
-            kind = spec.split(":", 1)[0]
-            options = {"precision": self.precision, "device": str(self.device)} if kind in ("lm", "reward") else {}
-            self._judge = make_judge(spec, **options)
+        if self.suite.eval.judge and self._judge is None:
+            self._judge = self.make_judge(self.suite.eval.judge)
         return self._judge
+
+    def make_judge(self, spec: str):
+        """A judge from its spec; model-based judges run on the bench's device and precision."""
+        from prefopt.judges import make_judge
+
+        kind = spec.split(":", 1)[0]
+        options = {"precision": self.precision, "device": str(self.device)} if kind in ("lm", "reward") else {}
+        return make_judge(spec, **options)
 
     # ---- per task
 
@@ -402,9 +403,8 @@ class Bench:
             {"model": self.suite.model, "task": task_spec, "pairs": asdict(self.suite.pairs),
              "eval": asdict(self.suite.eval)}, sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
         marker = folder / "prepared.json"
-        if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-            prep = json.loads(marker.read_text())
-        else:
+        prep = json.loads(marker.read_text()) if marker.exists() else {}
+        if prep.get("key") != key:
             prep = self._prepare(task, folder, key)
         prep["task"] = task
         self._prepared[task.name] = prep
@@ -577,11 +577,8 @@ class Bench:
     def _proxy_metrics(self, spec, heldout, texts, ref_texts, gold, ref_gold, gold_decisions) -> dict:
         """How far the proxy a policy was trained on over-rates it, compared with gold."""
         from prefopt.evaluate import hacking_gap, score_decisions, standardised_gain
-        from prefopt.judges import make_judge
 
-        kind = spec.split(":", 1)[0]
-        options = {"precision": self.precision, "device": str(self.device)} if kind in ("lm", "reward") else {}
-        judge = make_judge(spec, **options)
+        judge = self.make_judge(spec)
         convs = [_chat(q) for q in heldout]
         out = {}
         try:  # a scoring judge: one score per sample, decisions from the scores

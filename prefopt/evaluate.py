@@ -45,6 +45,7 @@ from prefopt.generate import SamplingConfig, generate
 from prefopt.logprobs import first_response_position, forward_token_logps
 from prefopt.models import autocast
 from prefopt.rl import kl_estimate
+from prefopt.stats import standard_error
 
 TIE = 0.5
 NOT_SURE = "I think the answer is {wrong}, but I'm not sure."
@@ -61,10 +62,7 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     values = [float(v) for v in values]
     if not values:
         return math.nan, math.nan
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, statistics.stdev(values) / math.sqrt(len(values))
+    return statistics.fmean(values), standard_error(values)
 
 
 def score_decisions(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> list[float]:

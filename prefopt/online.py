@@ -32,11 +32,11 @@ from prefopt.checkpoint import latest_checkpoint, save_checkpoint
 from prefopt.config import RunConfig, as_flat_dict
 from prefopt.data import load_records, tokenize_prompts
 from prefopt.errors import PrefoptError
+from prefopt.evaluate import sequence_kl
 from prefopt.generate import Rollout, SamplingConfig, generate
 from prefopt.io import atomic_write_json, atomic_write_text, provenance
 from prefopt.logprobs import SequenceLogps, forward_token_logps
 from prefopt.models import autocast, pick_device, resolve_precision
-from prefopt.rl import kl_estimate
 
 STEP_SEED = 1_000_003
 
@@ -144,10 +144,11 @@ def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: lis
         logps, mask = forward_token_logps(ctx.lm, batch)  # (N, K)
     ref_logps = ctx.reference_token_logps(batch)  # (N, K)
     ctx.model.train(was_training)
+    kl = sequence_kl(logps, ref_logps, mask)
     return {
         "reward": float(sum(scores) / len(scores)),
-        "kl_k1": float((kl_estimate(logps, ref_logps, "k1") * mask).sum(-1).mean()),
-        "kl_k3": float((kl_estimate(logps, ref_logps, "k3") * mask).sum(-1).mean()),
+        "kl_k1": kl["kl_k1"],
+        "kl_k3": kl["kl_k3"],
         "response_length": float(mask.sum(-1).mean()),
     }
 
