@@ -273,13 +273,18 @@ def command_line(options: dict, algo: str) -> str:
 # ---------------------------------------------------------------- results table
 
 
+# Identity columns stay text: a hash such as "040305344283" must not be read back as a number.
+TEXT_COLUMNS = ("suite", "suite_version", "task", "algo", "config_hash", "output_kind", "judge", "proxy", "git",
+                "python", "torch", "transformers", "peft", "device", "precision", "command", "finished_at")  # fmt: skip
+
+
 def read_results(path: Path):
     import pandas as pd
 
     if not path.exists():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, keep_default_na=True)
+        return pd.read_csv(path, keep_default_na=True, dtype=dict.fromkeys(TEXT_COLUMNS, str))
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise PrefoptError(f"{path}: cannot read the results table ({str(e).splitlines()[0]})") from None
 

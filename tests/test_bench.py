@@ -15,6 +15,7 @@ import pytest
 import yaml
 from helpers import run_cli
 
+from prefopt import bench
 from prefopt.bench import Cell, algorithm_order, cells, config_hash, done_cells, load_suite, make_pairs
 from prefopt.errors import PrefoptError
 
@@ -93,6 +94,18 @@ def test_config_hash_changes_with_the_cell_config_but_not_the_seed(tmp_path):
     assert done_cells(table, a, Path("r.csv")) == {Cell("qa", "dpo", 0)}
     with pytest.raises(PrefoptError, match=r"r.csv row 1: qa/dpo/seed0 was run with another configuration"):
         done_cells(table, b, Path("r.csv"))
+
+
+def test_an_all_digit_config_hash_survives_the_csv_round_trip(tmp_path, monkeypatch):
+    # A 12-hex-digit hash is all digits about 0.4% of the time; read back as a number it lost its leading zero
+    # and the resumed bench refused its own rows.
+    suite = load_suite(write_suite(tmp_path / "a.yaml", name="x", algorithms={"dpo": {}}))
+    monkeypatch.setattr(bench, "config_hash", lambda suite, cell: "012345678901")
+    csv = tmp_path / "results.csv"
+    bench.append_row(csv, {"task": "qa", "algo": "dpo", "seed": 0, "config_hash": "012345678901", "git": "0123e45"})
+    table = bench.read_results(csv)
+    assert table.loc[0, "config_hash"] == "012345678901" and table.loc[0, "git"] == "0123e45"
+    assert bench.done_cells(table, suite, csv) == {Cell("qa", "dpo", 0)}
 
 
 # ---------------------------------------------------------------- pairs from samples
