@@ -33,8 +33,6 @@ from unittest import mock
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import prefopt.generate as prefopt_generate
 from prefopt.generate import SamplingConfig

@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--name", default="", help="result file stem (default: the algorithm)")
     parser.add_argument("--out", default=str(ROOT / "results" / "online"))
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from prefopt.io import atomic_write_json, provenance
 
     name = args.name or args.algo

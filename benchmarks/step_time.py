@@ -68,7 +68,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "step_time"))
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     from prefopt.io import atomic_write_json, provenance
 
     results = []

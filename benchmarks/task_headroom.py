@@ -28,7 +28,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "tasks"))
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     from prefopt.evaluate import Sampler
     from prefopt.generate import SamplingConfig
     from prefopt.io import atomic_write_json, atomic_write_text, provenance

@@ -97,7 +97,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "zoo"))
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     from prefopt.io import atomic_write_json, atomic_write_text, provenance
 
     algos = [a for a in args.algos.split(",") if a] or builtin_algorithms()

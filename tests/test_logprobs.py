@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
+from prefopt import logprobs
 from prefopt.logprobs import forward_logps, selective_log_softmax, sequence_logps
 
 
@@ -76,3 +78,87 @@ def test_forward_logps_skips_prompt_logits_without_changing_values(tiny_model):
         kept = forward_logps(tiny_model, batch)
     assert_close(kept.sum, full.sum)
     assert_close(kept.tokens, full.tokens)
+
+
+# ---------------------------------------------------------------- fused projection + log-softmax
+
+
+def test_linear_log_softmax_values_and_gradients_match_autograd_in_float64(monkeypatch):
+    monkeypatch.setattr(logprobs, "_CHUNK_ROWS", 3)  # several chunks, the last one short
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)  # (R, H)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)  # (V, H)
+    labels = torch.randint(0, 11, (7,))
+    assert torch.autograd.gradcheck(lambda h, w: logprobs.linear_log_softmax(h, w, labels), (hidden, weight))
+    expected = torch.log_softmax(hidden @ weight.T, dim=-1).gather(-1, labels[:, None]).squeeze(-1)
+    assert_close(logprobs.linear_log_softmax(hidden, weight, labels).double(), expected)
+
+
+def test_linear_log_softmax_by_hand():
+    # one row, H = 1, V = 3: logits = [0, 0, ln 2] -> p(label 2) = 1/2
+    hidden = torch.tensor([[1.0]], requires_grad=True)
+    weight = torch.tensor([[0.0], [0.0], [math.log(2.0)]], requires_grad=True)
+    out = logprobs.linear_log_softmax(hidden, weight, torch.tensor([2]))
+    assert_close(out, torch.tensor([math.log(0.5)]))
+    out.sum().backward()
+    # d/dlogits = onehot - softmax = [-1/4, -1/4, 1/2]; d/dweight = that x hidden; d/dhidden = that . weight
+    assert_close(weight.grad, torch.tensor([[-0.25], [-0.25], [0.5]]))
+    assert_close(hidden.grad, torch.tensor([[0.5 * math.log(2.0)]]))
+
+
+def _ragged_batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 300, (3, 12), generator=g)
+    mask = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0],  # padding after a short response
+                         [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+                         [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0]])  # fmt: skip
+    attention = torch.ones_like(ids)
+    attention[0, 7:] = 0
+    return {"input_ids": ids, "attention_mask": attention, "loss_mask": mask}
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_fused_forward_gives_the_same_logps_and_gradients_as_the_model_logits(tiny_model, adapter):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model
+    if adapter == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    assert logprobs.fused_head(model) is not None
+    batch = _ragged_batch(3)
+    results = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        logps, mask = logprobs.forward_token_logps(model, batch, fused=fused)  # (N, K)
+        (logps * torch.arange(1, logps.shape[1] + 1)).sum().backward()  # position-dependent weights
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((logps.detach(), mask, grads))
+    (fused_logps, fused_mask, fused_grads), (plain_logps, plain_mask, plain_grads) = results
+    assert fused_logps.shape == plain_logps.shape == (3, 9)  # K = T - first response column (3)
+    assert_close(fused_mask, plain_mask)
+    assert_close(fused_logps, plain_logps, rtol=1e-5, atol=1e-5)
+    assert (fused_logps[fused_mask == 0] == 0).all()
+    assert fused_grads.keys() == plain_grads.keys() and len(fused_grads) > 0
+    for name in fused_grads:
+        assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_forward_under_bf16_autocast_matches_the_model_logits(tiny_model):
+    batch = _ragged_batch(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _ = logprobs.forward_token_logps(tiny_model, batch, fused=True)
+        plain, _ = logprobs.forward_token_logps(tiny_model, batch, fused=False)
+    assert fused.dtype == plain.dtype == torch.float32
+    assert_close(fused, plain, rtol=0, atol=2e-2)  # same bf16 projection; rounding of the bf16 logits only
+
+
+def test_fused_head_is_refused_where_logits_are_not_a_plain_projection(tiny_model):
+    assert logprobs.fused_head(tiny_model) is not None
+    tiny_model.config.model_type = "gemma2"  # soft-capped logits: not in the allowlist
+    assert logprobs.fused_head(tiny_model) is None
+    tiny_model.config.model_type = "llama"
+    tiny_model.lm_head = torch.nn.Linear(64, tiny_model.config.vocab_size, bias=True)
+    assert logprobs.fused_head(tiny_model) is None

@@ -53,8 +53,8 @@ def _assert_pairs_close(a: PairLogps, b: PairLogps, **tol) -> None:
 
 
 def _count_forwards(model, monkeypatch) -> list[int]:
-    """Count calls of the underlying transformer's forward (the policy or the model under peft)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """Count calls of the transformer backbone's forward (every log-prob path runs it once per forward)."""
+    inner = (model.get_base_model() if hasattr(model, "get_base_model") else model).base_model
     calls = [0]
     original = inner.forward
 
