@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_init_model(source: str, out: str, seed: int = 0) -> int:
