@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-processes", type=int, metavar="N",
                      help="data-parallel over N processes (GPUs, or CPU processes over gloo), launched through "
                      "accelerate; same results as one process, faster")
+    run.add_argument("--fsdp", action="store_true",
+                     help="with --num-processes: shard parameters, gradients and optimizer state (FSDP2) instead "
+                     "of a whole model per process")
     run.add_argument("options", nargs="*", metavar="key=value", help="any run or algorithm option")
 
     lister = sub.add_parser("list", help="list registered algorithms", description="List registered algorithms.")
@@ -159,8 +162,11 @@ def cmd_run(args, argv: list[str] | None = None) -> int:
             raise PrefoptError(f"{algo_name} is an online method and runs in one process; drop --num-processes")
         if wanted is not None and not relaunch and wanted != dist.world:
             raise PrefoptError(f"--num-processes {wanted} inside a launch of {dist.world} process(es)")
+        if args.fsdp and not relaunch:
+            raise PrefoptError("--fsdp needs --num-processes N (N >= 2); under accelerate launch use --use_fsdp")
     if relaunch:  # the same command in N processes; they write and print everything
-        return distributed.launch(wanted, distributed.strip_flag(list(argv or sys.argv[1:]), "--num-processes"))
+        rest = [a for a in distributed.strip_flag(list(argv or sys.argv[1:]), "--num-processes") if a != "--fsdp"]
+        return distributed.launch(wanted, rest, fsdp=args.fsdp)
 
     from prefopt.train import train
 
@@ -190,6 +196,14 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    distributed = sys.modules.get("prefopt.distributed")  # loaded by runs only
+    if distributed is not None:
+        distributed.end_worker(code)  # a launched process ends here (see end_worker); others return
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     # key=value options may come before or after the flags
     args, extra = parser.parse_known_args(argv)

@@ -28,8 +28,24 @@ Gradients are all-reduced by hand rather than through a DistributedDataParallel
 wrapper: one reduction per optimizer step whatever the number of micro-batches
 or forwards per micro-batch (KTO's second forward, the reference with adapters
 disabled), no unused-parameter bookkeeping, and the policy stays the plain
-model that the reference, evaluation and saving already use. FSDP and DeepSpeed
-(``accelerate config``) shard the model and are refused with a one-line error.
+model that the reference, evaluation and saving already use.
+
+**FSDP** (``accelerate config`` / ``accelerate launch --use_fsdp``, or ``prefopt
+run --num-processes N --fsdp``): each process keeps a shard of every parameter
+(PyTorch's FSDP2 ``fully_shard``, one unit per transformer layer plus the
+rest), gathering a layer's weights only while it runs. The same rule holds:
+FSDP averages gradients over processes, and the loss is multiplied by the
+number of processes first, so the sharded gradients are the one-process sums
+that clipping and AdamW see. A sharded forward is a collective, so
+every process runs every evaluation batch, each process's share of a global
+batch must be the same size, and process 0 saves the final model from a
+gathered full state dict. The reference is built before sharding (adapter
+mode then runs the sharded policy with adapters disabled; a frozen copy is
+sharded like the policy). Checkpoints hold whole tensors, gathered when saved
+and cut into shards when resumed (prefopt.checkpoint), so a checkpoint of a
+sharded run resumes in one process and the other way round. DeepSpeed
+(ZeRO) and Megatron-LM are refused with a one-line error: FSDP2 covers
+ZeRO-3's sharding of parameters, gradients and optimizer states.
 
 Only process 0 writes (config.yaml, metrics.jsonl, checkpoints, outputs,
 summary.json) and shows progress bars. Every check that can reject the input
@@ -75,8 +91,9 @@ class Context:
     torch.distributed is touched.
     """
 
-    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None):
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None, sharded: bool = False):
         self.rank, self.world, self.device = rank, world, device
+        self.sharded = sharded and world > 1  # FSDP: parameters sharded across the processes
 
     @property
     def is_main(self) -> bool:
@@ -96,8 +113,9 @@ class Context:
         return items[self.rank * n // self.world : (self.rank + 1) * n // self.world]
 
     def mine(self, index: int) -> bool:
-        """Whether the `index`-th of a list of equal jobs (evaluation batches) is this process's."""
-        return index % self.world == self.rank
+        """Whether the `index`-th of a list of equal jobs (evaluation batches) is this process's.
+        Sharded: every job is every process's (each forward gathers weights from all of them)."""
+        return self.sharded or index % self.world == self.rank
 
     # ------------------------------------------------------------- collectives
 
@@ -162,6 +180,42 @@ class Context:
                     g.copy_(flat[offset : offset + g.numel()].view_as(g))
                     offset += g.numel()
                 start = stop
+
+    # ------------------------------------------------------------- FSDP
+
+    def shard_model(self, model) -> None:
+        """Shard `model` in place (FSDP2): one unit per transformer layer, then the rest (see loss_scale)."""
+        if not self.sharded:
+            return
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError as exc:
+            raise PrefoptError(f"FSDP needs torch >= 2.6 (FSDP2's fully_shard); this is torch {torch.__version__}") \
+                from exc
+
+        hf = model.lm if hasattr(model, "lm") and hasattr(model, "head") else model  # under a scalar head
+        hf = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
+        layer_classes = set(getattr(hf, "_no_split_modules", None) or ())
+        layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+        if not layers:
+            raise PrefoptError(f"FSDP: no transformer layers found in {type(hf).__name__} "
+                               "(its _no_split_modules names none of its modules)")
+        for layer in layers:
+            fully_shard(layer)
+        fully_shard(model)
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor on the loss before backward. FSDP averages gradients over the processes (a plain sum would
+        need PREMUL_SUM, which gloo lacks); scaling the loss by the process count makes that average the sum."""
+        return float(self.world) if self.sharded else 1.0
+
+    def full_state_dict(self, model) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of a sharded `model`, whole, on the CPU of process 0 (empty elsewhere).
+        A collective: every process calls it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def sum_metrics(self, sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
         """Per-process metric sums and token counts -> totals over processes (added in rank order)."""
@@ -229,11 +283,10 @@ def _asked_for_more_than_one() -> bool:
 
 
 def _join() -> Context:
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
-                       ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
-        if os.environ.get(flag, "false").lower() in ("1", "true"):
-            raise PrefoptError(f"{name} is not supported: prefopt trains data-parallel (every process holds the "
-                               "whole model); choose multi-GPU/multi-CPU in `accelerate config`")
+    for flag, name in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
+        if _env_true(flag):
+            raise PrefoptError(f"{name} is not supported: prefopt trains data-parallel, or sharded with FSDP (the "
+                               "sharding of ZeRO-3); choose multi-GPU/multi-CPU or FSDP in `accelerate config`")
     from accelerate import PartialState
 
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
@@ -244,7 +297,12 @@ def _join() -> Context:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return Context(rank=state.process_index, world=state.num_processes, device=torch.device(state.device))
+    return Context(rank=state.process_index, world=state.num_processes, device=torch.device(state.device),
+                   sharded=_env_true("ACCELERATE_USE_FSDP"))
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true")
 
 
 def report_error(exc: PrefoptError) -> None:
@@ -259,10 +317,33 @@ def report_error(exc: PrefoptError) -> None:
 
 def shutdown() -> None:
     """Leave the process group (if this process joined one) and forget the Context."""
-    global _context
+    global _context, _left_group
     if _context is not None:
+        _left_group = _left_group or _context.distributed
         _context.shutdown()
     _context = None
+
+
+_left_group = False
+
+
+def end_worker(code: int) -> None:
+    """End a process that was part of a process group now, with exit status `code`, skipping Python's finalization.
+
+    Why: gloo runs collectives on its own threads, and a thread drops its last
+    reference to a finished collective (and the tensors it holds) only after the
+    waiting main thread has been woken. Dropping a tensor takes the GIL; if the
+    interpreter is finalizing by then, the thread is made to exit mid-C++ frame and
+    the process aborts ("terminate called without an active exception", SIGABRT)
+    after all its work is done. Every file is written and closed by now; only the
+    standard streams need flushing. Returns (does nothing) in a process that joined no group.
+    """
+    if not _left_group:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------- launching
@@ -281,11 +362,11 @@ def strip_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def launch(num_processes: int, argv: list[str]) -> int:
+def launch(num_processes: int, argv: list[str], fsdp: bool = False) -> int:
     """Run ``python -m prefopt ARGV`` in `num_processes` processes through ``accelerate launch``; their exit status.
 
-    Multi-GPU (nccl) when CUDA is available, else multi-CPU (gloo); a free
-    port is picked. The workers print their own output and errors; this
+    Multi-GPU (nccl) when CUDA is available, else multi-CPU (gloo); with `fsdp`,
+    sharded (FSDP2); a free port is picked. The workers print their own output and errors; this
     process adds nothing but the exit status.
     """
     if launched_world_size() > 1:
@@ -298,7 +379,8 @@ def launch(num_processes: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = launch_command_parser().parse_args([
-        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        *(["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]),  # FSDP has its own launcher mode
+        "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         "--module", "prefopt", *argv,
     ])

@@ -191,13 +191,15 @@ class Trainer:
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).
+        # Taken before any forward: FSDP leaves the root unit's parameters swapped for gathered copies after a
+        # no-grad forward, and the optimizer must hold the sharded ones.
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.eval_pairs = data.eval_pairs
         self.pair_scorer = RewardPairInputs() if algorithm.head == "scalar" else PairInputs()
         self.start_scores = None
         if self.eval_pairs and algorithm.head == "lm":
             with starting_model(model) as start:
                 self.start_scores = self._score_pairs(start)
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=run.lr, weight_decay=run.weight_decay)
         warmup = round(run.warmup_ratio * run.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -263,16 +265,17 @@ class Trainer:
         for start in range(0, len(share), self.run.batch_size):
             batch = self._batch(share[start : start + self.run.batch_size])
             out = self.compute_loss(batch)
-            (out.losses.sum() / len(ids)).backward()
+            (out.losses.sum() * self.dist.loss_scale / len(ids)).backward()
             sums["loss"] += float(out.losses.detach().sum())
             for key, value in out.metrics.items():
                 sums[key] += float(value.detach().float().sum())
             tokens += int(batch["attention_mask"].sum())
         if self.dist.distributed:
-            self.dist.sum_gradients(self.params)
+            if not self.dist.sharded:  # FSDP has summed (reduce-scattered) them in the backward
+                self.dist.sum_gradients(self.params)
             sums, tokens = self.dist.sum_metrics(sums, tokens)
         max_norm = self.run.max_grad_norm if self.run.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))  # sharded too (DTensor norms)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -425,6 +428,8 @@ def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path
             tokenizer = load_tokenizer(run.model)
         data = prepare_data(run, inputs, tokenizer)
         global_batch = run.batch_size * run.grad_accum
+        if dist.sharded:
+            _check_sharded(global_batch, dist.world)
         device = dist.device if dist.distributed else pick_device()
         precision = resolve_precision(run.precision, device)
 
@@ -439,6 +444,13 @@ def train(algo_name: str, algorithm: Algorithm, run: RunConfig, resume_dir: Path
         if dist.is_main and created and latest_checkpoint(out) is None:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping
         raise
+
+
+def _check_sharded(global_batch: int, world: int) -> None:
+    """What FSDP needs: the same number of forwards on every process (each one is a collective)."""
+    if global_batch % world:
+        raise PrefoptError(f"FSDP: batch_size x grad_accum = {global_batch} must be divisible by the {world} "
+                           "processes (every process runs the same number of forwards)")
 
 
 def _build_reference(run, algorithm, model, tokenizer, data: Prepared, device, precision, dist: Context):
@@ -482,6 +494,9 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
     # every process starts from process 0's weights (they are equal already: same seed, same files)
     dist.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+    dist.shard_model(model)  # FSDP only; after the reference, before the optimizer sees the parameters
+    if getattr(reference, "mode", None) == "copy":
+        dist.shard_model(reference.model)  # the frozen copy too: each process holds a shard of it
 
     trainer = Trainer(algorithm, run, out, model, tokenizer, data, reference, device, precision, dist=dist)
     metrics_path = out / METRICS
@@ -513,11 +528,17 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
             _append_metrics(metrics_path, row)
         bar.set_postfix(_progress_postfix(row))
         bar.update(1)
-        if run.save_every and step % run.save_every == 0 and step < run.steps and dist.is_main:
-            save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before})
+        if run.save_every and step % run.save_every == 0 and step < run.steps and (dist.is_main or dist.sharded):
+            save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before},
+                            write=dist.is_main)  # sharded: every process gathers, process 0 writes
     bar.close()
 
     eval_after = trainer.evaluate(data.eval_ids)
+    if dist.sharded:  # process 0 saves an unsharded copy holding the gathered weights
+        state = dist.full_state_dict(model)
+        if dist.is_main:
+            model = load_policy(run, algorithm, "cpu", precision)
+            model.load_state_dict(state)
     if not dist.is_main:
         return dist.broadcast(None)  # process 0's summary, once it has written everything
     if eval_after:

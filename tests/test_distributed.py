@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from prefopt.distributed import Context, strip_flag
+from prefopt.errors import PrefoptError
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a launcher leaves behind; none of it may reach the next launch
@@ -37,10 +38,11 @@ def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
                           check=False)
 
 
-def _accelerate_launch(*args) -> list:
+def _accelerate_launch(*args, fsdp: bool = False) -> list:
     # `accelerate launch` (the console script's module); --multi_gpu is its torchrun launcher, on CPU too:
     # its --cpu mode starts one process unless run under mpirun. Port 0: a free one.
-    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+            *(["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]), "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
             "-m", "prefopt", *args]
 
@@ -49,7 +51,7 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def _assert_same_run(one: Path, two: Path, atol: float) -> None:
+def _assert_same_run(one: Path, two: Path, atol: float, processes: tuple = (1, 2)) -> None:
     assert _files(one) == _files(two)
     rows1, rows2 = read_metrics(one), read_metrics(two)
     assert len(rows1) == len(rows2)
@@ -64,7 +66,7 @@ def _assert_same_run(one: Path, two: Path, atol: float) -> None:
     for key in w1:
         assert_close(w2[key], w1[key], rtol=0, atol=atol)
     s1, s2 = (json.loads((run / "summary.json").read_text()) for run in (one, two))
-    assert (s1["num_processes"], s2["num_processes"]) == (1, 2)
+    assert (s1["num_processes"], s2["num_processes"]) == processes
     assert s1["eval_after"] == pytest.approx(s2["eval_after"], abs=atol)
 
 
@@ -153,5 +155,112 @@ def test_shares_and_flag_stripping():
     assert shares == [[0, 1], [2, 3], [4, 5, 6]]
     assert Context().shard(ids) is ids
     assert [k for k in range(5) if Context(rank=1, world=2).mine(k)] == [1, 3]
+    sharded = Context(rank=1, world=2, sharded=True)  # every sharded forward is collective: every job everywhere
+    assert [k for k in range(5) if sharded.mine(k)] == [0, 1, 2, 3, 4]
+    assert (sharded.loss_scale, Context(rank=1, world=2).loss_scale, Context(sharded=True).sharded) == (2.0, 1.0, False)
     argv = ["run", "--num-processes", "2", "--algo", "dpo", "--num-processes=3", "steps=2"]
     assert strip_flag(argv, "--num-processes") == ["run", "--algo", "dpo", "steps=2"]
+
+
+@pytest.mark.parametrize("algo", ["dpo", "reward"])
+def test_fsdp_two_processes_match_one(tiny_model_dir, pairs, tmp_path, algo):
+    """`--num-processes 2 --fsdp`: parameters sharded (FSDP2), gradients summed; the same run as one process
+    (LoRA policy with the adapter-disabled reference; LoRA reward model under its scalar head)."""
+    common = ("--algo", algo, "steps=3", "lr=1e-2", "batch_size=2", "grad_accum=2", "eval_every=2", "save_every=0")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, two, *common),
+                 "--num-processes", "2", "--fsdp"], tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Float rounding only: the reduce-scatter adds the gradients in its own order, and sharded forwards take the
+    # model's logits rather than the fused projection; AdamW at lr 1e-2 magnifies that to ~2e-5 in a weight.
+    _assert_same_run(one, two, atol=1e-4)
+    assert done.stdout.count("run folder:") == 1
+    assert json.loads((two / "summary.json").read_text())["algo"] == algo
+
+
+def test_fsdp_full_fine_tuning_with_a_reference_copy_matches_one(tiny_model_dir, pairs, tmp_path):
+    common = ("steps=2", "lr=1e-3", "batch_size=2", "grad_accum=2", "adapter=full", "save_every=0")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0
+    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, two, *common), fsdp=True), tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _files(one) == _files(two)
+    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        assert_close(w2[key], w1[key], rtol=0, atol=1e-5)
+    s1, s2 = (json.loads((run / "summary.json").read_text()) for run in (one, two))
+    assert s1["eval_after"] == pytest.approx(s2["eval_after"], abs=1e-5) and s2["reference"] == "copy"
+
+
+@pytest.mark.parametrize(("flag", "name"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                                            ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
+def test_deepspeed_and_megatron_launches_are_refused(monkeypatch, flag, name):
+    from prefopt import distributed
+
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(PrefoptError, match=f"^{name} is not supported: .*FSDP in `accelerate config`$"):
+        distributed._join()
+
+
+def test_fsdp_refuses_uneven_shares(tiny_model_dir, pairs, tmp_path):
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, tmp_path / "r", "steps=2",
+                 "batch_size=3"), "--num-processes", "2", "--fsdp"], tmp_path / "work")
+    assert done.returncode == 2 and "must be divisible by the 2 processes" in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("prefopt: error:") == 1
+    assert not (tmp_path / "r").exists()
+
+
+# Imported by every Python process started with this folder first on PYTHONPATH: the n-th training step of
+# each process raises KeyboardInterrupt (a Ctrl-C reaching every process of a launch).
+INTERRUPT_HOOK = """
+import os
+from prefopt import train
+
+_real, _calls = train.Trainer.train_step, [0]
+
+
+def _dies(self, *args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == int(os.environ["PREFOPT_TEST_INTERRUPT_AT"]):
+        raise KeyboardInterrupt
+    return _real(self, *args, **kwargs)
+
+
+train.Trainer.train_step = _dies
+"""
+
+
+def test_fsdp_checkpoints_resume_across_sharded_and_one_process(tiny_model_dir, pairs, tmp_path, monkeypatch):
+    """Checkpoints hold whole tensors: a sharded run's step-2 checkpoint resumes in one process, a one-process
+    run's resumes sharded, and both end where the uninterrupted one-process run ends."""
+    from prefopt import train as train_module
+
+    common = ("steps=4", "save_every=2", "lr=5e-3", "batch_size=2", "grad_accum=2")
+    straight, sharded_first, sharded_second = tmp_path / "straight", tmp_path / "a", tmp_path / "b"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, straight, *common)) == 0
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(INTERRUPT_HOOK)
+    monkeypatch.setenv("PYTHONPATH", str(hook))  # _env() adds the source folder
+    monkeypatch.setenv("PREFOPT_TEST_INTERRUPT_AT", "3")
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, sharded_first, *common),
+                 "--num-processes", "2", "--fsdp"], tmp_path / "work")
+    monkeypatch.delenv("PYTHONPATH")
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert [p.name for p in (sharded_first / "checkpoints").iterdir()] == ["step-000002"]  # written by process 0
+    assert run_cli(["run", "--resume", sharded_first]) == 0
+
+    undo = interrupt_on_call(monkeypatch, train_module.Trainer, "train_step", 3)
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, sharded_second, *common)) == 130
+    undo()
+    done = _run([sys.executable, "-m", "prefopt", "run", "--resume", sharded_second, "--num-processes", "2", "--fsdp"],
+                tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    for resumed, processes in ((sharded_first, (1, 1)), (sharded_second, (1, 2))):  # those of the last launch
+        assert not (resumed / "checkpoints").exists()
+        # float rounding only (the reduce-scatter adds in its own order), as in the runs above
+        _assert_same_run(straight, resumed, atol=1e-4, processes=processes)
