@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -36,22 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import prefopt.generate as prefopt_generate
 from prefopt.generate import SamplingConfig
+from prefopt.io import cpu_model
 
 IMPLS = ("prefopt", "hf")
 EOS_HANDLING = (
     "EOS ignored by both: prefopt's stop tokens replaced by an id that never occurs (-1), HF eos_token_id=[]; "
     "neither suppresses EOS logits; every call generates exactly max_new_tokens tokens per prompt (asserted)"
 )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def qa_prompts(tokenizer, n: int) -> list[list[int]]:

@@ -8,24 +8,37 @@ memory depend on the architecture and the sequence lengths, not on the weights.
     python benchmarks/random_init_model.py FOLDER_WITH_CONFIG_AND_TOKENIZER /tmp/smollm2-random --seed 0
 
 The source may be a folder holding only config.json and the tokenizer files.
+`--set key=value` changes the architecture (JSON values), e.g. a model of the
+same depth and vocabulary whose layers are so narrow that a training step on
+a CPU costs little but the framework's own per-operation work:
+
+    python benchmarks/random_init_model.py smollm2-135m-instruct /tmp/narrow \
+        --set hidden_size=64 --set intermediate_size=128 --set num_attention_heads=4 \
+        --set num_key_value_heads=1 --set head_dim=16
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
 
 
-def random_init_model(source: str, out: str, seed: int = 0) -> int:
-    """Save a random-weight copy of `source`'s architecture and its tokenizer to `out`; returns the parameter count."""
+def random_init_model(source: str, out: str, seed: int = 0, changes: dict | None = None) -> int:
+    """Save a random-weight copy of `source`'s architecture (with `changes` to its config) and its tokenizer to
+    `out`; returns the parameter count."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from prefopt.models import resolve_model
 
     folder = resolve_model(source)
     config = AutoConfig.from_pretrained(folder)
+    for key, value in (changes or {}).items():
+        if not hasattr(config, key):
+            raise SystemExit(f"random_init_model: {type(config).__name__} has no field {key!r}")
+        setattr(config, key, value)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
@@ -38,8 +51,19 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="bundled name, hub id or folder with config.json + tokenizer")
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a config field (value parsed as JSON); repeatable")
     args = parser.parse_args(argv)
-    n = random_init_model(args.source, args.out, args.seed)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    n = random_init_model(args.source, args.out, args.seed, changes)
     print(f"wrote {args.out}: {n / 1e6:.1f}M parameters, random init (seed {args.seed})")
     return 0
 

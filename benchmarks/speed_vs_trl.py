@@ -48,7 +48,6 @@ import copy
 import ctypes
 import gc
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -67,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from prefopt.config import RunConfig
 from prefopt.data import TokenizedPair, tokenize_pairs
 from prefopt.inputs import inputs_for
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.io import atomic_write_json, atomic_write_text, cpu_model, provenance
 from prefopt.models import autocast, load_tokenizer, model_fingerprint, resolve_model
 from prefopt.reference import build_reference, resolve_reference_mode
 from prefopt.train import Prepared, Trainer, batch_stream, load_policy
@@ -457,15 +456,9 @@ def _version(pkg: str) -> str | None:
 
 
 def machine(device: str) -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,

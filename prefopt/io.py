@@ -77,6 +77,17 @@ def git_hash() -> str | None:
     return out.stdout.strip() or None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def provenance() -> dict[str, Any]:
     """Where a result came from: code version, libraries, machine."""
     import torch
@@ -86,6 +97,7 @@ def provenance() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": {p: _version(p) for p in ("prefopt", "torch", "transformers", "peft", "datasets", "bitsandbytes")},
     }

@@ -532,6 +532,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
             save_checkpoint(out, step, model, trainer.optimizer, trainer.scheduler, {"eval_before": eval_before},
                             write=dist.is_main)  # sharded: every process gathers, process 0 writes
     bar.close()
+    training_peak_mb = _peak_rss_mb()  # before the final evaluation and the export (which may gather weights)
 
     eval_after = trainer.evaluate(data.eval_ids)
     if dist.sharded:  # process 0 saves an unsharded copy holding the gathered weights
@@ -561,6 +562,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         "seconds_total": time.perf_counter() - started,
         "seconds_per_step_median": statistics.median(step_seconds) if step_seconds else None,
         "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb_training": training_peak_mb,
         "device": str(device),
         "precision": precision,
         "reference": reference.mode if reference is not None else None,

@@ -28,6 +28,7 @@ def test_dpo_learns_a_trivial_preference(tiny_model_dir, pairs, tmp_path, capsys
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_before"]["eval_accuracy"] == 0.5  # all ties before training
     assert summary["eval_after"]["eval_accuracy"] > 0.9
+    assert 0 < summary["peak_rss_mb_training"] <= summary["peak_rss_mb"]  # the run's peak includes the export
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "config.yaml").read_text().startswith("algo: dpo")
     assert not (out / "checkpoints").exists()
