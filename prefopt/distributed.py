@@ -91,9 +91,12 @@ class Context:
     torch.distributed is touched.
     """
 
-    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None, sharded: bool = False):
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None, sharded: bool = False,
+                 reshard_after_forward: bool = True):
         self.rank, self.world, self.device = rank, world, device
         self.sharded = sharded and world > 1  # FSDP: parameters sharded across the processes
+        # FSDP: free a layer's gathered weights after its forward (gather again for the backward), or keep them
+        self.reshard_after_forward = reshard_after_forward
 
     @property
     def is_main(self) -> bool:
@@ -201,7 +204,7 @@ class Context:
             raise PrefoptError(f"FSDP: no transformer layers found in {type(hf).__name__} "
                                "(its _no_split_modules names none of its modules)")
         for layer in layers:
-            fully_shard(layer)
+            fully_shard(layer, reshard_after_forward=self.reshard_after_forward)
         fully_shard(model)
 
     @property
@@ -287,6 +290,8 @@ def _join() -> Context:
         if _env_true(flag):
             raise PrefoptError(f"{name} is not supported: prefopt trains data-parallel, or sharded with FSDP (the "
                                "sharding of ZeRO-3); choose multi-GPU/multi-CPU or FSDP in `accelerate config`")
+    sharded = _env_true("ACCELERATE_USE_FSDP")
+    reshard_after_forward = fsdp_reshard_after_forward() if sharded else True  # refuses what it cannot honour
     from accelerate import PartialState
 
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
@@ -298,7 +303,41 @@ def _join() -> Context:
 
         hf_logging.disable_progress_bar()
     return Context(rank=state.process_index, world=state.num_processes, device=torch.device(state.device),
-                   sharded=_env_true("ACCELERATE_USE_FSDP"))
+                   sharded=sharded, reshard_after_forward=reshard_after_forward)
+
+
+# accelerate's FSDP1 sharding strategies, by name or by the enum value a config may hold
+_STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4": "HYBRID_SHARD", "5": "HYBRID_SHARD_ZERO2"}
+
+
+def fsdp_reshard_after_forward() -> bool:
+    """Read accelerate's FSDP settings (set by `accelerate launch --use_fsdp` or `accelerate config`).
+
+    Returns whether each layer's gathered weights are freed after its forward
+    (``fsdp_reshard_after_forward``: true, the default, like FULL_SHARD; false, like
+    SHARD_GRAD_OP: faster, more memory). Settings prefopt cannot honour raise a
+    one-line error; the rest (wrapping policy, state-dict type, prefetching,
+    RAM-efficient loading, module-state sync, version 1 or 2) are prefopt's own
+    choices: FSDP2, one unit per decoder layer, weights equal on every process
+    before sharding, whole tensors in checkpoints and the final save.
+    """
+    env = os.environ
+    strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    strategy = _STRATEGIES.get(strategy, strategy)
+    if strategy == "NO_SHARD":
+        raise PrefoptError("FSDP with sharding strategy NO_SHARD is data-parallel training: launch with --multi_gpu "
+                           "(or `prefopt run --num-processes N` without --fsdp)")
+    if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
+        raise PrefoptError(f"FSDP sharding strategy {strategy} is not supported (FULL_SHARD or SHARD_GRAD_OP)")
+    if _env_true("FSDP_OFFLOAD_PARAMS"):
+        raise PrefoptError("FSDP parameter offloading (fsdp_offload_params) is not supported; set it to false")
+    if _env_true("FSDP_ACTIVATION_CHECKPOINTING"):
+        raise PrefoptError("fsdp_activation_checkpointing is not read by prefopt: set it to false and pass "
+                           "gradient_checkpointing=true")
+    reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+    if reshard not in ("true", "false", "full_shard", "shard_grad_op", "1", "2"):
+        raise PrefoptError(f"FSDP_RESHARD_AFTER_FORWARD={reshard!r}: expected true or false")
+    return strategy == "FULL_SHARD" and reshard in ("true", "full_shard", "1")
 
 
 def _env_true(name: str) -> bool:
@@ -309,7 +348,9 @@ def report_error(exc: PrefoptError) -> None:
     """Print `exc` as the one-line error. An error every process agreed on is printed by process 0
     only, and no process returns before it is printed (a launcher stops the others when one exits)."""
     agreed = isinstance(exc, AgreedError) and _context is not None and _context.distributed
-    if not agreed or _context.is_main:
+    # before joining: an error of the launch itself (its settings, the command line), the same in every process
+    before_joining = _context is None and launched_world_size() > 1 and os.environ.get("RANK", "0") != "0"
+    if (not agreed or _context.is_main) and not before_joining:
         print(f"prefopt: error: {exc}", file=sys.stderr, flush=True)
     if agreed:
         _context.barrier()

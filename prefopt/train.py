@@ -521,7 +521,7 @@ def _train_in(out, algo_name, algorithm, run, tokenizer, data: Prepared, global_
         step += 1
         step_seconds.append(time.perf_counter() - t0)
         row = {"step": step, **row, "seconds": step_seconds[-1]}
-        recent = (recent + [row])[-10:]
+        recent = (recent + [dict(row)])[-10:]  # training metrics only: a copy, taken before eval_* join the row
         if run.eval_every and step % run.eval_every == 0 and step < run.steps:
             row.update(trainer.evaluate(data.eval_ids))
         if dist.is_main:

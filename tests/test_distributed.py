@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,11 @@ def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
                           check=False)
 
 
-def _accelerate_launch(*args, fsdp: bool = False) -> list:
+def _accelerate_launch(*args, fsdp: bool = False, fsdp_flags: tuple = ()) -> list:
     # `accelerate launch` (the console script's module); --multi_gpu is its torchrun launcher, on CPU too:
     # its --cpu mode starts one process unless run under mpirun. Port 0: a free one.
     return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-            *(["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]), "--num_processes", "2",
+            *(["--use_fsdp", "--fsdp_version", "2", *fsdp_flags] if fsdp else ["--multi_gpu"]), "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
             "-m", "prefopt", *args]
 
@@ -202,6 +203,57 @@ def test_deepspeed_and_megatron_launches_are_refused(monkeypatch, flag, name):
     monkeypatch.setenv(flag, "true")
     with pytest.raises(PrefoptError, match=f"^{name} is not supported: .*FSDP in `accelerate config`$"):
         distributed._join()
+
+
+FSDP_VARS = ("FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_OFFLOAD_PARAMS",
+             "FSDP_ACTIVATION_CHECKPOINTING")
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, True),
+    ({"FSDP_RESHARD_AFTER_FORWARD": "false"}, False),
+    ({"FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, False),
+    ({"FSDP_SHARDING_STRATEGY": "1", "FSDP_RESHARD_AFTER_FORWARD": "FULL_SHARD"}, True),
+    ({"FSDP_SHARDING_STRATEGY": "3"}, "NO_SHARD is data-parallel training"),
+    ({"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD is not supported"),
+    ({"FSDP_OFFLOAD_PARAMS": "true"}, "offloading (fsdp_offload_params) is not supported"),
+    ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, "pass gradient_checkpointing=true"),
+    ({"FSDP_RESHARD_AFTER_FORWARD": "sometimes"}, "expected true or false"),
+])
+def test_accelerate_fsdp_settings(monkeypatch, settings, expected):
+    from prefopt.distributed import fsdp_reshard_after_forward
+
+    for name in FSDP_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    if isinstance(expected, bool):
+        assert fsdp_reshard_after_forward() is expected
+    else:
+        with pytest.raises(PrefoptError, match=re.escape(expected)):
+            fsdp_reshard_after_forward()
+
+
+def test_fsdp_without_resharding_after_forward_matches_one(tiny_model_dir, pairs, tmp_path):
+    """`accelerate launch --use_fsdp --fsdp_reshard_after_forward false`: layers keep their gathered weights
+    from forward to backward; the same run as one process. A setting prefopt cannot honour: one line from the
+    workers, nothing written."""
+    common = ("--algo", "dpo", "steps=2", "lr=1e-2", "batch_size=2", "grad_accum=2", "eval_every=1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0
+    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, two, *common), fsdp=True,
+                                   fsdp_flags=("--fsdp_reshard_after_forward", "false")), tmp_path / "work")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(one, two, atol=1e-4)
+
+    refused = tmp_path / "refused"
+    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, refused, *common), fsdp=True,
+                                   fsdp_flags=("--fsdp_offload_params", "true")), tmp_path / "work")
+    assert done.returncode != 0  # accelerate's launcher reports its failed workers itself (status 1, a traceback)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("prefopt: error:")]
+    assert errors == ["prefopt: error: FSDP parameter offloading (fsdp_offload_params) is not supported; "
+                      "set it to false"], done.stderr[-3000:]
+    assert not refused.exists()
 
 
 def test_fsdp_refuses_uneven_shares(tiny_model_dir, pairs, tmp_path):

@@ -117,3 +117,14 @@ def test_bf16_autocast_path_runs(tiny_model_dir, pairs, tmp_path):
     out = tmp_path / "bf16"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=2", "precision=bf16")) == 0
     assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_held_out_evaluation_every_step(tiny_model_dir, pairs, tmp_path):
+    """eval_every=1: the evaluated rows carry eval_* metrics; the summary's last-10 training means do not."""
+    out = tmp_path / "run"
+    assert run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=3", "eval_every=1")) == 0
+    rows = read_metrics(out)
+    assert [("loss" in r, "eval_loss" in r) for r in rows] == [(False, True), (True, True), (True, True),
+                                                              (True, False), (False, True)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "loss" in summary["train_last10"] and not any(k.startswith("eval_") for k in summary["train_last10"])
