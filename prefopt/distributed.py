@@ -33,7 +33,9 @@ model that the reference, evaluation and saving already use.
 **FSDP** (``accelerate config`` / ``accelerate launch --use_fsdp``, or ``prefopt
 run --num-processes N --fsdp``): each process keeps a shard of every parameter
 (PyTorch's FSDP2 ``fully_shard``, one unit per transformer layer plus the
-rest), gathering a layer's weights only while it runs. The same rule holds:
+rest), gathering a layer's weights only while it runs (or, with accelerate's
+``fsdp_reshard_after_forward`` false, from its forward to its backward; see
+fsdp_reshard_after_forward for the settings read). The same rule holds:
 FSDP averages gradients over processes, and the loss is multiplied by the
 number of processes first, so the sharded gradients are the one-process sums
 that clipping and AdamW see. A sharded forward is a collective, so
