@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from prefopt.distributed import is_fsdp_unit
 from prefopt.io import atomic_dir
 
 CHECKPOINTS = "checkpoints"
@@ -50,12 +51,8 @@ def _shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _register_shards(model) -> None:
     """Make every FSDP unit of `model` expose its sharded parameters (a no-grad forward can leave the root's
     parameters gathered); the optimizer holds those. Nothing to do for an unsharded model."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return
     for module in model.modules():
-        if isinstance(module, FSDPModule):
+        if is_fsdp_unit(module):
             module.reshard()
 
 
@@ -66,9 +63,10 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def optimizer_state(optimizer) -> dict:
-    """optimizer.state_dict() with every state tensor whole and on the CPU (a collective under FSDP)."""
+    """optimizer.state_dict() with every state tensor whole and on the CPU (a collective under FSDP).
+    CPU tensors are the optimizer's own, not copies: write them out before the next step."""
     saved = optimizer.state_dict()
-    state = {index: {k: _whole(v).cpu().clone() if torch.is_tensor(v) else v for k, v in entry.items()}
+    state = {index: {k: _whole(v).cpu() if torch.is_tensor(v) else v for k, v in entry.items()}
              for index, entry in saved["state"].items()}
     return {"state": state, "param_groups": saved["param_groups"]}
 

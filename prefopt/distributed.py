@@ -296,7 +296,7 @@ def _join() -> Context:
     reshard_after_forward = fsdp_reshard_after_forward() if sharded else True  # refuses what it cannot honour
     from accelerate import PartialState
 
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
+    cpu = not torch.cuda.is_available() or _env_true("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
     if state.num_processes < 2:
         return Context(device=None)
@@ -340,6 +340,15 @@ def fsdp_reshard_after_forward() -> bool:
     if reshard not in ("true", "false", "full_shard", "shard_grad_op", "1", "2"):
         raise PrefoptError(f"FSDP_RESHARD_AFTER_FORWARD={reshard!r}: expected true or false")
     return strategy == "FULL_SHARD" and reshard in ("true", "full_shard", "1")
+
+
+def is_fsdp_unit(module) -> bool:
+    """Whether `module` was sharded by FSDP2's fully_shard (False on a torch without FSDP2)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(module, FSDPModule)
 
 
 def _env_true(name: str) -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prefopt.distributed import is_fsdp_unit
+
 # Rows of logits processed at once by the selective log-softmax: bounds the
 # float32 temporary to chunk x vocab instead of (B*T) x vocab.
 _CHUNK_ROWS = 1024
@@ -120,7 +122,7 @@ FUSED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 def fused_head(model):
     """(backbone, output projection) of a causal LM whose logits are a plain projection of the final hidden
     state, or None (then logits come from the model itself). LoRA layers stay injected in the backbone."""
-    if _fsdp_sharded(model):  # the root's forward gathers the embedding and head weights: go through it
+    if is_fsdp_unit(model):  # the root's forward gathers the embedding and head weights: go through it
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
@@ -131,14 +133,6 @@ def fused_head(model):
     if type(head) is not torch.nn.Linear or head.bias is not None or backbone is None or backbone is base:
         return None
     return backbone, head
-
-
-def _fsdp_sharded(model) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch without FSDP2
-        return False
-    return isinstance(model, FSDPModule)
 
 
 def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
