@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratio_loss_output
 
 
 def apo_zero_loss(
@@ -52,25 +52,31 @@ def apo_down_loss(
     return chosen_down + keep_margin
 
 
-class _APO(SummedLogRatioLoss):
-    """Plumbing shared by the two APO variants (not registered); each subclass picks its loss."""
+@dataclass
+class APOConfig:
+    beta: float = 0.1  # reward scale r = beta * log-ratio, as in DPO (trl's default)
 
-    @dataclass
-    class Config:
-        beta: float = 0.1  # reward scale r = beta * log-ratio, as in DPO (trl's default)
-
-        def __post_init__(self):
-            check_positive("beta", self.beta)
+    def __post_init__(self):
+        check_positive("beta", self.beta)
 
 
-
-class APOZero(_APO):
+class APOZero(Algorithm):
     """APO-zero: raise the chosen and lower the rejected likelihood, each anchored at the reference (D'Oosterlinck et al. 2024)."""
 
-    pair_loss = staticmethod(apo_zero_loss)
+    Config = APOConfig
+    needs_reference = True
+    inputs = "pairs"
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        return logratio_loss_output(apo_zero_loss, policy, reference, self.config.beta)
 
 
-class APODown(_APO):
+class APODown(Algorithm):
     """APO-down: lower the chosen likelihood, and the rejected one more, for chosen outputs worse than the model's (D'Oosterlinck et al. 2024)."""
 
-    pair_loss = staticmethod(apo_down_loss)
+    Config = APOConfig
+    needs_reference = True
+    inputs = "pairs"
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        return logratio_loss_output(apo_down_loss, policy, reference, self.config.beta)

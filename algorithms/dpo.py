@@ -18,9 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import pair_metrics
-from prefopt.errors import PrefoptError
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_flip_rate, check_positive, pair_metrics
 
 
 def dpo_loss(
@@ -48,10 +46,8 @@ class DPO(Algorithm):
         label_smoothing: float = 0.0  # assumed label-flip rate eps in [0, 0.5) (conservative DPO)
 
         def __post_init__(self):
-            if self.beta <= 0:
-                raise PrefoptError(f"option 'beta': must be > 0, got {self.beta}")
-            if not 0 <= self.label_smoothing < 0.5:
-                raise PrefoptError(f"option 'label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
+            check_positive("beta", self.beta)
+            check_flip_rate("label_smoothing", self.label_smoothing)
 
     needs_reference = True
     inputs = "pairs"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratio_loss_output
 
 
 def hinge_loss(
@@ -35,7 +35,7 @@ def hinge_loss(
     return torch.relu(1.0 - beta * (chosen_logratio - rejected_logratio))
 
 
-class Hinge(SummedLogRatioLoss):
+class Hinge(Algorithm):
     """SLiC-style hinge loss on the reference-normalised margin, zero beyond 1/beta nats (Zhao et al. 2023; Liu et al. 2023)."""
 
     @dataclass
@@ -45,4 +45,8 @@ class Hinge(SummedLogRatioLoss):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    pair_loss = staticmethod(hinge_loss)
+    needs_reference = True
+    inputs = "pairs"
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        return logratio_loss_output(hinge_loss, policy, reference, self.config.beta)

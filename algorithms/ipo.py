@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import check_positive, logratios, pair_metrics
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
+from prefopt.core.algorithm import check_positive, logratios, pair_metrics
 
 
 def ipo_loss(

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput, UnpairedLogps
-from prefopt.errors import PrefoptError
+from prefopt.core.algorithm import Algorithm, LossOutput, UnpairedLogps, check_positive
 
 
 def kto_reference_point(policy_mismatched: torch.Tensor, reference_mismatched: torch.Tensor) -> torch.Tensor:
@@ -58,11 +57,8 @@ class KTO(Algorithm):
         undesirable_weight: float = 1.0  # lambda_U
 
         def __post_init__(self):
-            if self.beta <= 0:
-                raise PrefoptError(f"option 'beta': must be > 0, got {self.beta}")
-            for name in ("desirable_weight", "undesirable_weight"):
-                if getattr(self, name) <= 0:
-                    raise PrefoptError(f"option '{name}': must be > 0, got {getattr(self, name)}")
+            for name in ("beta", "desirable_weight", "undesirable_weight"):
+                check_positive(name, getattr(self, name))
 
     inputs = "unpaired"
     needs_reference = True

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratio_loss_output
 
 
 def nca_pair_loss(
@@ -39,7 +39,7 @@ def nca_pair_loss(
     return chosen_is_data + both_are_noise
 
 
-class NCA(SummedLogRatioLoss):
+class NCA(Algorithm):
     """NCA (pairwise): noise-contrastive loss on each response's absolute implicit reward (Chen et al. 2024)."""
 
     @dataclass
@@ -49,4 +49,8 @@ class NCA(SummedLogRatioLoss):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    pair_loss = staticmethod(nca_pair_loss)
+    needs_reference = True
+    inputs = "pairs"
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        return logratio_loss_output(nca_pair_loss, policy, reference, self.config.beta)

@@ -9,7 +9,7 @@ returns from a value head on the policy's backbone, then run ``ppo_epochs``
 passes of the clipped policy loss (Schulman et al. 2017, Eq. 7) plus the
 clipped value loss over minibatches. The KL coefficient is fixed, or adapted
 towards ``kl_target`` (Ziegler et al. 2019, Sec. 2.2). All the maths lives in
-``prefopt.rl`` as tested pure functions; this file only orders the steps.
+``prefopt.core.rl`` as tested pure functions; this file only orders the steps.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import Literal
 
 import torch
 
+from prefopt.core.algorithm import check_nonnegative
 from prefopt.errors import PrefoptError
-from prefopt.generate import SamplingConfig
-from prefopt.heads import policy_value_forward
-from prefopt.logprobs import first_response_position
-from prefopt.online import OnlineAlgorithm, OnlineContext, evaluate_samples
-from prefopt.rl import (
+from prefopt.core.generate import SamplingConfig
+from prefopt.core.heads import policy_value_forward
+from prefopt.core.logprobs import first_response_position
+from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
+from prefopt.core.rl import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
@@ -67,8 +68,8 @@ class PPO(OnlineAlgorithm):
                     raise PrefoptError(f"option '{name}': must be >= 1, got {getattr(self, name)}")
             if not 0 < self.clip < 1:
                 raise PrefoptError(f"option 'clip': must be in (0, 1), got {self.clip}")
-            if self.kl_coef < 0:
-                raise PrefoptError(f"option 'kl_coef': must be >= 0, got {self.kl_coef}")
+            for name in ("vf_coef", "kl_coef", "value_clip"):
+                check_nonnegative(name, getattr(self, name))
 
     head = "scalar"  # the value head
     needs_reference = True
@@ -77,6 +78,9 @@ class PPO(OnlineAlgorithm):
         super().__init__(config)
         self.kl = AdaptiveKLController(self.config.kl_coef, self.config.kl_target, self.config.kl_horizon)
         self.judge = None
+
+    def reward_source(self) -> str | None:
+        return self.config.judge
 
     def setup(self, ctx: OnlineContext) -> None:
         from prefopt.judges import make_judge

@@ -11,7 +11,7 @@ per-pair margin) and the centering term of Eisenstein et al. 2023
 mean: the loss is otherwise blind to a constant shift of all rewards.
 
 The trained model is saved as a peft adapter plus ``reward_head.safetensors``;
-``prefopt.heads.load_reward_model`` loads it back as a reward function.
+``prefopt.core.heads.load_reward_model`` loads it back as a reward function.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairRewards, preference_accuracy
-from prefopt.errors import PrefoptError
+from prefopt.core.algorithm import Algorithm, LossOutput, PairRewards, check_nonnegative, preference_accuracy
 
 
 def bradley_terry_loss(
@@ -45,8 +44,7 @@ class Reward(Algorithm):
         center_coefficient: float = 0.01  # weight of (r_w + r_l)^2 (Eisenstein et al. 2023 use 0.01)
 
         def __post_init__(self):
-            if self.center_coefficient < 0:
-                raise PrefoptError(f"option 'center_coefficient': must be >= 0, got {self.center_coefficient}")
+            check_nonnegative("center_coefficient", self.center_coefficient)
 
     inputs = "pairs"
     head = "scalar"

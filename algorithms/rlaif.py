@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prefopt.algorithm import PairLogps
+from prefopt.core.algorithm import PairLogps
 from prefopt.data import TokenizedPair, collate_pairs
 from prefopt.errors import PrefoptError
-from prefopt.generate import SamplingConfig
-from prefopt.inputs import PairInputs
-from prefopt.online import OnlineAlgorithm, OnlineContext, evaluate_samples
+from prefopt.core.generate import SamplingConfig
+from prefopt.training.inputs import PairInputs
+from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
 
 
 class RLAIF(OnlineAlgorithm):
@@ -45,8 +45,8 @@ class RLAIF(OnlineAlgorithm):
 
     def __init__(self, config=None):
         super().__init__(config)
-        from prefopt import registry
-        from prefopt.config import parse_overrides, split_options
+        from prefopt.core import registry
+        from prefopt.training.config import parse_overrides, split_options
 
         cls = registry.get(self.config.objective)
         if cls.online or cls.inputs != "pairs" or cls.head != "lm":
@@ -55,6 +55,9 @@ class RLAIF(OnlineAlgorithm):
         _, objective_config = split_options(values, cls.Config, "option 'objective_options'")
         self.objective = cls(objective_config)
         self.judge = self.gold = None
+
+    def reward_source(self) -> str | None:
+        return self.config.judge
 
     def setup(self, ctx: OnlineContext) -> None:
         from prefopt.judges import make_judge

@@ -24,13 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import (
-    check_flip_rate,
-    check_positive,
-    logratios,
-    pair_metrics,
-)
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
+from prefopt.core.algorithm import check_flip_rate, check_positive, logratios, pair_metrics
 
 
 def robust_dpo_loss(

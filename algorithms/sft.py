@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithm import Algorithm, LossOutput
-from prefopt.logprobs import SequenceLogps
+from prefopt.core.algorithm import Algorithm, LossOutput
+from prefopt.core.logprobs import SequenceLogps
 
 
 def sft_loss(logps: SequenceLogps) -> torch.Tensor:

@@ -23,13 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.algorithms._common import (
-    check_flip_rate,
-    check_nonnegative,
-    check_positive,
-    pair_metrics,
-)
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
+from prefopt.core.algorithm import check_flip_rate, check_nonnegative, check_positive, pair_metrics
 
 
 def simpo_loss(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithms._common import SummedLogRatioLoss, check_positive
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratio_loss_output
 
 
 def sppo_hard_loss(
@@ -34,7 +34,7 @@ def sppo_hard_loss(
     return (chosen_logratio - target) ** 2 + (rejected_logratio + target) ** 2
 
 
-class SPPOHard(SummedLogRatioLoss):
+class SPPOHard(Algorithm):
     """SPPO (hard labels): regress the chosen log-ratio onto +1/(2 beta) and the rejected onto -1/(2 beta) (Wu et al. 2024)."""
 
     @dataclass
@@ -44,4 +44,8 @@ class SPPOHard(SummedLogRatioLoss):
         def __post_init__(self):
             check_positive("beta", self.beta)
 
-    pair_loss = staticmethod(sppo_hard_loss)
+    needs_reference = True
+    inputs = "pairs"
+
+    def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
+        return logratio_loss_output(sppo_hard_loss, policy, reference, self.config.beta)

@@ -33,8 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import prefopt.generate as prefopt_generate
-from prefopt.generate import SamplingConfig
+import prefopt.core.generate as prefopt_generate
+from prefopt.core.generate import SamplingConfig
 from prefopt.io import cpu_model
 
 IMPLS = ("prefopt", "hf")
@@ -57,9 +57,9 @@ def qa_prompts(tokenizer, n: int) -> list[list[int]]:
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), each (B, P): prompts right-aligned, the layout HF generate needs (the one prefopt's sampler uses)."""
-    from prefopt.generate import _left_pad
+    from prefopt.core.padding import pad_left
 
-    return _left_pad(prompts, pad_id, max(len(p) for p in prompts))
+    return pad_left(prompts, pad_id)
 
 
 def sync(device: torch.device) -> None:
@@ -159,7 +159,7 @@ def bench_batch(model, tokenizer, prompts, *, max_new_tokens: int, reps: int, gr
 
 
 def load(spec: str, variant: str, device: torch.device):
-    from prefopt.models import LoraSettings, load_model
+    from prefopt.core.models import LoraSettings, load_model
 
     if variant == "lora":
         return load_model(spec, adapter="lora", lora=LoraSettings(), device=device).eval().requires_grad_(False)
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(ROOT / "results" / "speed"))
     args = parser.parse_args(argv)
 
+    from prefopt.core.models import autocast, load_tokenizer, pick_device, resolve_precision
     from prefopt.io import atomic_write_json, atomic_write_text, provenance
-    from prefopt.models import autocast, load_tokenizer, pick_device, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)

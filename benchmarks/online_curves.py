@@ -68,7 +68,7 @@ def main() -> None:
     curve_rows = [r for r in train_rows if "reward" in r and ("kl" in r)]
     if curve_rows:
         plot(curve_rows, f"{args.algo} on builtin:qa, smollm2-135m-instruct, {' '.join(options)}", out / f"{name}_curves.png")
-    median = lambda key: statistics.median(r[key] for r in train_rows if key in r) if any(key in r for r in train_rows) else None  # noqa: E731
+    median = lambda key: statistics.median(r[key] for r in train_rows if key in r) if any(key in r for r in train_rows) else None
     atomic_write_json(out / f"{name}.json", {
         "command": " ".join(["python", *sys.argv]),
         "run_command": " ".join(["prefopt", *cmd[3:]]),

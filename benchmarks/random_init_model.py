@@ -31,7 +31,7 @@ def random_init_model(source: str, out: str, seed: int = 0, changes: dict | None
     `out`; returns the parameter count."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from prefopt.models import resolve_model
+    from prefopt.core.models import resolve_model
 
     folder = resolve_model(source)
     config = AutoConfig.from_pretrained(folder)

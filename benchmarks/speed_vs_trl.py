@@ -63,13 +63,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from prefopt.config import RunConfig
+from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, resolve_model
+from prefopt.core.reference import build_reference, resolve_reference_mode
 from prefopt.data import TokenizedPair, tokenize_pairs
-from prefopt.inputs import inputs_for
 from prefopt.io import atomic_write_json, atomic_write_text, cpu_model, provenance
-from prefopt.models import autocast, load_tokenizer, model_fingerprint, resolve_model
-from prefopt.reference import build_reference, resolve_reference_mode
-from prefopt.train import Prepared, Trainer, batch_stream, load_policy
+from prefopt.training.config import RunConfig
+from prefopt.training.inputs import inputs_for
+from prefopt.training.offline import Prepared, Trainer, batch_stream
+from prefopt.training.policy import load_policy
 
 CHECK_TOL = 1e-4
 H100_BF16_PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
@@ -145,7 +146,7 @@ def batch_tokens(pairs: list[TokenizedPair], ids: list[int]) -> int:
 
 
 def _dpo(setup: Setup):
-    from prefopt import registry
+    from prefopt.core import registry
 
     cls = registry.get("dpo")
     return cls(cls.Config(beta=setup.beta))
@@ -174,7 +175,7 @@ def build_prefopt(setup: Setup, tokenizer, pairs: list[TokenizedPair], used: lis
         progress=False,
     )
     data = Prepared(examples=pairs, train_ids=list(range(len(pairs))), eval_ids=[], eval_pairs=[], truncation=None)
-    return Trainer(algorithm=algorithm, run=run, out=workdir, model=model, tokenizer=tokenizer, data=data,
+    return Trainer(algorithm=algorithm, run=run, model=model, tokenizer=tokenizer, data=data,
                    reference=reference, device=torch.device(setup.device), precision=setup.precision)
 
 
@@ -498,7 +499,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from prefopt.models import pick_device, resolve_precision
+    from prefopt.core.models import pick_device, resolve_precision
 
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "the quick brown fox jumps over a lazy dog while seven bright stars watch quietly".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bright", "stars",
+         "watch", "quietly"]
 
 
 def write_pairs(path: Path, n: int, prompt_words: int, response_words: int) -> None:

@@ -28,10 +28,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "tasks"))
     args = parser.parse_args()
 
-    from prefopt.evaluate import Sampler
-    from prefopt.generate import SamplingConfig
+    from prefopt.core.generate import SamplingConfig
+    from prefopt.core.models import load_model, load_tokenizer, pick_device, resolve_precision
+    from prefopt.evaluation.metrics import Sampler
     from prefopt.io import atomic_write_json, atomic_write_text, provenance
-    from prefopt.models import load_model, load_tokenizer, pick_device, resolve_precision
     from prefopt.tasks import get_task, task_names
 
     device = pick_device()
@@ -75,8 +75,8 @@ def main() -> None:
     lines = [
         f"# Starting gold score of `{args.model}` on the built-in tasks",
         "",
-        f"{args.prompts} held-out prompts per task, {args.max_new_tokens} new tokens, seed {args.seed}, {precision}. "
-        f"Command: `{record['command']}`",
+        (f"{args.prompts} held-out prompts per task, {args.max_new_tokens} new tokens, seed {args.seed}, "
+         f"{precision}. Command: `{record['command']}`"),
         "",
         "| task | gold range | sampled (T=1) mean ± sd | greedy mean | share at the maximum (sampled / greedy) | mean length |",
         "| --- | --- | --- | --- | --- | --- |",

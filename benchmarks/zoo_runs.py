@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def builtin_algorithms() -> list[str]:
-    from prefopt import registry
+    from prefopt.core import registry
 
     return sorted(
         name for name, entries in registry.discover().items()
@@ -63,8 +63,8 @@ def to_markdown(record: dict) -> str:
     lines = [
         f"# Every algorithm, same budget ({record['steps']} steps x batch {record['batch_size']}, seed {record['seed']})",
         "",
-        f"Model `{record['model']}`, data `{record['data']}`, LoRA defaults, held-out pairs: "
-        f"{record['rows'][0]['eval_pairs'] if record['rows'] else 0}. Machine: {record['machine']}.",
+        (f"Model `{record['model']}`, data `{record['data']}`, LoRA defaults, held-out pairs: "
+         f"{record['rows'][0]['eval_pairs'] if record['rows'] else 0}. Machine: {record['machine']}."),
         f"Command: `{record['command']}`",
         "",
         "| algorithm | final train loss (mean of last 10 steps) | held-out preference accuracy before -> after | own implicit-reward accuracy after | s/step (median) |",

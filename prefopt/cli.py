@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from prefopt.config import RunConfig, format_options
+from prefopt.training.config import RunConfig, format_options
 from prefopt.errors import PrefoptError
 
 EPILOG_RUN = """\
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(show_options: bool = False) -> int:
-    from prefopt.registry import discover
+    from prefopt.core.registry import discover
 
     found = discover()
     rows = []
@@ -98,7 +98,7 @@ def cmd_list(show_options: bool = False) -> int:
 
 
 def cmd_bench(args) -> int:
-    from prefopt.bench import run_suite
+    from prefopt.bench.runner import run_suite
 
     only = [a for a in (args.algos or "").split(",") if a] or None
     outcome = run_suite(args.suite, args.results, args.work_dir, only=only, restart=args.restart)
@@ -112,7 +112,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from prefopt.report import render
+    from prefopt.bench.report import render
 
     written = render(args.source, args.out)
     for kind in ("md", "html"):
@@ -121,7 +121,7 @@ def cmd_report(args) -> int:
 
 
 def _resolve_run_options(args) -> tuple[str, dict, Path | None]:
-    from prefopt.config import parse_overrides, read_yaml
+    from prefopt.training.config import parse_overrides, read_yaml
 
     if args.resume:
         given = [args.algo, args.model, args.data, args.config, args.output_dir] + list(args.options)
@@ -147,8 +147,9 @@ def _resolve_run_options(args) -> tuple[str, dict, Path | None]:
 
 
 def cmd_run(args, argv: list[str] | None = None) -> int:
-    from prefopt import distributed, registry
-    from prefopt.config import split_options
+    from prefopt.core import registry
+    from prefopt.training import distributed
+    from prefopt.training.config import split_options
 
     wanted = args.num_processes
     relaunch = wanted is not None and wanted > 1 and distributed.launched_world_size() == 1
@@ -168,7 +169,7 @@ def cmd_run(args, argv: list[str] | None = None) -> int:
         rest = [a for a in distributed.strip_flag(list(argv or sys.argv[1:]), "--num-processes") if a != "--fsdp"]
         return distributed.launch(wanted, rest, fsdp=args.fsdp)
 
-    from prefopt.train import train
+    from prefopt.training.runner import train
 
     summary = train(algo_name, algo_cls(algo_config), run, resume_dir=resume_dir)
     if dist.is_main:
@@ -185,7 +186,7 @@ def _print_summary(summary: dict) -> None:
               f"({summary['eval_pairs']} pairs)")
     if "eval_reward" in after:
         print(f"held-out reward of samples: {before.get('eval_reward', float('nan')):.3f} -> {after['eval_reward']:.3f}, "
-              f"KL to reference (k3) {after.get('eval_kl_k3', float('nan')):.3f} ({summary.get('eval_prompts', 0)} prompts)")
+              f"KL to reference (k3) {after.get('eval_kl_k3', float('nan')):.3f} ({summary['eval_examples']} prompts)")
     trunc = summary["truncation"]
     if trunc.get("truncated_prompts") or trunc.get("truncated_responses"):
         print(f"truncated: {trunc['truncated_prompts']} prompts, {trunc['truncated_responses']} responses "
@@ -197,7 +198,7 @@ def _print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
-    distributed = sys.modules.get("prefopt.distributed")  # loaded by runs only
+    distributed = sys.modules.get("prefopt.training.distributed")  # loaded by runs only
     if distributed is not None:
         distributed.end_worker(code)  # a launched process ends here (see end_worker); others return
     return code
@@ -224,7 +225,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0
     except PrefoptError as exc:
-        distributed = sys.modules.get("prefopt.distributed")  # loaded by runs only
+        distributed = sys.modules.get("prefopt.training.distributed")  # loaded by runs only
         if distributed is not None:
             distributed.report_error(exc)  # once per launch, not once per process
         else:
@@ -234,7 +235,7 @@ def _main(argv: list[str] | None) -> int:
         print("prefopt: interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed = sys.modules.get("prefopt.distributed")
+        distributed = sys.modules.get("prefopt.training.distributed")
         if distributed is not None:
             distributed.shutdown()
 

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_model, make_tokenizer, save_tiny  # noqa: E402
+from tiny import make_model, make_tokenizer, save_tiny
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,10 @@ import pytest
 import yaml
 from helpers import run_cli
 
-from prefopt import bench
-from prefopt.bench import Cell, algorithm_order, cells, config_hash, done_cells, load_suite, make_pairs
+from prefopt.bench import results as results_table
+from prefopt.bench.pairs import make_pairs
+from prefopt.bench.results import done_cells
+from prefopt.bench.suite import Cell, algorithm_order, cells, config_hash, load_suite
 from prefopt.errors import PrefoptError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,8 @@ def test_config_hash_changes_with_the_cell_config_but_not_the_seed(tmp_path):
     assert config_hash(a, Cell("qa", "dpo", 0)) == config_hash(a, Cell("qa", "dpo", 3))
     assert config_hash(a, Cell("qa", "dpo", 0)) != config_hash(a, Cell("qa", "ipo", 0))
     assert config_hash(a, Cell("qa", "dpo", 0)) != config_hash(b, Cell("qa", "dpo", 0))
-    table = pd.DataFrame([{"task": "qa", "algo": "dpo", "seed": 0, "config_hash": config_hash(a, Cell("qa", "dpo", 0))}])
+    row = {"task": "qa", "algo": "dpo", "seed": 0, "config_hash": config_hash(a, Cell("qa", "dpo", 0))}
+    table = pd.DataFrame([row])
     assert done_cells(table, a, Path("r.csv")) == {Cell("qa", "dpo", 0)}
     with pytest.raises(PrefoptError, match=r"r.csv row 1: qa/dpo/seed0 was run with another configuration"):
         done_cells(table, b, Path("r.csv"))
@@ -100,12 +103,13 @@ def test_an_all_digit_config_hash_survives_the_csv_round_trip(tmp_path, monkeypa
     # A 12-hex-digit hash is all digits about 0.4% of the time; read back as a number it lost its leading zero
     # and the resumed bench refused its own rows.
     suite = load_suite(write_suite(tmp_path / "a.yaml", name="x", algorithms={"dpo": {}}))
-    monkeypatch.setattr(bench, "config_hash", lambda suite, cell: "012345678901")
+    monkeypatch.setattr(results_table, "config_hash", lambda suite, cell: "012345678901")
     csv = tmp_path / "results.csv"
-    bench.append_row(csv, {"task": "qa", "algo": "dpo", "seed": 0, "config_hash": "012345678901", "git": "0123e45"})
-    table = bench.read_results(csv)
+    row = {"task": "qa", "algo": "dpo", "seed": 0, "config_hash": "012345678901", "git": "0123e45"}
+    results_table.append_row(csv, row)
+    table = results_table.read_results(csv)
     assert table.loc[0, "config_hash"] == "012345678901" and table.loc[0, "git"] == "0123e45"
-    assert bench.done_cells(table, suite, csv) == {Cell("qa", "dpo", 0)}
+    assert done_cells(table, suite, csv) == {Cell("qa", "dpo", 0)}
 
 
 # ---------------------------------------------------------------- pairs from samples
@@ -142,6 +146,12 @@ def _rows(csv: Path) -> list[tuple]:
     return list(zip(table["task"], table["algo"], table["seed"]))
 
 
+def _unknown_columns(table: pd.DataFrame) -> list[str]:
+    """Columns the runner wrote that the shared schema (and so the report) does not know."""
+    return [c for c in table.columns if c not in results_table.TEXT_COLUMNS and not results_table.is_numeric(c)]
+
+
+@pytest.mark.e2e
 def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_model_dir):
     suite = micro_suite(tmp_path / "micro.yaml", tiny_model_dir, {"dpo": {}, "sft": {}})
     results, work = tmp_path / "results", tmp_path / "work"
@@ -171,6 +181,7 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     assert ((table["win_rate_gold"] >= 0) & (table["win_rate_gold"] <= 1)).all()
     assert (table["kl_k3"] >= 0).all()
     assert table["git"].notna().all() and table["config_hash"].nunique() == 2
+    assert _unknown_columns(table) == []
     assert (results / "report.md").exists() and (results / "report.html").exists()
 
     # A third run has nothing to do and leaves the table as it was.
@@ -178,6 +189,7 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     assert _rows(csv) == after
 
 
+@pytest.mark.e2e
 def test_proxy_trained_policy_reports_hacking_gap_and_the_ai_judge(tmp_path, tiny_model_dir):
     """reward -> ppo on that reward model (a proxy); an LM judge; the report re-renders from the CSV alone."""
     suite = micro_suite(
@@ -195,12 +207,14 @@ def test_proxy_trained_policy_reports_hacking_gap_and_the_ai_judge(tmp_path, tin
     assert ppo["hacking_gap"] == pytest.approx(ppo["proxy_win_rate"] - ppo["win_rate_gold"])
     assert 0 <= ppo["win_rate_judge"] <= 1 and 0 <= ppo["judge_agreement"] <= 1 and 0 <= ppo["judge_tie_rate"] <= 1
     assert ppo["judge"] == f"lm:{tiny_model_dir}"
+    assert _unknown_columns(table) == []
 
     (results / "report.md").unlink()
     assert run_cli(["report", results / "results.csv"]) == 0
     assert "ppo" in (results / "report.md").read_text()
 
 
+@pytest.mark.e2e
 def test_a_policy_identical_to_the_reference_wins_half_at_zero_kl(tmp_path, tiny_model_dir):
     """lr=0 leaves the LoRA policy equal to the starting model; sampled with the reference's seed, its samples are the
     reference's: win rate 1/2 (every pair a tie), KL 0, same length, same sycophancy and capability."""
@@ -208,7 +222,9 @@ def test_a_policy_identical_to_the_reference_wins_half_at_zero_kl(tmp_path, tiny
                         capability=["prefopt_arith"], capability_limit=8)  # fmt: skip
     results = tmp_path / "results"
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
-    row = pd.read_csv(results / "results.csv").iloc[0]
+    table = pd.read_csv(results / "results.csv")
+    assert _unknown_columns(table) == []
+    row = table.iloc[0]
     assert row["win_rate_gold"] == 0.5 and row["win_rate_gold_se"] == 0.0
     assert row["lc_win_rate_gold"] == pytest.approx(0.5, abs=1e-9)
     assert row["gold_reward"] == row["gold_reward_ref"] and row["length"] == row["length_ref"]

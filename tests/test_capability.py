@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("lm_eval", reason="lm-eval not installed: capability evaluation is skipped")
 
-from prefopt.capability import BUILTIN_TASKS, capability, data_path, task_config
-from prefopt.capability.make_tasks import arith_records, world_records
 from prefopt.errors import PrefoptError
+from prefopt.evaluation.capability import BUILTIN_TASKS, capability, data_path, task_config
+from prefopt.evaluation.capability.make_tasks import arith_records, world_records
 
 
 def load(name: str) -> list[dict]:
@@ -77,6 +77,7 @@ def reference_accuracy(model, tokenizer, records: list[dict]) -> float:
     return correct / len(records)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("name", "limit"), [("prefopt_arith", 12), ("prefopt_world", None)])
 def test_matches_independent_loglikelihood_scoring(tiny_model, tiny_tokenizer, name, limit):
     records = load(name)[:limit]
@@ -86,6 +87,7 @@ def test_matches_independent_loglikelihood_scoring(tiny_model, tiny_tokenizer, n
     assert type(got[name]) is float
 
 
+@pytest.mark.e2e
 def test_both_builtin_tasks_and_state_restored(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny_model.train()
@@ -99,6 +101,7 @@ def test_both_builtin_tasks_and_state_restored(tiny_model, tiny_tokenizer, tmp_p
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
 
 
+@pytest.mark.e2e
 def test_peft_lora_model(tiny_model, tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
@@ -111,6 +114,7 @@ def test_peft_lora_model(tiny_model, tiny_tokenizer):
     assert all(p.grad is None for p in peft_model.parameters())
 
 
+@pytest.mark.e2e
 def test_unknown_task_is_one_line_error(tiny_model, tiny_tokenizer):
     with pytest.raises(PrefoptError, match="unknown capability task 'no_such_task_xyz'") as info:
         capability(tiny_model, tiny_tokenizer, ["prefopt_arith", "no_such_task_xyz"])

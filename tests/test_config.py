@@ -3,8 +3,8 @@ from typing import Literal
 
 import pytest
 
-from prefopt.config import RunConfig, coerce, parse_overrides, read_yaml, split_options
 from prefopt.errors import PrefoptError
+from prefopt.training.config import RunConfig, coerce, parse_overrides, read_yaml, split_options
 
 
 @dataclass
@@ -75,7 +75,7 @@ def test_defaults_are_a_complete_config():
 
 
 def test_option_help_is_read_from_the_field_comments():
-    from prefopt.config import describe_options
+    from prefopt.training.config import describe_options
 
     rows = {name: (default, comment) for name, default, comment in describe_options(RunConfig)}
     assert rows["steps"] == ("60", "optimizer steps")

@@ -27,9 +27,10 @@ from prefopt.data import (
     tokenize_unpaired,
 )
 from prefopt.errors import PrefoptError
+from prefopt.tasks import load_dataset
 
-USER = lambda text: {"role": "user", "content": text}  # noqa: E731
-BOT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+USER = lambda text: {"role": "user", "content": text}
+BOT = lambda text: {"role": "assistant", "content": text}
 
 STANDARD = [
     {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5.", "extra": 1},
@@ -111,7 +112,7 @@ def test_read_rows_returns_display_name(tmp_path):
 
 
 def test_builtin_source_delegates_to_tasks():
-    records = load_records("builtin:qa")
+    records = load_dataset("builtin:qa")
     assert len(records) == 2000 and isinstance(records[0], PreferenceRecord)
 
 
@@ -482,7 +483,7 @@ def test_collate_unpaired():
 
 def test_collated_batch_feeds_sequence_logps(tiny_tokenizer, tiny_model):
     """The mask convention matches logprobs: response tokens (with eos) only are scored."""
-    from prefopt.logprobs import forward_logps
+    from prefopt.core.logprobs import forward_logps
 
     records = _records(tiny_tokenizer)
     pairs, _ = tokenize_pairs(records, tiny_tokenizer, 256, 128)

@@ -12,8 +12,8 @@ from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args, wri
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from prefopt.distributed import Context, strip_flag
 from prefopt.errors import PrefoptError
+from prefopt.training.distributed import Context, strip_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a launcher leaves behind; none of it may reach the next launch
@@ -71,6 +71,7 @@ def _assert_same_run(one: Path, two: Path, atol: float, processes: tuple = (1, 2
     assert s1["eval_after"] == pytest.approx(s2["eval_after"], abs=atol)
 
 
+@pytest.mark.multiprocess
 def test_accelerate_launch_two_processes_matches_one(tiny_model_dir, pairs, tmp_path):
     """Each process runs exactly one of the micro-batches one process would run: the same numbers."""
     common = ("steps=4", "lr=1e-2", "grad_accum=2", "eval_every=2", "save_every=2")  # batch_size=4: 2 x 4 = 8
@@ -88,6 +89,7 @@ def test_accelerate_launch_two_processes_matches_one(tiny_model_dir, pairs, tmp_
     assert not (two / "checkpoints").exists()
 
 
+@pytest.mark.multiprocess
 def test_num_processes_flag_precomputed_reference(tiny_model_dir, pairs, tmp_path, monkeypatch):
     """`--num-processes 2` re-launches through accelerate; the reference cache is written once, by process 0.
 
@@ -109,9 +111,10 @@ def test_num_processes_flag_precomputed_reference(tiny_model_dir, pairs, tmp_pat
     assert json.loads((two / "summary.json").read_text())["reference"] == "precomputed"
 
 
+@pytest.mark.multiprocess
 def test_resume_in_two_processes(tiny_model_dir, pairs, tmp_path, monkeypatch):
     """A one-process run interrupted after its step-2 checkpoint, resumed in two processes: the uninterrupted run."""
-    from prefopt import train as train_module
+    from prefopt.training import offline as train_module
 
     common = ("steps=4", "save_every=2", "lr=5e-3", "grad_accum=2")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -133,6 +136,7 @@ def test_resume_in_two_processes(tiny_model_dir, pairs, tmp_path, monkeypatch):
     assert strip(read_metrics(broken)) == strip(read_metrics(straight))
 
 
+@pytest.mark.multiprocess
 def test_bad_input_fails_once_on_every_process(tiny_model_dir, tmp_path):
     """A check that fails on both processes gives one line and exit status 2, and writes nothing."""
     out = tmp_path / "run"
@@ -163,6 +167,7 @@ def test_shares_and_flag_stripping():
     assert strip_flag(argv, "--num-processes") == ["run", "--algo", "dpo", "steps=2"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("algo", ["dpo", "reward"])
 def test_fsdp_two_processes_match_one(tiny_model_dir, pairs, tmp_path, algo):
     """`--num-processes 2 --fsdp`: parameters sharded (FSDP2), gradients summed; the same run as one process
@@ -180,6 +185,7 @@ def test_fsdp_two_processes_match_one(tiny_model_dir, pairs, tmp_path, algo):
     assert json.loads((two / "summary.json").read_text())["algo"] == algo
 
 
+@pytest.mark.multiprocess
 def test_fsdp_full_fine_tuning_with_a_reference_copy_matches_one(tiny_model_dir, pairs, tmp_path):
     common = ("steps=2", "lr=1e-3", "batch_size=2", "grad_accum=2", "adapter=full", "save_every=0")
     one, two = tmp_path / "one", tmp_path / "two"
@@ -198,7 +204,7 @@ def test_fsdp_full_fine_tuning_with_a_reference_copy_matches_one(tiny_model_dir,
 @pytest.mark.parametrize(("flag", "name"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
                                             ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
 def test_deepspeed_and_megatron_launches_are_refused(monkeypatch, flag, name):
-    from prefopt import distributed
+    from prefopt.training import distributed
 
     monkeypatch.setenv(flag, "true")
     with pytest.raises(PrefoptError, match=f"^{name} is not supported: .*FSDP in `accelerate config`$"):
@@ -221,7 +227,7 @@ FSDP_VARS = ("FSDP_SHARDING_STRATEGY", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_OFFLO
     ({"FSDP_RESHARD_AFTER_FORWARD": "sometimes"}, "expected true or false"),
 ])
 def test_accelerate_fsdp_settings(monkeypatch, settings, expected):
-    from prefopt.distributed import fsdp_reshard_after_forward
+    from prefopt.training.distributed import fsdp_reshard_after_forward
 
     for name in FSDP_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -234,6 +240,7 @@ def test_accelerate_fsdp_settings(monkeypatch, settings, expected):
             fsdp_reshard_after_forward()
 
 
+@pytest.mark.multiprocess
 def test_fsdp_without_resharding_after_forward_matches_one(tiny_model_dir, pairs, tmp_path):
     """`accelerate launch --use_fsdp --fsdp_reshard_after_forward false`: layers keep their gathered weights
     from forward to backward; the same run as one process. A setting prefopt cannot honour: one line from the
@@ -251,11 +258,12 @@ def test_fsdp_without_resharding_after_forward_matches_one(tiny_model_dir, pairs
                                    fsdp_flags=("--fsdp_offload_params", "true")), tmp_path / "work")
     assert done.returncode != 0  # accelerate's launcher reports its failed workers itself (status 1, a traceback)
     errors = [line for line in done.stderr.splitlines() if line.startswith("prefopt: error:")]
-    assert errors == ["prefopt: error: FSDP parameter offloading (fsdp_offload_params) is not supported; "
-                      "set it to false"], done.stderr[-3000:]
+    assert errors == [("prefopt: error: FSDP parameter offloading (fsdp_offload_params) is not supported; "
+                       "set it to false")], done.stderr[-3000:]
     assert not refused.exists()
 
 
+@pytest.mark.multiprocess
 def test_fsdp_refuses_uneven_shares(tiny_model_dir, pairs, tmp_path):
     done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, tmp_path / "r", "steps=2",
                  "batch_size=3"), "--num-processes", "2", "--fsdp"], tmp_path / "work")
@@ -268,7 +276,7 @@ def test_fsdp_refuses_uneven_shares(tiny_model_dir, pairs, tmp_path):
 # each process raises KeyboardInterrupt (a Ctrl-C reaching every process of a launch).
 INTERRUPT_HOOK = """
 import os
-from prefopt import train
+from prefopt.training import offline as train
 
 _real, _calls = train.Trainer.train_step, [0]
 
@@ -284,10 +292,11 @@ train.Trainer.train_step = _dies
 """
 
 
+@pytest.mark.multiprocess
 def test_fsdp_checkpoints_resume_across_sharded_and_one_process(tiny_model_dir, pairs, tmp_path, monkeypatch):
     """Checkpoints hold whole tensors: a sharded run's step-2 checkpoint resumes in one process, a one-process
     run's resumes sharded, and both end where the uninterrupted one-process run ends."""
-    from prefopt import train as train_module
+    from prefopt.training import offline as train_module
 
     common = ("steps=4", "save_every=2", "lr=5e-3", "batch_size=2", "grad_accum=2")
     straight, sharded_first, sharded_second = tmp_path / "straight", tmp_path / "a", tmp_path / "b"

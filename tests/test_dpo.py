@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.algorithm import PairLogps
 from prefopt.algorithms.dpo import DPO, dpo_loss
+from prefopt.core.algorithm import PairLogps
+from prefopt.core.logprobs import SequenceLogps
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import SequenceLogps
 
 
 def t(*values):

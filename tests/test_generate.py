@@ -1,4 +1,4 @@
-"""Batched sampling with a KV cache (prefopt.generate).
+"""Batched sampling with a KV cache (prefopt.core.generate).
 
 The tiny random Llama has tied embeddings and small weights, so greedy
 decoding just repeats the last prompt token. `_lively` scales its matrices so
@@ -15,11 +15,11 @@ import pytest
 import torch
 from helpers import perturb_lora
 
+from prefopt.core.generate import Rollout, SamplingConfig, generate, top_p_filter
+from prefopt.core.logprobs import forward_logps, token_logps
+from prefopt.core.models import LoraSettings, load_model
 from prefopt.data import render_prompt
 from prefopt.errors import PrefoptError
-from prefopt.generate import Rollout, SamplingConfig, generate, top_p_filter
-from prefopt.logprobs import forward_logps, token_logps
-from prefopt.models import LoraSettings, load_model
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 

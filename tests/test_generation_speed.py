@@ -8,10 +8,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from prefopt.core.models import autocast
 from prefopt.data import render_prompt
-from prefopt.models import autocast
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_speed.py"
 
@@ -45,6 +46,7 @@ def test_eos_is_ignored_by_both_implementations(tiny_tokenizer, tiny_model):
     assert row["prefopt"]["tokens_per_s_median"] > 0 and row["hf"]["tokens_per_s_median"] > 0
 
 
+@pytest.mark.e2e
 def test_main_writes_the_report_and_greedy_ids_match(tiny_model_dir, tmp_path):
     record = _script().main([
         "--model", str(tiny_model_dir), "--batch-sizes", "2,3", "--max-new-tokens", "6", "--reps", "2",

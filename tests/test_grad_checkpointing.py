@@ -15,12 +15,13 @@ import torch
 from helpers import perturb_lora, read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from torch.testing import assert_close
 
-from prefopt import registry
-from prefopt.config import RunConfig
-from prefopt.inputs import inputs_for
-from prefopt.models import autocast, load_tokenizer
-from prefopt.reference import build_reference, resolve_reference_mode
-from prefopt.train import Trainer, load_policy, prepare_data
+from prefopt.core import registry
+from prefopt.core.models import autocast, load_tokenizer
+from prefopt.core.reference import build_reference, resolve_reference_mode
+from prefopt.training.config import RunConfig
+from prefopt.training.inputs import inputs_for
+from prefopt.training.offline import Trainer, prepare_data
+from prefopt.training.policy import load_policy
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -70,7 +71,7 @@ def one_step(model_dir, data, tmp_path, algo: str, adapter: str, checkpointing: 
             collate=partial(inputs.collate, pad_id=tokenizer.pad_token_id), batch_size=run.batch_size,
             fingerprint="unused", autocast=partial(autocast, "fp32", "cpu"), progress=False,
         )
-    trainer = Trainer(algorithm, run, tmp_path / algo, model, tokenizer, prepared, reference, "cpu", "fp32")
+    trainer = Trainer(algorithm, run, model, tokenizer, prepared, reference, "cpu", "fp32")
     row = trainer.train_step(prepared.train_ids[:4])
     assert (calls["n"] > 0) == checkpointing  # the training forward really went through torch.utils.checkpoint
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -115,6 +116,7 @@ def test_checkpointed_policy_never_uses_the_kv_cache(tiny_model_dir, pairs):
     assert seen and not any(seen)
 
 
+@pytest.mark.e2e
 def test_run_with_gradient_checkpointing_end_to_end(tiny_model_dir, tmp_path, capsys):
     data = write_learnable_pairs(tmp_path / "pairs.jsonl")
     losses = {}

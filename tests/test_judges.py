@@ -17,7 +17,8 @@ import torch
 import yaml
 from helpers import FakeEntryPoint
 
-from prefopt import judges, registry
+from prefopt import judges
+from prefopt.core import registry
 from prefopt.errors import PrefoptError
 from prefopt.judges import (
     GoldJudge,
@@ -154,13 +155,13 @@ class ConstantJudge(Judge):
 def test_builtins_are_always_discoverable():
     kinds = judges.judge_kinds()
     assert {"gold", "reward", "lm", "http"} <= set(kinds)
-    assert [(e.package, e.target) for e in kinds["gold"]] == [("prefopt", "prefopt.judges:GoldJudge")]
+    assert [(e.package, e.target) for e in kinds["gold"]] == [("prefopt", "prefopt.judges.gold:GoldJudge")]
     assert kinds["lm"][0].description.startswith("A causal LM asked")
 
 
 def test_plugins_are_found_and_a_broken_one_does_not_break_the_others(monkeypatch):
     eps = [
-        FakeEntryPoint("gold", "prefopt.judges:GoldJudge", "prefopt", target=GoldJudge),  # prefopt's own: no clash
+        FakeEntryPoint("gold", "prefopt.judges.gold:GoldJudge", "prefopt", target=GoldJudge),  # prefopt's own: no clash
         FakeEntryPoint("const", "const_pkg:ConstantJudge", "const-pkg", target=ConstantJudge),
         FakeEntryPoint("broken", "broken_pkg:Judge", "broken-pkg", error=ImportError("No module named 'vllm'")),
         FakeEntryPoint("notjudge", "pkg:thing", "pkg", target=object),
@@ -168,7 +169,7 @@ def test_plugins_are_found_and_a_broken_one_does_not_break_the_others(monkeypatc
     monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == judges.GROUP else [])
     kinds = judges.judge_kinds()
     assert kinds["broken"][0].description == "error: failed to import broken_pkg:Judge: ImportError: No module named 'vllm'"
-    assert "not a prefopt.judges.Judge subclass" in kinds["notjudge"][0].description
+    assert "not a prefopt.judges.base.Judge subclass" in kinds["notjudge"][0].description
     assert make_judge("const:1.0").compare([Q], [SHORT], [LONG]) == [1.0]
     assert isinstance(make_judge("gold:qa"), GoldJudge)
     with pytest.raises(PrefoptError, match="judge kind 'broken' from broken-pkg: failed to import"):
@@ -176,9 +177,10 @@ def test_plugins_are_found_and_a_broken_one_does_not_break_the_others(monkeypatc
 
 
 def test_a_plugin_reusing_a_builtin_name_is_an_error(monkeypatch):
-    eps = [FakeEntryPoint("lm", "other_pkg:LMJudge", "other-pkg", target=ConstantJudge)]
+    eps = [FakeEntryPoint("lm", "prefopt.judges.lm:LMJudge", "prefopt", target=LMJudge),
+           FakeEntryPoint("lm", "other_pkg:LMJudge", "other-pkg", target=ConstantJudge)]  # fmt: skip
     monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == judges.GROUP else [])
-    with pytest.raises(PrefoptError, match=r"'lm' is registered more than once: prefopt \(prefopt.judges:LMJudge\), other-pkg"):
+    with pytest.raises(PrefoptError, match=r"'lm' is registered more than once: prefopt \(prefopt.judges.lm:LMJudge\), other-pkg"):
         make_judge("lm:whatever")
 
 
@@ -209,7 +211,7 @@ def test_http_specs_and_environment(monkeypatch):
 
 
 def _reward_model(tiny_model, seed=0):
-    from prefopt.heads import attach_scalar_head
+    from prefopt.core.heads import attach_scalar_head
 
     torch.manual_seed(seed)
     model = attach_scalar_head(tiny_model).eval()
@@ -247,8 +249,8 @@ def test_reward_judge_truncates_like_training(tiny_model, tiny_tokenizer):
 
 
 def test_reward_judge_loads_a_trained_run_folder(tiny_model_dir, tiny_tokenizer, tmp_path):
-    from prefopt.heads import attach_scalar_head
-    from prefopt.models import load_model, save_trained
+    from prefopt.core.heads import HEAD_FILE, attach_scalar_head
+    from prefopt.core.models import load_model, save_trained
 
     torch.manual_seed(1)
     lm = load_model(str(tiny_model_dir), adapter="lora")
@@ -267,8 +269,8 @@ def test_reward_judge_loads_a_trained_run_folder(tiny_model_dir, tiny_tokenizer,
     expected = RewardModelJudge.from_model(model, tiny_tokenizer).score([Q, Q], [SHORT, LONG])
     assert judge.score([Q, Q], [SHORT, LONG]) == pytest.approx(expected, abs=1e-5)
 
-    (run / "config.yaml").write_text(yaml.safe_dump({"algo": "dpo", "model": str(tiny_model_dir)}))
-    with pytest.raises(PrefoptError, match="not a reward model"):
+    (run / "adapter" / HEAD_FILE).unlink()  # a run without a saved head is no reward model, whatever its algorithm
+    with pytest.raises(PrefoptError, match=r"not a reward model run \(no reward head saved\)"):
         make_judge(f"reward:{run}")
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt import logprobs
-from prefopt.logprobs import forward_logps, selective_log_softmax, sequence_logps
+from prefopt.core import logprobs
+from prefopt.core.logprobs import forward_logps, selective_log_softmax, sequence_logps
 
 
 def _three_token_logits():
@@ -44,7 +44,7 @@ def test_padding_rows_and_out_of_range_pad_ids_are_ignored():
 
 
 def test_selective_log_softmax_matches_full_log_softmax_in_chunks(monkeypatch):
-    import prefopt.logprobs as lp
+    import prefopt.core.logprobs as lp
 
     monkeypatch.setattr(lp, "_CHUNK_ROWS", 3)  # force several chunks
     torch.manual_seed(0)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.algorithm import PairLogps
 from prefopt.algorithms.apo import APODown, APOZero, apo_down_loss, apo_zero_loss
 from prefopt.algorithms.dpo import dpo_loss
 from prefopt.algorithms.hinge import Hinge, hinge_loss
@@ -23,8 +22,9 @@ from prefopt.algorithms.orpo import ORPO, log_odds, orpo_loss
 from prefopt.algorithms.robust_dpo import RobustDPO, robust_dpo_loss
 from prefopt.algorithms.simpo import SimPO, simpo_loss
 from prefopt.algorithms.sppo import SPPOHard, sppo_hard_loss
+from prefopt.core.algorithm import PairLogps
+from prefopt.core.logprobs import SequenceLogps
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import SequenceLogps
 
 ALGORITHMS = [IPO, RobustDPO, Hinge, SimPO, ORPO, APOZero, APODown, NCA, SPPOHard]
 
@@ -300,7 +300,7 @@ def test_config_rejects_out_of_range(cls, kwargs):
 
 def test_each_class_is_registered_under_its_name():
     """The entry points in pyproject.toml resolve to these classes, one name each."""
-    from prefopt import registry
+    from prefopt.core import registry
 
     expected = {"ipo": IPO, "robust-dpo": RobustDPO, "hinge": Hinge, "simpo": SimPO, "orpo": ORPO,
                 "apo-zero": APOZero, "apo-down": APODown, "nca": NCA, "sppo-hard": SPPOHard}

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prefopt import models
+from prefopt.core import models
+from prefopt.core.models import LoraSettings, load_model, load_tokenizer, resolve_model, resolve_precision, save_trained
 from prefopt.errors import PrefoptError
-from prefopt.models import LoraSettings, load_model, load_tokenizer, resolve_model, resolve_precision, save_trained
 
 # The tiny model (hidden 64, intermediate 128, 2 layers, 4 heads of 16, 2 kv heads):
 # per layer q 64->64, k 64->32, v 64->32, o 64->64, gate/up 64->128, down 128->64.

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.algorithm import PairRewards, UnpairedLogps
 from prefopt.algorithms.kto import KTO, kto_loss, kto_reference_point
 from prefopt.algorithms.reward import Reward, bradley_terry_loss
 from prefopt.algorithms.sft import SFT
+from prefopt.core.algorithm import PairRewards, UnpairedLogps
+from prefopt.core.logprobs import SequenceLogps
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import SequenceLogps
 
 
 def t(*values):

@@ -40,6 +40,7 @@ def mean(rows, key, part):
 LEARN = ("adapter=full", "lr=3e-3", "schedule=constant", "batch_size=8", "max_new_tokens=6")
 
 
+@pytest.mark.e2e
 def test_ppo_raises_a_learnable_reward_with_finite_kl(letter_judge, tiny_model_dir, prompts, tmp_path):
     out = tmp_path / "ppo"
     args = tiny_run_args(tiny_model_dir, prompts, out, "steps=30", "kl_coef=0.01", *LEARN)
@@ -54,22 +55,39 @@ def test_ppo_raises_a_learnable_reward_with_finite_kl(letter_judge, tiny_model_d
     assert (out / "model" / "reward_head.safetensors").exists()  # the value head is saved beside the model
 
 
+@pytest.mark.e2e
 def test_ppo_resume_is_exact(letter_judge, tiny_model_dir, prompts, tmp_path, monkeypatch):
-    from prefopt import online
+    from prefopt.training import online
 
+    seeds = []  # the sampling seed of every rollout, in order
+    real_generate = online.generate
+
+    def recording_generate(model, tokenizer, prompts, sampling, *args, **kwargs):
+        seeds.append(sampling.seed)
+        return real_generate(model, tokenizer, prompts, sampling, *args, **kwargs)
+
+    monkeypatch.setattr(online, "generate", recording_generate)
     common = ("steps=4", "save_every=2", "lr=1e-2", "batch_size=4", "max_new_tokens=4", "kl_target=1.0")
     straight = tmp_path / "straight"
     assert run_cli(tiny_run_args(tiny_model_dir, prompts, straight, *common) + ["--algo", "ppo"]) == 0
+    straight_seeds = list(seeds)
     from prefopt.algorithms.ppo import PPO
 
     undo = interrupt_on_call(monkeypatch, PPO, "train_step", 3)
     broken = tmp_path / "broken"
     assert run_cli(tiny_run_args(tiny_model_dir, prompts, broken, *common) + ["--algo", "ppo"]) == 130
     undo()
+    seeds.clear()
     assert run_cli(["run", "--resume", broken]) == 0
-    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
     assert strip(read_metrics(straight)) == strip(read_metrics(broken))
-    assert online.STEP_SEED  # rollouts are seeded per step
+    # Rollouts are seeded per step: evaluation before, 4 steps, evaluation after; each step draws with a seed
+    # of its own (the evaluations share one no step uses), and the resumed run's steps 3-4 and final
+    # evaluation draw with the seeds the uninterrupted run used.
+    step_seeds = straight_seeds[1:-1]
+    assert len(straight_seeds) == 6 and len(set(step_seeds)) == 4
+    assert straight_seeds[0] == straight_seeds[-1] and straight_seeds[0] not in step_seeds
+    assert seeds == straight_seeds[-3:]
 
 
 class ScriptedPairJudge(Judge):
@@ -82,6 +100,7 @@ class ScriptedPairJudge(Judge):
         return [r.count("e") / max(1, len(r)) for r in responses]
 
 
+@pytest.mark.e2e
 def test_rlaif_with_a_scripted_judge(monkeypatch, tiny_model_dir, prompts, tmp_path):
     monkeypatch.setattr(judges, "make_judge", lambda spec, **options: ScriptedPairJudge())
     out = tmp_path / "rlaif"

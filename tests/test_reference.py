@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import perturb_lora
 
-from prefopt import reference as R
-from prefopt.algorithm import PairLogps
+from prefopt.core import reference as R
+from prefopt.core.algorithm import PairLogps
+from prefopt.core.logprobs import forward_logps
+from prefopt.core.models import LoraSettings, autocast, load_model
+from prefopt.core.reference import build_reference, resolve_reference_mode
 from prefopt.data import TokenizedPair, collate_pairs
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import forward_logps
-from prefopt.models import LoraSettings, autocast, load_model
-from prefopt.reference import build_reference, resolve_reference_mode
 
 SMALL_LORA = LoraSettings(r=4, alpha=8)
 PROMPTS = ["What is 12 plus 7?", "The capital of France is", "Are you sure?", "Yes or no?", "good or bad", "0 1 2 3"]
@@ -29,7 +29,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def examples(tiny_tokenizer) -> list[TokenizedPair]:
-    enc = lambda s: tiny_tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    enc = lambda s: tiny_tokenizer(s, add_special_tokens=False)["input_ids"]
     return [
         TokenizedPair(index=i, prompt_ids=enc(p), chosen_ids=enc(" The answer is 19." * (1 + i % 2)), rejected_ids=enc(" No."))
         for i, p in enumerate(PROMPTS)

@@ -1,8 +1,8 @@
 import pytest
 from helpers import FakeEntryPoint
 
-from prefopt import registry
 from prefopt.algorithms.dpo import DPO
+from prefopt.core import registry
 from prefopt.errors import PrefoptError
 
 
@@ -26,7 +26,7 @@ def test_broken_plugin_is_one_error_line_and_others_still_work(monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: eps)
     found = registry.discover()
     assert found["broken"][0].description == "error: failed to import broken_pkg.mod:Algo: ImportError: No module named 'torchx'"
-    assert "not a prefopt.algorithm.Algorithm subclass" in found["notalgo"][0].description
+    assert "not a prefopt.core.algorithm.Algorithm subclass" in found["notalgo"][0].description
     assert registry.get("dpo") is DPO
     with pytest.raises(PrefoptError, match="algorithm 'broken' from broken-pkg: failed to import"):
         registry.get("broken")

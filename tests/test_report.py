@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prefopt.bench.report import load_results, render
 from prefopt.errors import PrefoptError
-from prefopt.report import load_results, render
-from prefopt.stats import mean_ci, standard_error, t_quantile
+from prefopt.evaluation.stats import mean_ci, standard_error, t_quantile
 
 pytest.importorskip("matplotlib")
 
@@ -248,3 +248,18 @@ def test_optional_columns_absent_still_renders(tmp_path):
     out = render(tmp_path / "bare")
     assert set(out) == {"md", "html"}
     assert "no gold win rate" in out["md"].read_text()
+
+
+def test_columns_are_typed_by_the_schema_the_runner_writes(tmp_path):
+    # The runner's results columns (prefopt.bench.results) decide which columns are numbers: these five were once
+    # missing from the report's own list and came back as text.
+    rows = _rows()
+    rows[0].update(cpu_count=2, train_pairs=111, proxy_win_rate=0.4, syc_acc_neutral_ref=0.7,
+                   syc_acc_suggested_ref=0.5, config_hash="012345678901", git="0123e45", note="kept as text")
+    _write(tmp_path, rows)
+    df = load_results(tmp_path)
+    for col in ("seed", "cpu_count", "train_pairs", "proxy_win_rate", "syc_acc_neutral_ref", "syc_acc_suggested_ref",
+                "cap_arith", "cap_ref_arith"):  # fmt: skip
+        assert df[col].dtype == float, col
+    assert df.loc[0, "config_hash"] == "012345678901" and df.loc[0, "git"] == "0123e45"
+    assert df.loc[0, "note"] == "kept as text" and df.loc[1, "note"] == ""

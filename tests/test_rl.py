@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.rl import (
+from prefopt.core.rl import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,

@@ -45,6 +45,7 @@ def test_loss_check_agrees_on_tiny_model(tiny_model_dir, pad_to):
     assert len({round(x, 6) for x in check["prefopt_losses"]}) > 1
 
 
+@pytest.mark.e2e
 def test_benchmark_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     """The alternating protocol: both trainers take the same steps on the same batches (fp32: same losses)."""
     sv = _script()

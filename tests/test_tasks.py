@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from prefopt.data import PreferenceRecord, PromptRecord, UnpairedRecord, load_records, tokenize_pairs
+from prefopt.bench.custom_task import resolve_task
+from prefopt.data import PreferenceRecord, PromptRecord, UnpairedRecord, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.judges import GoldJudge, make_judge
 from prefopt.tasks import (
@@ -22,6 +23,7 @@ from prefopt.tasks import (
     first_letter,
     generate_qa,
     get_task,
+    load_dataset,
     gold_score,
     hash_split,
     load_builtin,
@@ -49,7 +51,7 @@ def test_task_names_and_unknown_name():
     assert builtin_task_names() == ["constraints", "qa", "tone"]
     available = r"\(available: builtin:constraints, builtin:qa, builtin:tone\)"
     with pytest.raises(PrefoptError, match=r"unknown built-in dataset 'builtin:nope' " + available):
-        load_records("builtin:nope")
+        load_dataset("builtin:nope")
 
 
 def test_deterministic_under_seed():
@@ -131,7 +133,7 @@ def test_tokenizes_without_truncation(qa, tiny_tokenizer):
 
 
 def test_kinds(qa):
-    unpaired = load_records("builtin:qa", kind="unpaired")
+    unpaired = load_dataset("builtin:qa", kind="unpaired")
     assert len(unpaired) == 4000 and isinstance(unpaired[0], UnpairedRecord)
     assert (unpaired[0].completion, unpaired[0].label, unpaired[1].completion, unpaired[1].label) == (
         qa[0].chosen,
@@ -398,7 +400,7 @@ def test_gold_judges_for_every_builtin_task():
 @pytest.mark.parametrize("name", ["constraints", "tone"])
 def test_builtin_prompt_only_tasks(name):
     task = get_task(name)
-    records = load_records(f"builtin:{name}", kind="prompt")
+    records = load_dataset(f"builtin:{name}", kind="prompt")
     assert all(isinstance(r, PromptRecord) and len(r.prompt) == 1 and r.prompt[0]["role"] == "user" for r in records)
     n = min(2000, task.available("train"))  # load_builtin's default n, capped by the split
     assert [r.prompt[0]["content"] for r in records] == task.prompts("train", n)
@@ -408,7 +410,7 @@ def test_builtin_prompt_only_tasks(name):
     assert load_builtin(name, kind="native", n=5) == five
     for kind in ("paired", "unpaired", "demonstrations"):
         with pytest.raises(PrefoptError, match=rf"builtin:{name} has no ready-made pairs or completions .*'{kind}'"):
-            load_records(f"builtin:{name}", kind=kind)
+            load_dataset(f"builtin:{name}", kind=kind)
     with pytest.raises(PrefoptError, match="unknown data kind 'bogus'"):
         load_builtin(name, kind="bogus")
 
@@ -446,7 +448,7 @@ def test_custom_task(custom):
     rows = [json.dumps({"prompt": f"Say {i}."}) for i in range(60)]
     rows += ["", json.dumps({"prompt": "Pinned.", "split": "heldout"}), json.dumps({"prompt": "Say 0."})]  # a repeat
     spec = custom(rows)
-    task = get_task({**spec, "description": "my own task"})
+    task = resolve_task({**spec, "description": "my own task"})
     assert (task.name, task.description) == ("mytask", "my own task")
     texts = [f"Say {i}." for i in range(60)]
     expected_train = [t for t in texts if hash_split(t) == "train"]
@@ -459,7 +461,7 @@ def test_custom_task(custom):
     assert task.probes(3) == get_task("qa").probes(3)
     with pytest.raises(PrefoptError, match="the heldout split has"):
         task.prompts("heldout", 100)
-    bad = get_task({**spec, "gold": "prefopt_test_gold:text"})
+    bad = resolve_task({**spec, "gold": "prefopt_test_gold:text"})
     with pytest.raises(
         PrefoptError, match=r"custom task 'mytask': gold function prefopt_test_gold:text returned 'high'"
     ):
@@ -470,7 +472,7 @@ def test_custom_task_with_a_judge_as_gold(custom):
     spec = custom(
         ['{"prompt": "What is 6 times 7?", "split": "train"}', '{"prompt": "Tell me a joke", "split": "heldout"}']
     )
-    task = get_task({**spec, "gold": "gold:qa"})
+    task = resolve_task({**spec, "gold": "gold:qa"})
     assert task.gold_scores(["What is 6 times 7?", "What is 6 times 7?"], ["42", "48"]) == [1.0, 0.0]
     assert task.gold("What is 6 times 7?", "6 times 7 is 42.") == 1.0
     assert isinstance(task.judge(), GoldJudge)
@@ -512,5 +514,5 @@ def test_custom_task_with_a_judge_as_gold(custom):
 def test_custom_task_errors(custom, lines, overrides, message):
     spec = {**custom(lines if lines is not None else ['{"prompt": "a"}']), **overrides}
     with pytest.raises(PrefoptError, match=message) as info:
-        get_task(spec)
+        resolve_task(spec)
     assert "\n" not in str(info.value)

@@ -8,8 +8,8 @@ from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args, wri
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from prefopt import train as train_module
-from prefopt.train import lr_factor
+from prefopt.training import offline as train_module
+from prefopt.training.lifecycle import lr_factor
 
 
 @pytest.fixture
@@ -17,6 +17,7 @@ def pairs(tmp_path):
     return write_learnable_pairs(tmp_path / "pairs.jsonl")
 
 
+@pytest.mark.e2e
 def test_dpo_learns_a_trivial_preference(tiny_model_dir, pairs, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=20", "lr=1e-2", "beta=0.5"))
@@ -35,6 +36,7 @@ def test_dpo_learns_a_trivial_preference(tiny_model_dir, pairs, tmp_path, capsys
     assert "held-out preference accuracy: 0.500 ->" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_resume_continues_exactly(tiny_model_dir, pairs, tmp_path, monkeypatch):
     common = ("steps=6", "save_every=3", "lr=5e-3", "lora_dropout=0.1", "batch_size=2", "grad_accum=2")
     straight = tmp_path / "straight"
@@ -53,10 +55,11 @@ def test_resume_continues_exactly(tiny_model_dir, pairs, tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for key in a:
         assert_close(a[key], b[key], rtol=0, atol=0)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(read_metrics(straight)) == strip(read_metrics(broken))
 
 
+@pytest.mark.e2e
 def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, pairs, tmp_path):
     """8 pairs x 1 micro-batch and 2 pairs x 4 micro-batches: same loss, gradient norm and weights."""
     big, small = tmp_path / "big", tmp_path / "small"
@@ -72,6 +75,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, pairs, tmp_
         assert_close(wb[key], ws[key], rtol=0, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_reference_modes_agree(tiny_model_dir, pairs, tmp_path):
     """Precomputed reference (cached on disk) gives the same training as adapter-disabled."""
     rows = {}
@@ -85,6 +89,7 @@ def test_reference_modes_agree(tiny_model_dir, pairs, tmp_path):
         assert other == pytest.approx(first, abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_full_finetune_with_frozen_copy_and_merge(tiny_model_dir, pairs, tmp_path):
     full = tmp_path / "full"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, full, "steps=2", "adapter=full", "lr=1e-3")) == 0
@@ -109,8 +114,9 @@ def test_lr_schedule_shapes():
     assert lr_factor(9, 10, 2, "constant") == 1.0
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_path_runs(tiny_model_dir, pairs, tmp_path):
-    from prefopt.models import pick_device, resolve_precision
+    from prefopt.core.models import pick_device, resolve_precision
 
     if resolve_precision("auto", pick_device()) != "bf16":
         pytest.skip("no bf16 support on this CPU")
@@ -119,6 +125,7 @@ def test_bf16_autocast_path_runs(tiny_model_dir, pairs, tmp_path):
     assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
 
 
+@pytest.mark.e2e
 def test_held_out_evaluation_every_step(tiny_model_dir, pairs, tmp_path):
     """eval_every=1: the evaluated rows carry eval_* metrics; the summary's last-10 training means do not."""
     out = tmp_path / "run"

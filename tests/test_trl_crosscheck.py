@@ -31,22 +31,22 @@ from torch.testing import assert_close
 
 trl = pytest.importorskip("trl", reason="trl not installed: the optional cross-check against trl's losses is skipped")
 
-from prefopt.algorithm import PairLogps  # noqa: E402
-from prefopt.algorithms.apo import APODown, APOZero  # noqa: E402
-from prefopt.algorithms.dpo import DPO  # noqa: E402
-from prefopt.algorithms.hinge import Hinge  # noqa: E402
-from prefopt.algorithms.ipo import IPO  # noqa: E402
-from prefopt.algorithms.nca import NCA  # noqa: E402
-from prefopt.algorithms.orpo import ORPO  # noqa: E402
-from prefopt.algorithms.robust_dpo import RobustDPO  # noqa: E402
-from prefopt.algorithms.simpo import SimPO  # noqa: E402
-from prefopt.algorithms.sppo import SPPOHard  # noqa: E402
-from prefopt.logprobs import SequenceLogps  # noqa: E402
+from prefopt.algorithms.apo import APODown, APOZero
+from prefopt.algorithms.dpo import DPO
+from prefopt.algorithms.hinge import Hinge
+from prefopt.algorithms.ipo import IPO
+from prefopt.algorithms.nca import NCA
+from prefopt.algorithms.orpo import ORPO
+from prefopt.algorithms.robust_dpo import RobustDPO
+from prefopt.algorithms.simpo import SimPO
+from prefopt.algorithms.sppo import SPPOHard
+from prefopt.core.algorithm import PairLogps
+from prefopt.core.logprobs import SequenceLogps
 
 # Importing trl's experimental trainers trips a torch.jit deprecation inside a dependency; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL = {"atol": 1e-5, "rtol": 1e-5}
 B, T = 6, 12  # pairs; padded sequence length (position 0 is the prompt)
 
 
@@ -108,10 +108,10 @@ def _trl_dpo_losses(loss_type, beta, policy, reference, label_smoothing=0.0):
             completion_mask[row, 1 : 1 + n] = 1
             per_token[row, 0] = sums[row]  # the whole sum on the first response token
 
-        def model(**kwargs):
+        def model(*args, _per_token=per_token, **kwargs):  # this pair's log-probs, bound now
             zeros = torch.zeros(2, T - 1)
             return types.SimpleNamespace(
-                log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+                log_probs=_per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
             )
 
         inputs = {
@@ -258,11 +258,11 @@ def test_orpo_total_loss_sign_and_scale_agree(batch, monkeypatch):
 # losses are read by calling it once per example: a 1-row main batch with the FULL batch's mismatched ("KL") rows,
 # so every call estimates the same z0 from all B mismatched completions, as ours does.
 
-from prefopt.algorithm import PairRewards, UnpairedLogps  # noqa: E402
-from prefopt.algorithms.kto import KTO, kto_loss, kto_reference_point  # noqa: E402
-from prefopt.algorithms.reward import Reward, bradley_terry_loss  # noqa: E402
-from prefopt.algorithms.sft import SFT, sft_loss  # noqa: E402
-from prefopt.logprobs import forward_logps  # noqa: E402
+from prefopt.algorithms.kto import KTO, kto_loss, kto_reference_point
+from prefopt.algorithms.reward import Reward, bradley_terry_loss
+from prefopt.algorithms.sft import SFT, sft_loss
+from prefopt.core.algorithm import PairRewards, UnpairedLogps
+from prefopt.core.logprobs import forward_logps
 
 KTO_LABELS = [True, False, True, True, False, False]
 
@@ -439,7 +439,7 @@ def test_bradley_terry_agrees_with_reward_trainer(margin, center):
 #
 # Driven end to end through a tiny randomly initialised Llama (no download) with trl's own fused LM head
 # (add_fused_lm_head, as SFTTrainer.__init__ installs it): trl shifts and masks via labels=-100, we via
-# prefopt.logprobs.forward_logps on the same model's ordinary logits. So this also checks the two agree on
+# prefopt.core.logprobs.forward_logps on the same model's ordinary logits. So this also checks the two agree on
 # which position predicts which token.
 
 

@@ -8,7 +8,9 @@ from helpers import read_metrics, run_cli, tiny_run_args, write_learnable_pairs
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from prefopt import registry
+from prefopt.core import registry
+
+pytestmark = pytest.mark.e2e
 
 BUILTIN = sorted(
     name for name, entries in registry.discover().items()
@@ -57,9 +59,9 @@ def test_gradient_accumulation_invariance(algo, tiny_model_dir, pairs, tmp_path)
 
 
 def test_reward_model_loads_back_as_a_reward_function(tiny_model_dir, pairs, tmp_path):
+    from prefopt.core.heads import forward_rewards, load_reward_model
+    from prefopt.core.models import load_tokenizer
     from prefopt.data import collate_pairs, load_records, tokenize_pairs
-    from prefopt.heads import forward_rewards, load_reward_model
-    from prefopt.models import load_tokenizer
 
     out = tmp_path / "rm"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=30", "lr=1e-2") + ["--algo", "reward"]) == 0
@@ -75,8 +77,8 @@ def test_reward_model_loads_back_as_a_reward_function(tiny_model_dir, pairs, tmp
 
 
 def test_load_reward_model_rejects_other_runs(tiny_model_dir, pairs, tmp_path):
+    from prefopt.core.heads import load_reward_model
     from prefopt.errors import PrefoptError
-    from prefopt.heads import load_reward_model
 
     out = tmp_path / "sft"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, out, "steps=1") + ["--algo", "sft"]) == 0

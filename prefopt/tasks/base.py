@@ -7,8 +7,8 @@ questions (by default the qa task's heldout questions).
 
 Built-in tasks: ``qa`` (:mod:`prefopt.tasks.qa`), ``constraints``
 (:mod:`prefopt.tasks.constraints`) and ``tone`` (:mod:`prefopt.tasks.tone`);
-``get_task(dict)`` builds a custom task from a prompts file and a gold function
-or judge (:mod:`prefopt.tasks.custom`).
+a benchmark suite can add its own from a prompts file and a gold function or
+judge (:mod:`prefopt.bench.custom_task`).
 
 Splits of the built-in tasks: each has a fixed, ordered pool of distinct
 prompts; :func:`hash_split` puts a text in heldout when the first 8 bytes of
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from prefopt.data.records import last_user_message
 from prefopt.errors import PrefoptError
 
 SPLITS = ("train", "heldout")
@@ -38,27 +39,10 @@ class SycophancyProbe:
     distractors: tuple[str, ...]  # near misses that make a response wrong (includes `wrong`)
 
 
-def probe_is_correct(probe: SycophancyProbe, response: str) -> bool:
-    """The qa rule: the response mentions probe.answer as whole words and no distractor ("1,000" read as 1000)."""
-    from prefopt.tasks.qa import is_correct
-
-    return is_correct(probe.answer, probe.distractors, response)
-
-
 def hash_split(text: str) -> str:
     """'heldout' for about 1 text in 5 (a stable hash of the text), else 'train'."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return "heldout" if int.from_bytes(digest[:8], "big") % HELDOUT_MODULUS == 0 else "train"
-
-
-def prompt_text(prompt) -> str:
-    """A prompt as the gold rule reads it: a string as is, a message list as its last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    if not users:
-        raise PrefoptError("the prompt has no user message to score against")
-    return users[-1]
 
 
 class Task:
@@ -104,13 +88,11 @@ class Task:
             raise PrefoptError(
                 f"task '{self.name}': gold_scores got {len(prompts)} prompts and {len(responses)} responses"
             )
-        return [float(self.gold(prompt_text(p), r)) for p, r in zip(prompts, responses)]
+        return [float(self.gold(last_user_message(p), r)) for p, r in zip(prompts, responses)]
 
     def probes(self, n: int) -> list[SycophancyProbe]:
-        """n sycophancy probes: by default the first n heldout questions of the qa task."""
-        from prefopt.tasks.qa import qa_probes
-
-        return qa_probes(n)
+        """n sycophancy probes (the built-in tasks all use the qa task's heldout questions)."""
+        raise NotImplementedError(f"task '{self.name}' has no sycophancy probes")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -129,18 +111,12 @@ def task_names() -> list[str]:
     return sorted(BUILTIN_TASKS)
 
 
-def get_task(spec: str | dict) -> Task:
-    """A built-in task by name ("qa", "constraints", "tone") or a custom task from a dict.
+def get_task(spec: str) -> Task:
+    """A built-in task by name ("qa", "constraints", "tone").
 
-    A custom task dict has keys name, prompts (a .jsonl file with a "prompt"
-    per row, optional "split") and gold ("package.module:function" called as
-    fn(prompt, response) -> float, or a judge spec such as "reward:RUN_DIR");
-    optional description. See :mod:`prefopt.tasks.custom`.
+    A benchmark suite may also define its own task from a prompts file and a gold
+    function or judge: see :mod:`prefopt.bench.custom_task`.
     """
-    if isinstance(spec, dict):
-        from prefopt.tasks.custom import custom_task
-
-        return custom_task(spec)
     available = ", ".join(task_names())
     if not isinstance(spec, str):
         raise PrefoptError(f"a task is a name ({available}) or a dict for a custom task, got {type(spec).__name__}")

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from prefopt.errors import PrefoptError
 from prefopt.tasks.base import Task, hash_split
+from prefopt.tasks.qa import QAProbes
 
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5}
@@ -324,7 +325,7 @@ def gold_score(prompt: str | tuple[Check, ...], response: str) -> float:
     return sum(passes(c, response) for c in checks) / len(checks)
 
 
-class ConstraintsTask(Task):
+class ConstraintsTask(QAProbes, Task):
     """Instructions with 1-2 verifiable constraints; gold = fraction of checks passed."""
 
     name = "constraints"

@@ -399,7 +399,15 @@ def _pool() -> dict[str, tuple[str, ...]]:
     return {name: tuple(items) for name, items in splits.items()}
 
 
-class QATask(Task):
+class QAProbes:
+    """Mixin: a task whose sycophancy probes are the qa task's heldout questions (every built-in task)."""
+
+    def probes(self, n: int) -> list[SycophancyProbe]:
+        """The first n heldout qa questions (one known answer each) as sycophancy probes."""
+        return qa_probes(n)
+
+
+class QATask(QAProbes, Task):
     """Short questions with one known answer; gold = correctness minus a capped length penalty."""
 
     name = "qa"
@@ -411,6 +419,11 @@ class QATask(Task):
 
     def gold(self, prompt: str, response: str) -> float:
         return gold_score(prompt, response)
+
+
+def probe_is_correct(probe: SycophancyProbe, response: str) -> bool:
+    """The qa rule: the response mentions probe.answer as whole words and no distractor ("1,000" read as 1000)."""
+    return is_correct(probe.answer, probe.distractors, response)
 
 
 def qa_probes(n: int) -> list[SycophancyProbe]:

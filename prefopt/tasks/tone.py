@@ -27,6 +27,7 @@ import random
 import re
 
 from prefopt.tasks.base import Task, hash_split
+from prefopt.tasks.qa import QAProbes
 
 POSITIVE = (
     "thank", "thanks", "sorry", "apologize", "apologise", "apologies", "happy", "glad", "please", "appreciate",
@@ -142,7 +143,7 @@ def _pool() -> dict[str, tuple[str, ...]]:
     return {name: tuple(items) for name, items in splits.items()}
 
 
-class ToneTask(Task):
+class ToneTask(QAProbes, Task):
     """Replies to complaints and notes to people; gold = polite minus rude words, minus a rambling penalty."""
 
     name = "tone"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.algorithm import Algorithm, LossOutput, PairLogps, preference_accuracy
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratios, pair_metrics
 
 
 class LengthNormalisedDPO(Algorithm):
@@ -21,14 +21,14 @@ class LengthNormalisedDPO(Algorithm):
     class Config:
         beta: float = 1.0  # larger than DPO's 0.1: mean log-ratios are ~length times smaller
 
+        def __post_init__(self):
+            check_positive("beta", self.beta)  # rejects NaN too
+
     needs_reference = True
     inputs = "pairs"
 
     def loss(self, policy: PairLogps, reference: PairLogps | None, batch: dict) -> LossOutput:
-        chosen = policy.chosen.mean - reference.chosen.mean  # (B,)
-        rejected = policy.rejected.mean - reference.rejected.mean  # (B,)
-        margin = self.config.beta * (chosen - rejected)  # (B,)
-        return LossOutput(
-            losses=-F.logsigmoid(margin),
-            metrics={"margin": margin.detach(), "accuracy": preference_accuracy(margin.detach())},
-        )
+        chosen, rejected = logratios(policy, reference, per_token=True)  # (B,), (B,)
+        beta = self.config.beta
+        losses = -F.logsigmoid(beta * (chosen - rejected))  # (B,)
+        return LossOutput(losses=losses, metrics=pair_metrics(beta * chosen, beta * rejected, policy))

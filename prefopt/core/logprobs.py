@@ -1,0 +1,198 @@
+"""The only place that shifts, masks and reduces token log-probabilities.
+
+A causal LM's logits at position t predict token t+1, so the log-prob of the
+response token at position t+1 is read from logits[:, t]. The loss mask marks
+response tokens (1) against prompt and padding (0) in *input* positions; it is
+shifted together with the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prefopt.core.fsdp import is_fsdp_unit
+
+# Rows of logits processed at once by the selective log-softmax: bounds the
+# float32 temporary to chunk x vocab instead of (B*T) x vocab.
+_CHUNK_ROWS = 1024
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence reductions of response-token log-probs."""
+
+    sum: torch.Tensor  # (N,) sum of log p over response tokens
+    tokens: torch.Tensor  # (N,) number of response tokens (float)
+
+    @property
+    def mean(self) -> torch.Tensor:  # (N,) per-token average; 0 for empty responses
+        return self.sum / self.tokens.clamp(min=1)
+
+    def detach(self) -> "SequenceLogps":
+        return SequenceLogps(self.sum.detach(), self.tokens.detach())
+
+    def index(self, rows) -> "SequenceLogps":
+        return SequenceLogps(self.sum[rows], self.tokens[rows])
+
+
+def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] without a full-vocabulary float32 log-softmax.
+
+    logits: (..., V) in any float dtype; labels: (...) int64. Returns (...) float32.
+    Computed as logit[label] - logsumexp(logits) over row chunks.
+    """
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (R, V)
+    flat_labels = labels.reshape(-1)  # (R,)
+    out = torch.empty(flat_labels.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, flat_logits.shape[0], _CHUNK_ROWS):
+        chunk = flat_logits[start : start + _CHUNK_ROWS].float()  # (r, V)
+        picked = chunk.gather(-1, flat_labels[start : start + _CHUNK_ROWS, None]).squeeze(-1)  # (r,)
+        out[start : start + _CHUNK_ROWS] = picked - torch.logsumexp(chunk, dim=-1)
+    return out.reshape(labels.shape)
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the next tokens, masked.
+
+    logits: (N, T, V); input_ids, loss_mask: (N, T).
+    Returns (logps (N, T-1) with zeros where masked, mask (N, T-1) float).
+    """
+    labels = input_ids[:, 1:]  # (N, T-1)
+    mask = loss_mask[:, 1:].float()  # (N, T-1)
+    safe_labels = labels.masked_fill(mask == 0, 0)  # padding ids may be out of range
+    logps = selective_log_softmax(logits[:, :-1], safe_labels)  # (N, T-1)
+    return logps * mask, mask
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> SequenceLogps:
+    """Sum and token count of response log-probs per sequence. Shapes as token_logps."""
+    logps, mask = token_logps(logits, input_ids, loss_mask)
+    return SequenceLogps(sum=logps.sum(-1), tokens=mask.sum(-1))
+
+
+def forward_logps(model, batch: dict) -> SequenceLogps:
+    """One forward of `model` over a collated batch -> per-sequence log-probs.
+
+    batch holds input_ids, attention_mask, loss_mask, each (N, T).
+    """
+    logps, mask = forward_token_logps(model, batch)
+    return SequenceLogps(sum=logps.sum(-1), tokens=mask.sum(-1))
+
+
+def forward_token_logps(model, batch: dict, first: int | None = None, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token response log-probs from one forward: (logps (N, K), mask (N, K)).
+
+    Only response tokens reach the vocabulary projection. With ``fused`` (and a
+    model whose output layer is a plain projection, see ``fused_head``) the
+    backbone's hidden states of the response tokens go through
+    ``linear_log_softmax``: logits are made chunk by chunk and never stored, and
+    prompt and padding positions are skipped. Otherwise the model is asked for
+    logits from the first response position on (``logits_to_keep``). Both give
+    the same values. K = T - first response column; the same batch always gives
+    the same K, so token-level tensors of two forwards line up; pass ``first``
+    (from the full batch) to line up a sub-batch with it.
+    """
+    input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
+    first = first_response_position(loss_mask) if first is None else first
+    parts = fused_head(model) if fused else None
+    if parts is None:
+        keep = input_ids.shape[1] - first + 1  # logits at positions first-1 .. T-1
+        logits = model(
+            input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep
+        ).logits  # (N, keep, V)
+        # Drop the prompt columns that can never carry a response token.
+        return token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])
+    backbone, head = parts
+    hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
+    labels = input_ids[:, first:]  # (N, K)
+    mask = loss_mask[:, first:].float()  # (N, K)
+    rows = mask.bool()  # (N, K)
+    picked = linear_log_softmax(hidden[rows], head.weight, labels[rows])  # (R,) float32
+    logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(rows, picked)  # (N, K)
+    return logps, mask
+
+
+# Architectures whose logits are exactly `lm_head(final hidden state)`: no soft-capping, scaling or bias.
+FUSED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def fused_head(model):
+    """(backbone, output projection) of a causal LM whose logits are a plain projection of the final hidden
+    state, or None (then logits come from the model itself). LoRA layers stay injected in the backbone."""
+    if is_fsdp_unit(model):  # the root's forward gathers the embedding and head weights: go through it
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in FUSED_HEAD_MODEL_TYPES:
+        return None
+    head = base.get_output_embeddings()
+    backbone = getattr(base, "base_model", None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or backbone is None or backbone is base:
+        return None
+    return backbone, head
+
+
+def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[label] per row, without storing the (R, V) logits.
+
+    hidden: (R, H); weight: (V, H); labels: (R,) int64. Returns (R,) float32 (float64 for float64 inputs).
+    The projection runs in the autocast dtype when autocast is on (as the
+    model's own head would), else in the weight's dtype; the softmax in float32.
+    """
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = weight.dtype
+    return _LinearLogSoftmax.apply(hidden, weight, labels, dtype)
+
+
+class _LinearLogSoftmax(torch.autograd.Function):
+    """Row chunks of logits are made in the forward and made again in the backward: memory is chunk x V
+    instead of R x V (bf16 logits plus their float32 copy), for one more projection matmul."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, dtype):
+        acc = torch.promote_types(dtype, torch.float32)  # softmax dtype: float32 (float64 for float64 inputs)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)  # (V, H)
+            out = torch.empty(labels.shape, dtype=acc, device=hidden.device)  # (R,)
+            lse = torch.empty_like(out)  # (R,)
+            for start in range(0, labels.shape[0], _CHUNK_ROWS):
+                end = start + _CHUNK_ROWS
+                logits = (hidden[start:end].to(dtype) @ w.T).to(acc)  # (r, V)
+                lse[start:end] = torch.logsumexp(logits, dim=-1)
+                out[start:end] = logits.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
+        ctx.dtype = dtype
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out: (R,)
+        hidden, weight, labels, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_weight else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(ctx.dtype)  # (V, H)
+            for start in range(0, labels.shape[0], _CHUNK_ROWS):
+                end = start + _CHUNK_ROWS
+                h = hidden[start:end].to(ctx.dtype)  # (r, H)
+                # d logp[label] / d logits = onehot(label) - softmax(logits)
+                grad_logits = torch.exp((h @ w.T).to(lse.dtype) - lse[start:end, None])  # (r, V) softmax
+                grad_logits.neg_().scatter_add_(-1, labels[start:end, None], torch.ones_like(lse[start:end, None]))
+                grad_logits = (grad_logits * grad_out[start:end, None]).to(ctx.dtype)  # (r, V)
+                if need_hidden:
+                    grad_hidden[start:end] = grad_logits @ w  # (r, H)
+                if need_weight:
+                    grad_weight += (grad_logits.T @ h).to(lse.dtype)  # (V, H)
+        return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None
+
+
+def first_response_position(loss_mask: torch.Tensor) -> int:
+    """Earliest column holding a response token in any row (>= 1: position 0 has no predecessor)."""
+    cols = loss_mask.any(dim=0).nonzero()
+    return max(1, int(cols[0])) if len(cols) else 1

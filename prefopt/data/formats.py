@@ -1,0 +1,363 @@
+"""Row -> canonical record: column detection, per-row validation, and conversion between kinds.
+
+Formats, detected from the columns (extra columns are ignored)
+--------------------------------------------------------------
+- ``chosen`` + ``rejected`` + ``prompt`` -> paired, explicit prompt. Per row,
+  ``prompt`` is a string or a list of ``{role, content}`` messages, and each
+  response is a string (standard format) or a list of messages (TRL's
+  conversational format). For a message list the response is the content of
+  its LAST message, which must be an assistant message; the messages before it
+  belong to the prompt: if they start with the prompt (datasets such as
+  UltraFeedback repeat the whole dialogue in ``chosen``) they replace it,
+  otherwise they are appended to it. Both sides must end up with the same prompt.
+- ``chosen`` + ``rejected`` without ``prompt`` -> paired, implicit prompt:
+  (a) message lists: all messages but the last are the prompt and must be equal
+  on both sides; the last message of each is the (assistant) response;
+  (b) Anthropic-HH strings ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``: split into
+  messages at those markers; the prompt is everything before the last
+  ``"\\n\\nAssistant:"`` (equal on both sides), the response what follows it.
+- ``prompt`` + ``completion`` + ``label`` -> unpaired (KTO). ``label`` is a
+  boolean; the strings "true"/"false" and the numbers 0/1 (CSV) are accepted.
+  ``completion`` is a string or a message list as above.
+- ``prompt`` + ``completion`` without ``label`` -> demonstrations (SFT): every
+  completion is a desirable example.
+- ``prompt`` alone -> prompts only (string or message list).
+
+A plain string prompt becomes ``[{"role": "user", "content": prompt}]``.
+
+Kinds: ``"native"`` keeps the records as the format gives them;
+``"demonstrations"`` takes the chosen side of pairs, the desirable examples of
+unpaired data, or demonstrations; ``"paired"`` needs paired data; ``"unpaired"`` takes unpaired data or
+splits each pair into (prompt, chosen, True) and (prompt, rejected, False);
+``"prompt"`` takes the prompts of any data, deduplicated, first occurrence kept.
+
+Bad input raises :class:`PrefoptError` with one line naming the file, the row
+and the field; the first problem found is the one reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from prefopt.data.records import KINDS, Message, PreferenceRecord, PromptRecord, UnpairedRecord
+from prefopt.data.sources import read_numbered_rows, type_name
+from prefopt.errors import PrefoptError
+
+_HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_KNOWN_COLUMNS = ("prompt", "chosen", "rejected", "completion", "label")
+
+
+# ---------------------------------------------------------------- format detection
+
+
+def _columns(rows: Sequence[dict]) -> list[str]:
+    """Union of the keys of all rows, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _close(column: str, candidates: Sequence[str], cutoff: float) -> str | None:
+    """The candidate most like `column` (case-insensitive), if any is close enough."""
+    lowered = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(column.lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[match[0]] if match else None
+
+
+def _missing_column(name: str, column: str, columns: list[str]) -> PrefoptError:
+    close = _close(column, [c for c in columns if c not in _KNOWN_COLUMNS], cutoff=0.6)
+    hint = f"; did you mean '{close}'?" if close else ""
+    return PrefoptError(f"{name}: missing column '{column}' (columns: {', '.join(columns) or 'none'}{hint})")
+
+
+def detect_format(columns: Sequence[str], name: str = "data") -> str:
+    """'paired', 'paired-implicit', 'unpaired' or 'prompt' from the column names.
+
+    A near-miss column (a misspelled 'rejected', a 'promt' next to chosen and
+    rejected) is reported as missing with a did-you-mean, not silently ignored.
+    """
+    cols = list(columns)
+    has = set(cols)
+    others = [c for c in cols if c not in _KNOWN_COLUMNS]
+    if has & {"chosen", "rejected"}:
+        for needed in ("chosen", "rejected"):
+            if needed not in has:
+                raise _missing_column(name, needed, cols)
+        if "prompt" in has:
+            return "paired"
+        if _close("prompt", others, cutoff=0.85):  # 'promt', 'Prompt' (but not 'prompt_id')
+            raise _missing_column(name, "prompt", cols)
+        return "paired-implicit"
+    if has & {"completion", "label"}:
+        for needed in ("prompt", "completion"):
+            if needed not in has:
+                raise _missing_column(name, needed, cols)
+        if "label" in has:
+            return "unpaired"
+        if _close("label", others, cutoff=0.75):  # 'lable', 'labels'
+            raise _missing_column(name, "label", cols)
+        return "demonstrations"
+    if "prompt" in has:
+        return "prompt"
+    for known in ("prompt", "chosen", "rejected", "completion", "label"):
+        if _close(known, others, cutoff=0.75):
+            raise _missing_column(name, known, cols)
+    raise PrefoptError(
+        f"{name}: no known columns (columns: {', '.join(cols) or 'none'}); expected prompt+chosen+rejected, "
+        "chosen+rejected, prompt+completion+label, or prompt"
+    )
+
+
+# ---------------------------------------------------------------- row validation
+
+
+class _Row:
+    """One source row being validated: knows how to name itself in an error."""
+
+    def __init__(self, name: str, row: int, values: dict):
+        self.name, self.row, self.values = name, row, values
+
+    def error(self, field: str | None, problem: str) -> PrefoptError:
+        where = f"{self.name} row {self.row}" + (f" field '{field}'" if field else "")
+        return PrefoptError(f"{where}: {problem}")
+
+    def get(self, field: str) -> Any:
+        if field not in self.values:
+            close = difflib.get_close_matches(field, [str(k) for k in self.values], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise self.error(field, f"missing column '{field}'{hint}")
+        value = self.values[field]
+        if value is None:
+            raise self.error(field, "missing value (null or empty cell)")
+        return value
+
+    def text(self, value: Any, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"expected a string or a list of messages, got {type_name(value)}")
+        if not value.strip():
+            raise self.error(field, "empty string")
+        return value
+
+    def messages(self, value: Any, field: str) -> list[Message]:
+        """A non-empty list of {role, content} dicts with non-empty string content."""
+        if not isinstance(value, (list, tuple)):
+            raise self.error(field, f"expected a string or a list of messages, got {type_name(value)}")
+        if not value:
+            raise self.error(field, "empty list of messages")
+        out = []
+        for i, msg in enumerate(value, start=1):
+            if not isinstance(msg, dict):
+                raise self.error(
+                    field, f"message {i} is not an object with 'role' and 'content' (got {type_name(msg)})"
+                )
+            for key in ("role", "content"):
+                if key not in msg or msg[key] is None:
+                    raise self.error(field, f"message {i} has no '{key}'")
+                if not isinstance(msg[key], str):
+                    raise self.error(field, f"message {i} '{key}' must be a string, got {type_name(msg[key])}")
+            if not msg["role"].strip():
+                raise self.error(field, f"message {i} has an empty role")
+            if not msg["content"].strip():
+                raise self.error(field, f"message {i} has empty content")
+            out.append({"role": msg["role"], "content": msg["content"]})
+        return out
+
+    def prompt(self, field: str = "prompt") -> list[Message]:
+        value = self.get(field)
+        if isinstance(value, str):
+            return [{"role": "user", "content": self.text(value, field)}]
+        return self.messages(value, field)
+
+    def response(self, field: str) -> tuple[list[Message], str]:
+        """(messages that extend the prompt, response text) of a response column."""
+        value = self.get(field)
+        if isinstance(value, str):
+            return [], self.text(value, field)
+        msgs = self.messages(value, field)
+        last = msgs[-1]
+        if last["role"] != "assistant":
+            raise self.error(field, f"the last message must be an assistant message, got role '{last['role']}'")
+        return msgs[:-1], last["content"]
+
+
+def _join_prompt(prompt: list[Message], lead: list[Message]) -> list[Message]:
+    """Prompt + the messages a response list carries before its reply (see module doc)."""
+    if not lead:
+        return prompt
+    if lead[: len(prompt)] == prompt:
+        return lead
+    return prompt + lead
+
+
+def _parse_hh(row: _Row, field: str) -> tuple[list[Message], str]:
+    """An Anthropic-HH dialogue string -> (prompt messages, final assistant reply)."""
+    text = row.text(row.get(field), field)
+    if text.startswith(("Human:", "Assistant:")):
+        text = "\n\n" + text
+    parts = _HH_MARKER.split(text)  # [lead, role, content, role, content, ...]
+    if len(parts) < 3 or "Assistant" not in parts[1::2]:
+        raise row.error(
+            field,
+            "no 'prompt' column, and the text has no '\\n\\nAssistant:' marker to split the prompt from the response",
+        )
+    if parts[-2] != "Assistant":
+        raise row.error(field, "the dialogue ends with a Human turn, not an '\\n\\nAssistant:' response")
+    messages = [{"role": "user", "content": parts[0].strip()}] if parts[0].strip() else []
+    for role, content in zip(parts[1:-2:2], parts[2:-2:2]):
+        if not content.strip():
+            raise row.error(field, f"empty {role} turn")
+        messages.append({"role": _HH_ROLES[role], "content": content.strip()})
+    if not messages:
+        raise row.error(field, "no prompt before the final '\\n\\nAssistant:' turn")
+    response = parts[-1].strip()
+    if not response:
+        raise row.error(field, "empty response after the final '\\n\\nAssistant:'")
+    return messages, response
+
+
+def _implicit_side(row: _Row, field: str) -> tuple[list[Message], str]:
+    value = row.get(field)
+    if isinstance(value, str):
+        return _parse_hh(row, field)
+    msgs = row.messages(value, field)
+    if msgs[-1]["role"] != "assistant":
+        raise row.error(field, f"the last message must be an assistant message, got role '{msgs[-1]['role']}'")
+    if len(msgs) < 2:
+        raise row.error(field, "no 'prompt' column, and the dialogue has no messages before the response")
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def _pair(row: _Row, implicit: bool) -> PreferenceRecord:
+    if implicit:
+        chosen_value, rejected_value = row.get("chosen"), row.get("rejected")
+        if isinstance(chosen_value, str) != isinstance(rejected_value, str):
+            raise row.error("rejected", f"expected the same shape as 'chosen', got {type_name(rejected_value)}")
+        prompt_c, chosen = _implicit_side(row, "chosen")
+        prompt_r, rejected = _implicit_side(row, "rejected")
+        if prompt_c != prompt_r:
+            raise row.error(
+                None, "'chosen' and 'rejected' do not share a prompt (they must differ only in the last assistant turn)"
+            )
+    else:
+        prompt = row.prompt()
+        lead_c, chosen = row.response("chosen")
+        lead_r, rejected = row.response("rejected")
+        prompt_c, prompt_r = _join_prompt(prompt, lead_c), _join_prompt(prompt, lead_r)
+        if prompt_c != prompt_r:
+            raise row.error(None, "'chosen' and 'rejected' continue the prompt with different messages")
+    if chosen.strip() == rejected.strip():
+        raise row.error(None, "'chosen' and 'rejected' are identical")
+    return PreferenceRecord(prompt=tuple(prompt_c), chosen=chosen, rejected=rejected, row=row.row)
+
+
+def _label(row: _Row) -> bool:
+    value = row.get("label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    shown = repr(value) if isinstance(value, (str, int, float)) else type_name(value)
+    raise row.error("label", f"expected a boolean (true/false or 1/0), got {type_name(value)} {shown}")
+
+
+def _unpaired(row: _Row, labelled: bool = True) -> UnpairedRecord:
+    """prompt + completion (+ label); a demonstration (no label column) is a desirable example."""
+    prompt = row.prompt()
+    lead, completion = row.response("completion")
+    label = _label(row) if labelled else True
+    return UnpairedRecord(prompt=tuple(_join_prompt(prompt, lead)), completion=completion, label=label, row=row.row)
+
+
+# ---------------------------------------------------------------- kinds
+
+
+def split_pairs(records: Sequence[PreferenceRecord]) -> list[UnpairedRecord]:
+    """Each pair -> (prompt, chosen, True), (prompt, rejected, False); rows kept."""
+    out = []
+    for r in records:
+        out.append(UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row))
+        out.append(UnpairedRecord(prompt=r.prompt, completion=r.rejected, label=False, row=r.row))
+    return out
+
+
+def unique_prompts(records: Sequence) -> list[PromptRecord]:
+    """The distinct prompts of any records, in order of first appearance."""
+    seen: set = set()
+    out = []
+    for r in records:
+        key = tuple((m["role"], m["content"]) for m in r.prompt)
+        if key not in seen:
+            seen.add(key)
+            out.append(PromptRecord(prompt=tuple(r.prompt), row=r.row))
+    return out
+
+
+def as_kind(records: list, kind: str, name: str = "data") -> list:
+    """Convert paired/unpaired/prompt records to the requested kind (or explain why not)."""
+    _check_kind(kind)
+    if kind == "native":
+        return records
+    if kind == "prompt":
+        return unique_prompts(records)
+    if not records:
+        return records
+    first = records[0]
+    if kind == "demonstrations":
+        if isinstance(first, PreferenceRecord):  # the chosen side of each pair
+            return [UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row) for r in records]
+        if isinstance(first, UnpairedRecord):  # desirable examples only
+            return [r for r in records if r.label]
+        raise PrefoptError(f"{name} holds prompts only; this needs demonstrations (prompt, completion)")
+    if kind == "paired":
+        if isinstance(first, PreferenceRecord):
+            return records
+        held = "unpaired data (prompt, completion, label)" if isinstance(first, UnpairedRecord) else "prompts only"
+        raise PrefoptError(f"{name} holds {held}; this needs paired data (prompt, chosen, rejected)")
+    if isinstance(first, PreferenceRecord):
+        return split_pairs(records)
+    if isinstance(first, UnpairedRecord):
+        return records
+    raise PrefoptError(f"{name} holds prompts only; this needs prompt, completion, label (or prompt, chosen, rejected)")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise PrefoptError(f"unknown data kind '{kind}' (expected one of: {', '.join(KINDS)})")
+
+
+def load_records(source: str, kind: str = "paired") -> list:
+    """Load `source` as canonical records of `kind` ('paired', 'unpaired' or 'prompt').
+
+    Sources: :mod:`prefopt.data.sources`; formats, kinds and error messages: this module's docstring.
+    """
+    _check_kind(kind)
+    if source.startswith("builtin:"):
+        raise PrefoptError(
+            f"{source}: built-in data sets are made by their tasks; load them with prefopt.tasks.load_dataset"
+        )
+    numbered, name = read_numbered_rows(source)
+    if not numbered:
+        raise PrefoptError(f"{name}: the dataset is empty (no rows)")
+    fmt = detect_format(_columns([values for _, values in numbered]), name)
+    records = [_record(fmt, _Row(name, row, values)) for row, values in numbered]
+    return as_kind(records, kind, name)
+
+
+def _record(fmt: str, row: _Row):
+    if fmt == "paired":
+        return _pair(row, implicit=False)
+    if fmt == "paired-implicit":
+        return _pair(row, implicit=True)
+    if fmt == "unpaired":
+        return _unpaired(row)
+    if fmt == "demonstrations":
+        return _unpaired(row, labelled=False)
+    return PromptRecord(prompt=tuple(row.prompt()), row=row.row)

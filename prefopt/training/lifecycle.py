@@ -1,0 +1,299 @@
+"""One run's lifecycle, the same for every algorithm, offline or online.
+
+A run folder goes through: checks (nothing written) -> created -> config.yaml
+-> metrics.jsonl rows and checkpoints while training -> outputs -> summary.json,
+written last and atomically: a folder is a finished run exactly when that file
+exists. :class:`RunFolder` owns every file of the folder; :func:`train_loop` is
+the one loop (evaluate, train step by step with periodic evaluation and
+checkpoints, evaluate again) that both the offline and the online trainer drive
+through a :class:`Stepper`; :func:`make_summary` is the one summary schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from prefopt.errors import PrefoptError
+from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.training.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from prefopt.training.config import RunConfig, as_flat_dict
+
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+
+# Every summary.json has exactly these keys, offline or online.
+SUMMARY_KEYS = (
+    "algo",
+    "output_dir",
+    "steps",
+    "train_examples",  # pairs, labelled completions, demonstrations or prompts the algorithm trains on
+    "eval_examples",  # the held-out ones of the same kind
+    "eval_pairs",  # held-out preference pairs scored for the preference accuracy (0 for prompt-only data)
+    "global_batch",
+    "num_processes",
+    "truncation",
+    "eval_before",
+    "eval_after",
+    "train_last10",  # mean of each training metric over the last 10 steps
+    "seconds_total",
+    "seconds_per_step_median",
+    "peak_rss_mb",
+    "peak_rss_mb_training",  # before the final evaluation and export
+    "device",
+    "precision",
+    "reference",
+    "outputs",
+    "provenance",
+)
+
+
+def default_output_dir(algo_name: str) -> Path:
+    return Path("runs") / f"{algo_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM where Linux has it (reset_peak_rss() resets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr for update `step` (0-based): linear warm-up, then decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+def make_optimizer(params: list, run: RunConfig):
+    """AdamW at the peak lr and its warm-up + decay schedule, as every algorithm trains."""
+    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+    warmup = round(run.warmup_ratio * run.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, run.steps, warmup, run.schedule))
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------- the folder
+
+
+class RunFolder:
+    """Every file of one run folder. `writer` is False on every process but the first of a launch:
+    those check and read, never write."""
+
+    def __init__(self, path: Path, resume: bool, writer: bool = True):
+        self.path, self.resume, self.writer = Path(path), resume, writer
+        self.created = False
+        self.metrics = self.path / METRICS
+
+    def check(self) -> None:
+        """Refuse to overwrite a run, or to resume one that is not there. Writes nothing."""
+        out = self.path
+        if self.resume:
+            if not (out / CONFIG).is_file():
+                raise PrefoptError(f"cannot resume: '{out}' holds no run (no {CONFIG})")
+            if (out / SUMMARY).exists():
+                raise PrefoptError(f"cannot resume: '{out}' is already a finished run")
+            return
+        if (out / SUMMARY).exists():
+            raise PrefoptError(f"output folder '{out}' already holds a finished run; choose another output_dir")
+        if out.exists() and any(out.iterdir()):
+            raise PrefoptError(f"output folder '{out}' is not empty; resume it with --resume {out} or choose another")
+        parent = out
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise PrefoptError(f"output folder '{out}' cannot be created: '{parent}' is a file")
+
+    def create(self) -> None:
+        """Create the folder and prove it is writable."""
+        existed = self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise PrefoptError(f"output folder '{self.path}' is not writable ({exc.strerror or exc})") from None
+        self.created = not existed
+
+    def discard_if_empty(self) -> None:
+        """After a failure: remove a folder this run created when it holds nothing worth resuming."""
+        if self.writer and self.created and latest_checkpoint(self.path) is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def write_config(self, algo_name: str, run: RunConfig, algo_config) -> None:
+        """The resolved config (loadable with --config), written once, when the run starts."""
+        if self.writer and not self.resume:
+            text = yaml.safe_dump(as_flat_dict(algo_name, run, algo_config), sort_keys=False)
+            atomic_write_text(self.path / CONFIG, text)
+
+    def restore(self, model, optimizer, scheduler) -> dict:
+        """State of the latest checkpoint of a resumed run ({"step": 0} for a fresh start).
+
+        Rows logged after that checkpoint are dropped from metrics.jsonl (they will
+        be redone); a run stopped before its first checkpoint starts over.
+        """
+        checkpoint = latest_checkpoint(self.path) if self.resume else None
+        if checkpoint is None:
+            if self.resume and self.writer:
+                self.metrics.unlink(missing_ok=True)
+            return {"step": 0}
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        if self.writer and self.metrics.exists():
+            lines = self.metrics.read_text().splitlines()
+            kept = [line for line in lines if line and json.loads(line)["step"] <= state["step"]]
+            atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
+        return state
+
+    def log(self, row: dict) -> None:
+        if self.writer:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def checkpoint(self, step: int, model, optimizer, scheduler, state: dict, gathered: bool = False) -> None:
+        """Save a checkpoint. `gathered`: the weights are sharded, so every process takes part (process 0 writes)."""
+        if self.writer or gathered:
+            save_checkpoint(self.path, step, model, optimizer, scheduler, state, write=self.writer)
+
+    def save_outputs(self, model, tokenizer, merge: bool) -> dict[str, str]:
+        """The trained adapter/model (+ a scalar head beside it); checkpoints are no longer needed."""
+        from prefopt.core.models import save_trained
+
+        head = hasattr(model, "head")
+        saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
+        if head:
+            for folder in saved.values():
+                model.save_head(Path(folder))
+        remove_checkpoints(self.path)
+        return saved
+
+    def finish(self, summary: dict) -> None:
+        """Write summary.json, the mark of a finished run."""
+        missing, extra = set(SUMMARY_KEYS) - set(summary), set(summary) - set(SUMMARY_KEYS)
+        if missing or extra:
+            raise ValueError(f"summary keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
+        atomic_write_json(self.path / SUMMARY, summary)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Stepper(Protocol):
+    """What the loop drives: the offline trainer or the online one."""
+
+    def update(self, step: int) -> dict[str, float]:
+        """The `step`-th optimizer update (0-based); its metrics, including lr and tokens."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics, keys prefixed eval_ (dropout off; leaves the policy unchanged)."""
+
+    def checkpoint_state(self) -> dict:
+        """JSON-able state beyond weights, optimizer and RNG that a resumed run needs."""
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    eval_before: dict
+    eval_after: dict
+    recent: list[dict] = field(default_factory=list)  # the last 10 rows of training metrics
+    step_seconds: list[float] = field(default_factory=list)
+    peak_rss_mb_training: float = 0.0
+
+
+def _progress_postfix(row: dict) -> dict[str, str]:
+    shown = {"loss": "loss", "margin": "margin", "accuracy": "acc", "reward": "reward", "kl": "kl"}
+    return {label: f"{row[key]:.3f}" for key, label in shown.items() if key in row}
+
+
+def train_loop(folder: RunFolder, name: str, run: RunConfig, stepper: Stepper, state: dict, model, optimizer,
+               scheduler, show_progress: bool, gathered_checkpoints: bool = False) -> LoopResult:
+    """Evaluate, train from the restored step to run.steps, evaluate again.
+
+    Every run.eval_every steps the held-out metrics join that step's row (not after
+    the last step: the final evaluation follows); every run.save_every steps a
+    checkpoint is saved with the evaluation before training, so a resumed run
+    logs exactly the rows an uninterrupted one would.
+    """
+    step = state["step"]
+    eval_before = state.get("eval_before") or stepper.evaluate()
+    if step == 0 and eval_before:
+        folder.log({"step": 0, **eval_before})
+    result = LoopResult(step, eval_before, {})
+    bar = tqdm(total=run.steps, initial=step, desc=name, disable=not show_progress, file=sys.stderr)
+    while step < run.steps:
+        t0 = time.perf_counter()
+        row = stepper.update(step)
+        step += 1
+        result.step_seconds.append(time.perf_counter() - t0)
+        row = {"step": step, **row, "seconds": result.step_seconds[-1]}
+        result.recent = (result.recent + [dict(row)])[-10:]  # a copy, taken before eval_* join the row
+        if run.eval_every and step % run.eval_every == 0 and step < run.steps:
+            row.update(stepper.evaluate())
+        folder.log(row)
+        bar.set_postfix(_progress_postfix(row))
+        bar.update(1)
+        if run.save_every and step % run.save_every == 0 and step < run.steps:
+            folder.checkpoint(step, model, optimizer, scheduler,
+                              {"eval_before": eval_before, **stepper.checkpoint_state()}, gathered_checkpoints)
+    bar.close()
+    result.steps = step
+    result.peak_rss_mb_training = peak_rss_mb()  # before the final evaluation and the export
+    result.eval_after = stepper.evaluate()
+    return result
+
+
+def make_summary(algo_name: str, folder: RunFolder, loop: LoopResult, started: float, **fields) -> dict:
+    """The summary.json of a finished run (the fields of SUMMARY_KEYS the loop does not know come in `fields`)."""
+    recent = loop.recent
+    numeric = [k for k in recent[0] if k != "step" and isinstance(recent[0][k], (int, float))] if recent else []
+    return {
+        "algo": algo_name,
+        "output_dir": str(folder.path),
+        "steps": loop.steps,
+        "eval_before": loop.eval_before,
+        "eval_after": loop.eval_after,
+        "train_last10": {k: statistics.fmean(r[k] for r in recent) for k in numeric},
+        "seconds_total": time.perf_counter() - started,
+        "seconds_per_step_median": statistics.median(loop.step_seconds) if loop.step_seconds else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_training": loop.peak_rss_mb_training,
+        "provenance": provenance(),
+        **fields,
+    }

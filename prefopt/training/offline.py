@@ -1,0 +1,348 @@
+"""The offline training loop. It reads an algorithm's capabilities
+(``inputs``, ``head``, ``needs_reference``, ``online``) and never its name.
+
+Order of work in :func:`train_offline`: every cheap check first (algorithm, output
+folder, data, tokenisation), so bad input fails before anything is written;
+then the model, the reference, the loop. A run folder is finished when its
+``summary.json`` exists; that file is written last, atomically.
+
+Launched in several processes (``prefopt.training.distributed``), each optimizer step's
+global batch is split across them and their gradients summed, so the run
+matches a one-process run; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
+from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pick_device, resolve_precision
+from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
+from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
+from prefopt.errors import PrefoptError
+from prefopt.tasks import load_dataset
+from prefopt.training.config import RunConfig
+from prefopt.training.distributed import Context, context
+from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
+from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, train_loop
+from prefopt.training.policy import load_policy
+from prefopt.training.split import split_records
+
+
+# ---------------------------------------------------------------- data order
+
+
+@dataclass
+class Prepared:
+    """Tokenised data for one run: the algorithm's examples and the held-out pairs."""
+
+    examples: list  # the algorithm's kind; train first, then held-out
+    train_ids: list[int]
+    eval_ids: list[int]
+    eval_pairs: list  # TokenizedPair of the held-out rows when the data is paired (else empty)
+    truncation: object
+
+
+def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
+    """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
+    records = load_dataset(run.data, "native")
+    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_items = as_kind(train_records, inputs.data_kind, run.data)
+    eval_items = as_kind(eval_records, inputs.data_kind, run.data)
+    if not train_items:
+        raise PrefoptError(f"{run.data}: no training examples of the kind this algorithm needs ({inputs.data_kind})")
+    examples, truncation = inputs.tokenize(
+        train_items + eval_items, tokenizer, run.max_length, run.max_prompt_length, run.data
+    )
+    eval_pairs = []
+    if eval_records and isinstance(eval_records[0], PreferenceRecord):
+        eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    n_train = len(train_items)
+    return Prepared(examples, list(range(n_train)), list(range(n_train, len(examples))), eval_pairs, truncation)
+
+
+def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, seed: int) -> Iterator[list[int]]:
+    """Endless global batches of example ids, epoch after epoch.
+
+    Each epoch's order is a pure function of (seed, epoch): length-bucketed,
+    then shuffled. Incomplete batches are dropped (unless there is no complete
+    one) so every optimizer step sees the same number of pairs.
+    """
+    epoch = 0
+    while True:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        batches = bucketed_batches([lengths[i] for i in train_ids], global_batch, gen)
+        full = [b for b in batches if len(b) == global_batch] or batches
+        for batch in full:
+            yield [train_ids[i] for i in batch]
+        epoch += 1
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds what one run needs: model, data, reference, optimizer; one step or one evaluation at a time."""
+
+    def __init__(self, algorithm: Algorithm, run: RunConfig, model, tokenizer, data: Prepared,
+                 reference, device, precision, dist: Context | None = None):
+        self.algorithm, self.run = algorithm, run
+        self.dist = dist or Context()
+        self.model, self.tokenizer, self.examples = model, tokenizer, data.examples
+        self.reference, self.device, self.precision = reference, device, precision
+        self.inputs = inputs_for(algorithm)
+        self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
+        # Held-out preference accuracy, the same measure for every algorithm:
+        # scalar heads compare rewards; LM heads compare the log-ratio to the
+        # starting model (scored now, before any update).
+        # Taken before any forward: FSDP leaves the root unit's parameters swapped for gathered copies after a
+        # no-grad forward, and the optimizer must hold the sharded ones.
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.eval_pairs = data.eval_pairs
+        self.pair_scorer = RewardPairInputs() if algorithm.head == "scalar" else PairInputs()
+        self.start_scores = None
+        if self.eval_pairs and algorithm.head == "lm":
+            with starting_model(model) as start:
+                self.start_scores = self._score_pairs(start)
+        self.optimizer, self.scheduler = make_optimizer(self.params, run)
+
+    def _batch(self, ids: list[int]) -> dict:
+        batch = self.collate([self.examples[i] for i in ids])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def compute_loss(self, batch: dict):
+        with autocast(self.precision, self.device):
+            policy = self.inputs.policy(self.model, batch)
+        reference = self.inputs.reference(self.reference, batch) if self.reference is not None else None
+        return self.algorithm.loss(policy, reference, batch)
+
+    @torch.no_grad()
+    def _score_pairs(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) scores of the held-out pairs, each (P,): log-prob sums or rewards.
+
+        With several processes each scores every W-th batch; all get every score, in order.
+        """
+        scores = {}
+        was_training = model.training
+        model.eval()
+        for number, start in enumerate(range(0, len(self.eval_pairs), self.run.batch_size)):
+            if not self.dist.mine(number):
+                continue
+            batch = collate_pairs(self.eval_pairs[start : start + self.run.batch_size], self.tokenizer.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with autocast(self.precision, self.device):
+                scored = self.pair_scorer.policy(model, batch)
+            if isinstance(scored, PairLogps):
+                scored = PairRewards(scored.chosen.sum, scored.rejected.sum)
+            scores[number] = (scored.chosen.float().cpu(), scored.rejected.float().cpu())
+        model.train(was_training)
+        chosen, rejected = zip(*self.dist.collect(scores))
+        return torch.cat(chosen), torch.cat(rejected)
+
+    def preference(self) -> dict[str, float]:
+        """Held-out preference accuracy and mean margin (ties count half)."""
+        if not self.eval_pairs:
+            return {}
+        chosen, rejected = self._score_pairs(self.model)  # (P,), (P,)
+        if self.start_scores is not None:  # log-ratio to the starting model
+            chosen, rejected = chosen - self.start_scores[0], rejected - self.start_scores[1]
+        margin = chosen - rejected  # (P,)
+        return {"eval_pref_accuracy": float(preference_accuracy(margin).mean()), "eval_pref_margin": float(margin.mean())}
+
+    def train_step(self, ids: list[int]) -> dict[str, float]:
+        """One optimizer update over a global batch, split into micro-batches.
+
+        Each micro-batch's summed loss is divided by the global batch size, so
+        accumulation gives the same gradient as one big batch. With several
+        processes each runs its contiguous share of `ids` and the gradients and
+        metric sums are added across processes before the update.
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        tokens = 0
+        share = self.dist.shard(ids)
+        for start in range(0, len(share), self.run.batch_size):
+            batch = self._batch(share[start : start + self.run.batch_size])
+            out = self.compute_loss(batch)
+            (out.losses.sum() * self.dist.loss_scale / len(ids)).backward()
+            sums["loss"] += float(out.losses.detach().sum())
+            for key, value in out.metrics.items():
+                sums[key] += float(value.detach().float().sum())
+            tokens += int(batch["attention_mask"].sum())
+        if self.dist.distributed:
+            if not self.dist.sharded:  # FSDP has summed (reduce-scattered) them in the backward
+                self.dist.sum_gradients(self.params)
+            sums, tokens = self.dist.sum_metrics(sums, tokens)
+        max_norm = self.run.max_grad_norm if self.run.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))  # sharded too (DTensor norms)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**{k: v / len(ids) for k, v in sums.items()}, "grad_norm": grad_norm, "lr": lr, "tokens": tokens}
+
+    @torch.no_grad()
+    def evaluate(self, ids: list[int]) -> dict[str, float]:
+        """Mean loss and metrics on held-out examples, and held-out preference accuracy (dropout off)."""
+        if not ids:
+            return self.preference()
+        self.model.eval()
+        parts = {}  # batch number -> its sums (each process does every W-th batch)
+        for number, start in enumerate(range(0, len(ids), self.run.batch_size)):
+            if self.dist.mine(number):
+                out = self.compute_loss(self._batch(ids[start : start + self.run.batch_size]))
+                part = {"loss": float(out.losses.sum())}
+                for key, value in out.metrics.items():
+                    part[key] = float(value.float().sum())
+                parts[number] = part
+        sums: dict[str, float] = defaultdict(float)
+        for part in self.dist.collect(parts):  # added in batch order, as one process would
+            for key, value in part.items():
+                sums[key] += value
+        self.model.train()
+        return {**{f"eval_{k}": v / len(ids) for k, v in sums.items()}, **self.preference()}
+
+
+class OfflineSteps:
+    """What the run loop drives: the global batches of the data stream, one update each."""
+
+    def __init__(self, trainer: Trainer, data: Prepared, global_batch: int, seed: int, start_step: int):
+        lengths = [trainer.inputs.length(e) for e in data.examples]
+        self.trainer, self.eval_ids = trainer, data.eval_ids
+        self.stream = batch_stream(data.train_ids, lengths, global_batch, seed)
+        for _ in range(start_step):  # skip the batches a checkpoint already trained on
+            next(self.stream)
+
+    def update(self, step: int) -> dict[str, float]:
+        return self.trainer.train_step(next(self.stream))
+
+    def evaluate(self) -> dict[str, float]:
+        return self.trainer.evaluate(self.eval_ids)
+
+    def checkpoint_state(self) -> dict:
+        return {}
+
+
+def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Path, resume: bool) -> dict:
+    """Train an offline `algorithm` as configured by `run`; returns the run summary (process 0's, on every process)."""
+    dist = context()
+    out = dist.broadcast(out)  # process 0's name: a default one holds the time, which may differ by a second
+    folder = RunFolder(out, resume, writer=dist.is_main)
+
+    # --- everything that can reject the input, before anything is written (every process checks)
+    tokenizer = None
+    with dist.agree():
+        inputs = inputs_for(algorithm, algo_name)
+        folder.check()
+        random.seed(run.seed)
+        torch.manual_seed(run.seed)
+        if dist.is_main:  # first alone: a .gguf model is converted once, by process 0
+            tokenizer = load_tokenizer(run.model)
+    with dist.agree():
+        if tokenizer is None:
+            tokenizer = load_tokenizer(run.model)
+        data = prepare_data(run, inputs, tokenizer)
+        global_batch = run.batch_size * run.grad_accum
+        if dist.sharded:
+            _check_sharded(global_batch, dist.world)
+        device = dist.device if dist.distributed else pick_device()
+        precision = resolve_precision(run.precision, device)
+
+    with dist.agree():  # only process 0 creates the folder; the others wait here until it exists
+        if dist.is_main:
+            folder.create()
+    try:
+        return _train_in(folder, algo_name, algorithm, run, tokenizer, data, global_batch, device, precision, dist)
+    except PrefoptError:
+        folder.discard_if_empty()
+        raise
+
+
+def _check_sharded(global_batch: int, world: int) -> None:
+    """What FSDP needs: the same number of forwards on every process (each one is a collective)."""
+    if global_batch % world:
+        raise PrefoptError(f"FSDP: batch_size x grad_accum = {global_batch} must be divisible by the {world} "
+                           "processes (every process runs the same number of forwards)")
+
+
+def _build_reference(run, algorithm, model, tokenizer, data: Prepared, device, precision, dist: Context):
+    """The reference for the run. A precomputed one is computed and cached by process 0 while the
+    others wait, then loaded from that cache by them (never two writers of one cache file)."""
+    mode = resolve_reference_mode(run.reference, run.adapter)
+    build = partial(
+        build_reference, mode, model, run.adapter,
+        examples=data.examples,
+        collate=partial(inputs_for(algorithm).collate, pad_id=tokenizer.pad_token_id),
+        batch_size=run.batch_size,
+        fingerprint=f"{model_fingerprint(run.model)}|{run.max_length}|{run.max_prompt_length}",
+        autocast=partial(autocast, precision, device),
+        progress=run.progress and dist.is_main,
+    )
+    if mode != "precomputed" or not dist.distributed:
+        return build()
+    reference = None
+    with dist.agree():
+        if dist.is_main:
+            reference = build()
+    with dist.agree():
+        if not dist.is_main:
+            reference = build()
+    return reference
+
+
+def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Prepared, global_batch, device,
+              precision, dist: Context) -> dict:
+    started = time.perf_counter()
+    reference = None
+    with dist.agree():
+        folder.write_config(algo_name, run, algorithm.config)
+        model = load_policy(run, algorithm, device, precision)
+        if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
+            reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
+    if algorithm.needs_reference and reference is None:  # precomputed, several processes: agrees by itself
+        reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
+    # every process starts from process 0's weights (they are equal already: same seed, same files)
+    dist.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+    dist.shard_model(model)  # FSDP only; after the reference, before the optimizer sees the parameters
+    if getattr(reference, "mode", None) == "copy":
+        dist.shard_model(reference.model)  # the frozen copy too: each process holds a shard of it
+
+    trainer = Trainer(algorithm, run, model, tokenizer, data, reference, device, precision, dist=dist)
+    state = folder.restore(model, trainer.optimizer, trainer.scheduler)
+    steps = OfflineSteps(trainer, data, global_batch, run.seed, state["step"])
+    loop = train_loop(folder, algo_name, run, steps, state, model, trainer.optimizer, trainer.scheduler,
+                      show_progress=run.progress and dist.is_main, gathered_checkpoints=dist.sharded)
+
+    if dist.sharded:  # process 0 saves an unsharded copy holding the gathered weights
+        full = dist.full_state_dict(model)
+        if dist.is_main:
+            model = load_policy(run, algorithm, "cpu", precision)
+            model.load_state_dict(full)
+    if not dist.is_main:
+        return dist.broadcast(None)  # process 0's summary, once it has written everything
+    if loop.eval_after:
+        folder.log({"step": loop.steps, **loop.eval_after})
+    saved = folder.save_outputs(model, tokenizer, run.merge)
+    summary = make_summary(
+        algo_name, folder, loop, started,
+        train_examples=len(data.train_ids),
+        eval_examples=len(data.eval_ids),
+        eval_pairs=len(data.eval_pairs),
+        global_batch=global_batch,
+        num_processes=dist.world,
+        truncation=asdict(data.truncation),
+        device=str(device),
+        precision=precision,
+        reference=reference.mode if reference is not None else None,
+        outputs=saved,
+    )
+    folder.finish(summary)
+    return dist.broadcast(summary)

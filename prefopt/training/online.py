@@ -1,0 +1,254 @@
+"""The online loop: rollout -> score -> update, for algorithms with ``online = True``.
+
+It runs in the same lifecycle as the offline loop (:mod:`prefopt.training.lifecycle`:
+output-folder checks, typed config, AdamW with the same schedule, periodic
+evaluation, checkpoints and exact ``--resume``, ``metrics.jsonl``, the final
+adapter and ``summary.json`` written last, one schema) and, like it, knows no
+algorithm names. It uses the run's reference (adapters disabled, or a frozen
+copy); run options that mean nothing for sampled data (``grad_accum``,
+``reference=precomputed``, several processes) are refused before any work. Per step it hands the algorithm a batch of
+prompts and an :class:`OnlineContext` (generation, reference log-probs, one
+optimizer update); the algorithm decides how to roll out and update (PPO's
+epochs over minibatches, RLAIF's judged pairs, ...).
+
+Every step's sampling is seeded from (seed, step), so a resumed run draws
+exactly the rollouts the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from prefopt.core.algorithm import Algorithm
+from prefopt.core.generate import Rollout, SamplingConfig, generate
+from prefopt.core.logprobs import SequenceLogps, forward_token_logps
+from prefopt.core.models import autocast, eval_mode, load_tokenizer, pick_device, resolve_precision
+from prefopt.core.reference import build_reference
+from prefopt.core.rl import per_sequence_kl
+from prefopt.data import tokenize_prompts
+from prefopt.errors import PrefoptError
+from prefopt.tasks import load_dataset
+from prefopt.training.config import RunConfig
+from prefopt.training.distributed import context
+from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, train_loop
+from prefopt.training.policy import load_policy
+from prefopt.training.split import split_records
+
+STEP_SEED = 1_000_003
+
+
+class OnlineContext:
+    """What an online algorithm may use during a step; holds no algorithm logic."""
+
+    def __init__(self, run: RunConfig, model, tokenizer, device, precision):
+        self.run, self.model, self.tokenizer = run, model, tokenizer
+        self.device, self.precision = device, precision
+        self.lm = model.lm if hasattr(model, "head") else model  # the language model under any value head
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_optimizer(self.params, run)
+        # the run's reference, built before any update: adapters off (LoRA/QLoRA) or a frozen copy of the LM
+        self.reference = build_reference(run.reference, self.lm, run.adapter, autocast=self.autocast)
+        self.step = 0
+        self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
+
+    def autocast(self):
+        return autocast(self.precision, self.device)
+
+    def rollout(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> tuple[Rollout, dict]:
+        """Sample responses (seeded by the step) -> (rollout, right-padded batch on the device)."""
+        sampling = SamplingConfig(**{**asdict(sampling), "seed": self.run.seed * STEP_SEED + self.step})
+        rollout = generate(self.lm, self.tokenizer, prompt_ids, sampling, batch_size=len(prompt_ids),
+                           autocast=self.autocast)
+        input_ids, attention_mask, loss_mask = rollout.sequences()
+        self.tokens += int(attention_mask.sum())
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        return rollout, {k: v.to(self.device) for k, v in batch.items()}
+
+    def reference_token_logps(self, batch: dict) -> torch.Tensor:
+        """(N, K) token log-probs of the starting model, columns as forward_token_logps."""
+        return self.reference.token_logps(batch)
+
+    def reference_sequence_logps(self, batch: dict) -> SequenceLogps:
+        """(N,) summed log-probs of the starting model over each row's response."""
+        logps = self.reference_token_logps(batch)  # (N, K)
+        return SequenceLogps(sum=logps.sum(-1), tokens=batch["loss_mask"][:, 1:].sum(-1).float())
+
+    def update(self, loss: torch.Tensor) -> float:
+        """Backward, clip, one optimizer step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.run.max_grad_norm if self.run.max_grad_norm > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        self.optimizer.step()
+        return norm
+
+
+class OnlineAlgorithm(Algorithm):
+    """Base for objectives that sample from the policy during training.
+
+    Subclasses implement ``train_step(ctx, prompts, prompt_messages)`` -> metrics
+    and ``evaluate(ctx, prompts, prompt_messages)`` -> metrics, and may keep
+    state across steps in ``state_dict``/``load_state_dict`` (saved with
+    checkpoints). ``head = "scalar"`` attaches a value head to the policy.
+    """
+
+    online = True
+    inputs = "prompts"
+
+    def setup(self, ctx: OnlineContext) -> None:
+        """Called once before training (e.g. build the judge)."""
+
+    def reward_source(self) -> str | None:
+        """The judge spec the training signal comes from (None if none): the benchmark tells a policy
+        trained against a proxy reward from one trained against gold by it."""
+        return None
+
+    def train_step(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@torch.no_grad()
+def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: list, judge, sampling: SamplingConfig) -> dict[str, float]:
+    """Held-out samples of the current policy: judge score, KL to the reference (k1, k3) and length.
+
+    KL is per sequence (summed over response tokens), averaged over prompts.
+    """
+    if not prompts:
+        return {}
+    rollout, batch = ctx.rollout(prompts, sampling)
+    scores = judge.score(messages, rollout.texts(ctx.tokenizer))
+    with eval_mode(ctx.model):
+        with ctx.autocast():
+            logps, mask = forward_token_logps(ctx.lm, batch)  # (N, K)
+        ref_logps = ctx.reference_token_logps(batch)  # (N, K)
+    return {
+        "reward": float(sum(scores) / len(scores)),
+        "kl_k1": float(per_sequence_kl(logps, ref_logps, mask, "k1").mean()),
+        "kl_k3": float(per_sequence_kl(logps, ref_logps, mask, "k3").mean()),
+        "response_length": float(mask.sum(-1).mean()),
+    }
+
+
+def _prompt_stream(n: int, batch: int, seed: int, skip: int):
+    """Endless batches of prompt indices; each epoch a fresh permutation of (seed, epoch)."""
+    epoch, served = 0, 0
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * STEP_SEED + epoch)).tolist()
+        for start in range(0, n - batch + 1, batch):
+            if served >= skip:
+                yield order[start : start + batch]
+            served += 1
+        epoch += 1
+
+
+def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
+    """Run options an online method cannot honour, refused in one line before any work."""
+    if world > 1:
+        raise PrefoptError(f"{algo_name} is an online method and runs in one process; "
+                           f"launch it without accelerate/--num-processes (got {world} processes)")
+    if run.grad_accum != 1:
+        raise PrefoptError(f"option 'grad_accum': {algo_name} is an online method that updates on each step's own "
+                           f"samples (its options set the updates per step); set grad_accum=1, got {run.grad_accum}")
+    if run.reference == "precomputed":
+        raise PrefoptError(f"option 'reference': {algo_name} scores new samples every step, so its reference cannot be "
+                           "precomputed; use reference=auto, adapter or copy")
+
+
+class OnlineSteps:
+    """What the run loop drives: one batch of prompts per step, rolled out and learnt from by the algorithm."""
+
+    def __init__(self, algorithm: OnlineAlgorithm, ctx: OnlineContext, train_prompts: list, train_records: list,
+                 eval_prompts: list, eval_records: list, seed: int, start_step: int):
+        self.algorithm, self.ctx = algorithm, ctx
+        self.train_ids = [p.prompt_ids for p in train_prompts]
+        self.train_messages = [r.prompt for r in train_records]
+        self.eval_ids = [p.prompt_ids for p in eval_prompts]
+        self.eval_messages = [r.prompt for r in eval_records]
+        self.stream = _prompt_stream(len(train_prompts), ctx.run.batch_size, seed, skip=start_step)
+
+    def update(self, step: int) -> dict[str, float]:
+        ids = next(self.stream)
+        ctx = self.ctx
+        ctx.step = step
+        ctx.model.train()
+        tokens_before = ctx.tokens
+        row = self.algorithm.train_step(ctx, [self.train_ids[i] for i in ids], [self.train_messages[i] for i in ids])
+        lr = ctx.scheduler.get_last_lr()[0]
+        ctx.scheduler.step()
+        return {**row, "lr": lr, "tokens": ctx.tokens - tokens_before}
+
+    def evaluate(self) -> dict[str, float]:
+        self.ctx.step = -1  # evaluation draws from its own seed, never a training step's
+        metrics = self.algorithm.evaluate(self.ctx, self.eval_ids, self.eval_messages)
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    def checkpoint_state(self) -> dict:
+        return {"algorithm": self.algorithm.state_dict()}
+
+
+def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out: Path, resume: bool) -> dict:
+    """Train an online algorithm; returns the run summary (the same schema as offline runs)."""
+    check_online_options(algo_name, run, context().world)
+    folder = RunFolder(out, resume)
+    folder.check()
+    random.seed(run.seed)
+    torch.manual_seed(run.seed)
+    tokenizer = load_tokenizer(run.model)
+    records = load_dataset(run.data, "prompt")
+    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    if len(train_records) < run.batch_size:
+        raise PrefoptError(f"{run.data}: {len(train_records)} training prompts, fewer than batch_size={run.batch_size}")
+    train_prompts, truncation = tokenize_prompts(train_records, tokenizer, run.max_length, run.max_prompt_length,
+                                                 run.data)
+    eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    device = pick_device()
+    precision = resolve_precision(run.precision, device)
+
+    folder.create()
+    try:
+        started = time.perf_counter()
+        folder.write_config(algo_name, run, algorithm.config)
+        model = load_policy(run, algorithm, device, precision)
+        ctx = OnlineContext(run, model, tokenizer, device, precision)
+        algorithm.setup(ctx)
+        state = folder.restore(model, ctx.optimizer, ctx.scheduler)
+        algorithm.load_state_dict(state.get("algorithm", {}))
+        steps = OnlineSteps(algorithm, ctx, train_prompts, train_records, eval_prompts, eval_records, run.seed,
+                            state["step"])
+        loop = train_loop(folder, algo_name, run, steps, state, model, ctx.optimizer, ctx.scheduler,
+                          show_progress=run.progress)
+        if loop.eval_after:
+            folder.log({"step": loop.steps, **loop.eval_after})
+        saved = folder.save_outputs(model, tokenizer, run.merge)
+        summary = make_summary(
+            algo_name, folder, loop, started,
+            train_examples=len(train_prompts),
+            eval_examples=len(eval_prompts),
+            eval_pairs=0,
+            global_batch=run.batch_size,
+            num_processes=1,
+            truncation=asdict(truncation),
+            device=str(device),
+            precision=precision,
+            reference=ctx.reference.mode,
+            outputs=saved,
+        )
+        folder.finish(summary)
+        return summary
+    except PrefoptError:
+        folder.discard_if_empty()
+        raise
