@@ -347,13 +347,15 @@ class ChatServer:
     """A chat-completions server on 127.0.0.1 (port 0) with scripted behaviour.
 
     rule(a, b) -> reply text; fail: list of statuses to answer first, one per request;
-    sleep: seconds to stall before answering. Every request is validated and recorded.
+    sleep: seconds to stall before answering; location: a Location header for failures (redirects);
+    raw(handler, stop): writes the whole answer itself (trickling, oversized). Every request is recorded.
     """
 
-    def __init__(self, rule=None, fail=(), sleep=0.0, status=None, echo_auth=False, models=("served-model",), reply=None):
+    def __init__(self, rule=None, fail=(), sleep=0.0, status=None, echo_auth=False, models=("served-model",), reply=None,
+                 location=None, raw=None):  # fmt: skip
         self.rule = rule or (lambda a, b: "A" if len(a) < len(b) else "B")
         self.fail, self.sleep, self.status, self.echo_auth = list(fail), sleep, status, echo_auth
-        self.models, self.reply = models, reply
+        self.models, self.reply, self.location, self.raw = models, reply, location, raw
         self.requests: list[dict] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -380,11 +382,15 @@ class ChatServer:
         if self.sleep:
             self.stop.wait(self.sleep)
         if failure:
-            detail = f"echo {handler.headers.get('Authorization')}" if self.echo_auth else "scripted failure"
-            return failure, {"error": {"message": detail}}, {"Retry-After": "0.01"} if failure == 429 else {}
-        if method == "GET" and handler.path == "/v1/models":
+            auth = handler.headers.get("Authorization")
+            detail = f"echo {auth} {handler.path}" if self.echo_auth else "scripted failure"
+            headers = {"Retry-After": "0.01"} if failure == 429 else {}
+            headers.update({"Location": self.location} if self.location else {})
+            return failure, {"error": {"message": detail}}, headers
+        route = handler.path.partition("?")[0]
+        if method == "GET" and route == "/v1/models":
             return 200, {"object": "list", "data": [{"id": m} for m in self.models]}, {}
-        if method != "POST" or handler.path != "/v1/chat/completions":
+        if method != "POST" or route != "/v1/chat/completions":
             return 404, {"error": {"message": f"no route {handler.path}"}}, {}
         problem = self.invalid(body)
         if problem:
@@ -411,6 +417,15 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             def _respond(self, method):
+                if server.raw:
+                    record = {"method": method, "path": self.path, "auth": self.headers.get("Authorization")}
+                    with server.lock:
+                        server.requests.append(record)
+                    try:
+                        server.raw(self, server.stop)
+                    except OSError:  # the client gave up (deadline, size cap)
+                        pass
+                    return
                 status, payload, headers = server.answer(self, method)
                 data = json.dumps(payload).encode()
                 try:
@@ -572,3 +587,116 @@ def test_http_judge_falls_back_to_openai_api_key(serve, monkeypatch):
     assert server.requests[0]["auth"] == f"Bearer {KEY}"
     explicit = HTTPJudge(server.url, model="m", api_key="sk-other")
     assert explicit._api_key.reveal() == "sk-other"
+
+
+# ---------------------------------------------------------------- HTTP judge: an untrusted server
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_http_judge_never_follows_a_redirect(serve, status):
+    """The key must not travel to another origin, and the POST must not come back as a GET: nothing is re-sent."""
+    elsewhere = serve()  # another origin (another port) that records any Authorization it receives
+    target = f"{elsewhere.url}/chat/completions?api_key=LOCATION-SECRET"
+    redirecting = serve(status=status, location=target)
+    judge = HTTPJudge(redirecting.url, model="m", api_key=KEY, retries=3, sleep=Sleeps())
+    start = time.monotonic()
+    with pytest.raises(PrefoptError) as info:
+        judge.compare([Q], [SHORT], [LONG])
+    message = str(info.value)
+    assert elsewhere.requests == []
+    assert [r["method"] for r in redirecting.requests] == ["POST"]  # once: a redirect is final, not retried
+    assert f"answered HTTP {status}" in message and "redirects are not followed" in message and "\n" not in message
+    assert f"{elsewhere.url}/chat/completions?api_key=***" in message
+    assert "LOCATION-SECRET" not in message and KEY not in message
+    assert time.monotonic() - start < 2.0
+
+
+def _oversized(declare_length: bool):
+    def raw(handler, stop):
+        chunk, total = b"x" * 65536, 64 * 2**20
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if declare_length:
+            handler.send_header("Content-Length", str(total))
+        handler.end_headers()
+        for _ in range(total // len(chunk)):
+            if stop.is_set():
+                return
+            handler.wfile.write(chunk)
+
+    return raw
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "until-close"])
+def test_http_judge_refuses_a_reply_larger_than_its_cap(serve, declare_length):
+    server = serve(raw=_oversized(declare_length))
+    assert HTTPJudge(server.url).max_response_bytes == 2**20
+    judge = HTTPJudge(server.url, model="m", max_response_bytes=65536, sleep=Sleeps())
+    start = time.monotonic()
+    with pytest.raises(PrefoptError) as info:
+        judge.compare([Q], [SHORT], [LONG])
+    message = str(info.value)
+    assert message.startswith(f"judge server {server.url}: reply larger than max_response_bytes=65536")
+    assert "\n" not in message and len(server.requests) == 1  # final, not retried
+    assert time.monotonic() - start < 1.0  # 64 MiB were offered; at most 64 KiB + 1 were read
+    with pytest.raises(PrefoptError, match="max_response_bytes must be a positive integer"):
+        HTTPJudge(server.url, max_response_bytes=0)
+
+
+def _trickle(part: str):
+    """Headers or body one byte every 0.2 s: each read succeeds, so only an overall deadline can end it."""
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
+
+    def raw(handler, stop):
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        slow = (b"X-Slow: " + b"." * 40 + b"\r\n\r\n" + body) if part == "headers" else body
+        handler.wfile.write(head.encode() + (b"" if part == "headers" else b"\r\n"))
+        for byte in slow:
+            if stop.wait(0.2):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+
+    return raw
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_http_judge_deadline_holds_against_a_trickling_server(serve, part):
+    server = serve(raw=_trickle(part))
+    start = time.monotonic()
+    with pytest.raises(PrefoptError) as info:
+        HTTPJudge(server.url, model="m", timeout=1, retries=1, sleep=Sleeps()).compare([Q], [SHORT], [LONG])
+    assert time.monotonic() - start < 1.5
+    assert str(info.value) == (
+        f"judge server {server.url} unreachable after 1 attempts: "
+        "timed out after 1 s (the deadline for the whole request passed)"
+    )
+
+
+def test_http_judge_masks_a_key_in_the_url(serve, caplog):
+    caplog.set_level(logging.DEBUG)
+    port = _free_port()
+    url = f"http://user:SECRET@127.0.0.1:{port}/v1?api_key=SECRET&api-version=2024"
+    judge = HTTPJudge(url, model="m", timeout=2, retries=2, sleep=Sleeps())
+    masked = f"http://user:***@127.0.0.1:{port}/v1?api_key=***&api-version=2024"
+    assert judge.url == masked and "SECRET" not in repr(judge) and "SECRET" not in f"{vars(judge)}"
+    with pytest.raises(PrefoptError) as info:  # nothing listens: the error names the masked URL
+        judge.compare([Q], [SHORT], [LONG])
+    assert str(info.value) == f"judge server {masked} unreachable after 2 attempts: Connection refused"
+    with pytest.raises(PrefoptError) as info:
+        HTTPJudge("ftp://user:SECRET@host/v1")
+    assert "SECRET" not in str(info.value) and "ftp://user:***@host/v1" in str(info.value)
+
+    # A live server: the query reaches the endpoint, userinfo goes as Basic auth (not into the host name),
+    # and a server echoing both back (first transiently, then finally) has them redacted in errors and logs.
+    ok = serve()
+    HTTPJudge(ok.url.replace("//", "//user:SECRET@") + "?api_key=SECRET", model="m").compare([Q], [SHORT], [LONG])
+    assert {r["path"] for r in ok.requests} == {"/v1/chat/completions?api_key=SECRET"}
+    assert {r["auth"] for r in ok.requests} == {"Basic dXNlcjpTRUNSRVQ="}  # user:SECRET
+    echo = serve(fail=[503], status=401, echo_auth=True)
+    judge = HTTPJudge(echo.url.replace("//", "//user:SECRET@") + "?api_key=SECRET", model="m", sleep=Sleeps())
+    with pytest.raises(PrefoptError) as info:
+        judge.compare([Q], [SHORT], [LONG])
+    assert "HTTP 401" in str(info.value) and "Basic ***" in str(info.value) and "api_key=***" in str(info.value)
+    assert "SECRET" not in str(info.value)
+    assert "retry 1/2" in caplog.text and "SECRET" not in caplog.text
