@@ -1,8 +1,16 @@
-"""Atomic file writes and provenance: a crash never leaves a half-written result."""
+"""Atomic file writes and provenance: a crash never leaves a half-written result.
+
+Writes go to a temp file or folder beside the target, are flushed to disk
+(fsync) and only then renamed over it, and the rename itself is made durable by
+syncing the folder: after a power loss a file is either the old one or the new
+one, never a torn mix. JSON written here is strict: NaN and infinities become
+null, so every file parses with any JSON reader.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -21,23 +29,66 @@ def _umask() -> int:
     return mask
 
 
+def sync_folder(folder: Path) -> None:
+    """Make the renames and creations inside `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file below `folder`, then the folders themselves."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        sync_folder(Path(root))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename over `path`."""
+    """Write to a temp file in the same folder, flush it to disk, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+        sync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None (strict JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One strict JSON line (non-finite floats as null)."""
+    return json.dumps(finite_json(obj), allow_nan=False, default=str)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 @contextmanager
@@ -47,10 +98,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the finished folder gets the usual permissions
         yield tmp
+        sync_tree(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        sync_folder(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

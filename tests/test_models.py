@@ -163,6 +163,13 @@ def test_qlora_still_gets_gradients_after_generate(tiny_model_dir):
         torch.testing.assert_close(after[name], before[name])
 
 
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 @needs_bnb
 def test_bnb_repack_trap_is_real_and_repairable(tiny_model_dir):
     """Without the fix bitsandbytes repacks on generate and backward stops at the 4-bit layers;
@@ -180,7 +187,10 @@ def test_bnb_repack_trap_is_real_and_repairable(tiny_model_dir):
         pytest.skip("this CPU / bitsandbytes build does not repack 4-bit weights")
     lost = _lora_grads(model, ids)
     zero = [n for n, g in lost.items() if g.abs().sum() == 0]
-    assert len(zero) > len(lost) // 2, "expected most LoRA layers to lose their gradient"
+    # With AVX512-BF16 the repacked layout is inference-only and most LoRA gradients vanish; other CPUs
+    # repack to a layout whose backward still works. Either way the repair below must restore the layers.
+    if _cpu_has_avx512_bf16():
+        assert len(zero) > len(lost) // 2, "expected most LoRA layers to lose their gradient"
 
     assert models.disable_bnb_cpu_repack(model) == 7 * TINY_LAYERS
     assert _packed_layers(model) == 0

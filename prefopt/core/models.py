@@ -199,6 +199,11 @@ def _from_pretrained(loader, resolved: str, **kwargs):
     """from_pretrained with hub failures turned into one PrefoptError line."""
     try:
         return loader(resolved, **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise PrefoptError(f"model '{resolved}' needs its own Python code to load (trust_remote_code); prefopt never "
+                           "runs code from a model folder: use a model transformers supports natively") from None
     except OSError as exc:
         if Path(resolved).is_dir():
             raise

@@ -9,6 +9,11 @@ gathers each whole (a collective every process joins; process 0 writes) and
 loading cuts each back into this process's shard. A checkpoint is therefore
 the same file whether the run was sharded, data-parallel or one process, and
 any of them can resume it.
+
+Checkpoints are untrusted input when resumed (a run folder may come from someone
+else): every file is loaded with ``weights_only=True``, so no pickled code runs.
+The two newest checkpoints are kept; a latest one that cannot be read falls back
+to the one before it.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from pathlib import Path
 import torch
 
 from prefopt.core.fsdp import is_fsdp_unit
-from prefopt.io import atomic_dir
+from prefopt.errors import PrefoptError
+from prefopt.io import atomic_dir, json_line
 
 CHECKPOINTS = "checkpoints"
+KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it cannot be read
 
 
 def _sharded_tensor_type():
@@ -83,37 +90,65 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, state
         return None
     root = Path(out_dir) / CHECKPOINTS
     path = root / f"step-{step:06d}"
-    with atomic_dir(path) as tmp:
-        torch.save(trainable, tmp / "trainable.pt")
-        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    for old in root.glob("step-*"):
-        if old != path:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        with atomic_dir(path) as tmp:
+            torch.save(trainable, tmp / "trainable.pt")
+            torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, tmp / "rng.pt")
+            (tmp / "state.json").write_text(json_line({**state, "step": step}))
+    except OSError as exc:  # a full disk, a folder made read-only: the checkpoints already there are intact
+        kept = latest_checkpoint(out_dir)
+        raise PrefoptError(f"cannot write the step-{step} checkpoint in '{root}' ({exc.strerror or exc}); "
+                           f"last good checkpoint: {kept or 'none'}") from None
+    for old in sorted(root.glob("step-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a temp folder of an interrupted save is not one)."""
+    return sorted(p for p in (Path(out_dir) / CHECKPOINTS).glob("step-*") if p.is_dir())
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((Path(out_dir) / CHECKPOINTS).glob("step-*"))
+    found = checkpoints(out_dir)
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """Every file of a checkpoint, read and checked without touching a model: {"state", "trainable", "optim",
+    "rng"}. A missing, truncated or foreign file is a PrefoptError naming it; nothing pickled is executed."""
+    def load(name: str):
+        try:
+            return torch.load(path / name, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged or unsafe file
+            raise PrefoptError(f"checkpoint file '{path / name}' cannot be read "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PrefoptError(f"checkpoint file '{path / 'state.json'}' cannot be read ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise PrefoptError(f"checkpoint file '{path / 'state.json'}' holds no step")
+    return {"state": state, "trainable": load("trainable.pt"), "optim": load("optim.pt"), "rng": load("rng.pt")}
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, saved: dict | None = None) -> dict:
     """Restore everything saved by save_checkpoint; returns its state.json. Under FSDP every process calls
-    it and keeps its own shard of each tensor."""
-    saved = torch.load(path / "trainable.pt", map_location="cpu")
+    it and keeps its own shard of each tensor. `saved`: the checkpoint already read by read_checkpoint."""
+    saved = saved or read_checkpoint(path)
+    trainable, optim, rng = saved["trainable"], saved["optim"], saved["rng"]
     _register_shards(model)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(saved) != set(params):
-        raise RuntimeError(f"checkpoint {path} does not match the model's trainable parameters")
+    if set(trainable) != set(params):
+        raise PrefoptError(f"checkpoint {path} does not match the model's trainable parameters")
     with torch.no_grad():
-        for name, value in saved.items():
+        for name, value in trainable.items():
             params[name].copy_(_shard_like(value, params[name]))
-    optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
     in_order = [p for group in optimizer.param_groups for p in group["params"]]  # the state dict's indices
     for index, entry in optim["optimizer"]["state"].items():
         param = in_order[index]
@@ -122,12 +157,17 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
                 entry[key] = _shard_like(value, param)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
+    random.setstate(_python_rng_state(rng["python"]))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
+    return saved["state"]
+
+
+def _python_rng_state(state):
+    """random.setstate wants (version, tuple of 625 ints, gauss); a weights-only load may give lists."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
 
 
 def remove_checkpoints(out_dir: Path) -> None:

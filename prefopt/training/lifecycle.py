@@ -11,8 +11,11 @@ through a :class:`Stepper`; :func:`make_summary` is the one summary schema.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -28,13 +31,22 @@ import yaml
 from tqdm.auto import tqdm
 
 from prefopt.errors import PrefoptError
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
-from prefopt.training.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from prefopt.io import atomic_write_json, atomic_write_text, finite_json, json_line, provenance
+from prefopt.training.checkpoint import (
+    CHECKPOINTS,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from prefopt.training.config import RunConfig, as_flat_dict
 
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
 
 # Every summary.json has exactly these keys, offline or online.
 SUMMARY_KEYS = (
@@ -63,7 +75,8 @@ SUMMARY_KEYS = (
 
 
 def default_output_dir(algo_name: str) -> Path:
-    return Path("runs") / f"{algo_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """runs/<algo>-<date>-<time>-<pid>: unique even for runs started in the same second."""
+    return Path("runs") / f"{algo_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def peak_rss_mb() -> float:
@@ -114,16 +127,25 @@ def make_optimizer(params: list, run: RunConfig):
 
 class RunFolder:
     """Every file of one run folder. `writer` is False on every process but the first of a launch:
-    those check and read, never write."""
+    those check and read, never write.
+
+    A folder is claimed by one process at a time: the writer holds an exclusive lock on
+    ``.lock`` (which names its pid) from create() until the process ends, so two runs
+    given the same folder cannot both write it.
+    """
 
     def __init__(self, path: Path, resume: bool, writer: bool = True):
         self.path, self.resume, self.writer = Path(path), resume, writer
         self.created = False
         self.metrics = self.path / METRICS
+        self.fingerprint: dict | None = None  # what must not change on --resume (set by the trainer)
+        self._lock = None
 
     def check(self) -> None:
         """Refuse to overwrite a run, or to resume one that is not there. Writes nothing."""
         out = self.path
+        if out.exists() and not out.is_dir():
+            raise PrefoptError(f"output folder '{out}' is a file; choose another output_dir")
         if self.resume:
             if not (out / CONFIG).is_file():
                 raise PrefoptError(f"cannot resume: '{out}' holds no run (no {CONFIG})")
@@ -132,7 +154,7 @@ class RunFolder:
             return
         if (out / SUMMARY).exists():
             raise PrefoptError(f"output folder '{out}' already holds a finished run; choose another output_dir")
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK for p in out.iterdir()):
             raise PrefoptError(f"output folder '{out}' is not empty; resume it with --resume {out} or choose another")
         parent = out
         while not parent.exists():
@@ -141,21 +163,48 @@ class RunFolder:
             raise PrefoptError(f"output folder '{out}' cannot be created: '{parent}' is a file")
 
     def create(self) -> None:
-        """Create the folder and prove it is writable."""
+        """Create (or, resuming, open) the folder, claim it with the lock and prove it is writable."""
         existed = self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._claim()
             probe = self.path / ".write-test"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
             raise PrefoptError(f"output folder '{self.path}' is not writable ({exc.strerror or exc})") from None
         self.created = not existed
+        self.check()  # again, now that no other run can change the folder
+        self._remove_leftovers()
+
+    def _claim(self) -> None:
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise PrefoptError(f"output folder '{self.path}' is in use by another prefopt run (pid {holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle  # held until this process ends (or the run finishes)
+
+    def _remove_leftovers(self) -> None:
+        """Temp files and folders of writes a killed run never finished (names start with a dot)."""
+        for folder in (self.path, self.path / CHECKPOINTS):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.name.startswith(".") and p.name != LOCK:
+                        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     def discard_if_empty(self) -> None:
         """After a failure: remove a folder this run created when it holds nothing worth resuming."""
         if self.writer and self.created and latest_checkpoint(self.path) is None:
             shutil.rmtree(self.path, ignore_errors=True)
+            self.created = False
 
     def write_config(self, algo_name: str, run: RunConfig, algo_config) -> None:
         """The resolved config (loadable with --config), written once, when the run starts."""
@@ -164,31 +213,60 @@ class RunFolder:
             atomic_write_text(self.path / CONFIG, text)
 
     def restore(self, model, optimizer, scheduler) -> dict:
-        """State of the latest checkpoint of a resumed run ({"step": 0} for a fresh start).
+        """State of the latest readable checkpoint of a resumed run ({"step": 0} for a fresh start).
 
-        Rows logged after that checkpoint are dropped from metrics.jsonl (they will
-        be redone); a run stopped before its first checkpoint starts over.
+        The checkpoint's fingerprint must match this run's (algorithm, options, model,
+        data and tokenisation), else the resume is refused naming what changed. Rows
+        logged after that checkpoint are dropped from metrics.jsonl (they will be redone);
+        a run stopped before its first checkpoint starts over.
         """
-        checkpoint = latest_checkpoint(self.path) if self.resume else None
-        if checkpoint is None:
+        found = checkpoints(self.path) if self.resume else []
+        if not found:
             if self.resume and self.writer:
                 self.metrics.unlink(missing_ok=True)
             return {"step": 0}
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        if self.writer and self.metrics.exists():
-            lines = self.metrics.read_text().splitlines()
-            kept = [line for line in lines if line and json.loads(line)["step"] <= state["step"]]
+        saved, path, unreadable = None, None, []
+        for candidate in reversed(found):  # the newest first; an unreadable one falls back to the one before
+            try:
+                saved, path = read_checkpoint(candidate), candidate
+                break
+            except PrefoptError as exc:
+                unreadable.append(str(exc))
+        if saved is None:
+            raise PrefoptError(f"cannot resume '{self.path}': no checkpoint can be read ({unreadable[0]})")
+        if unreadable:
+            print(f"prefopt: {unreadable[0]}; resuming from {path.name} instead", file=sys.stderr)
+        self._check_fingerprint(saved["state"].get("fingerprint"), path)
+        state = load_checkpoint(path, model, optimizer, scheduler, saved)
+        if self.writer:
+            kept = [line for line in _metric_lines(self.metrics) if json.loads(line)["step"] <= state["step"]]
             atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
         return state
+
+    def _check_fingerprint(self, saved: dict | None, path: Path) -> None:
+        if self.fingerprint is None or saved is None:
+            return
+        for field_name in self.fingerprint:
+            if field_name == "options":
+                before, now = saved.get("options", {}), self.fingerprint["options"]
+                for key in sorted(set(before) | set(now)):
+                    if before.get(key) != now.get(key):
+                        raise PrefoptError(
+                            f"cannot resume '{self.path}': option '{key}' was {before.get(key)!r} at {path.name} "
+                            f"and is {now.get(key)!r} now; a resumed run must continue the same run")
+            elif saved.get(field_name) != self.fingerprint[field_name]:
+                raise PrefoptError(f"cannot resume '{self.path}': the {FINGERPRINT_FIELDS[field_name]} changed since "
+                                   f"{path.name}; a resumed run must continue the same run")
 
     def log(self, row: dict) -> None:
         if self.writer:
             with self.metrics.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json_line(row) + "\n")
 
     def checkpoint(self, step: int, model, optimizer, scheduler, state: dict, gathered: bool = False) -> None:
         """Save a checkpoint. `gathered`: the weights are sharded, so every process takes part (process 0 writes)."""
         if self.writer or gathered:
+            state = {**state, "fingerprint": self.fingerprint}
             save_checkpoint(self.path, step, model, optimizer, scheduler, state, write=self.writer)
 
     def save_outputs(self, model, tokenizer, merge: bool) -> dict[str, str]:
@@ -196,19 +274,55 @@ class RunFolder:
         from prefopt.core.models import save_trained
 
         head = hasattr(model, "head")
-        saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
-        if head:
-            for folder in saved.values():
-                model.save_head(Path(folder))
+        try:
+            saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
+            if head:
+                for folder in saved.values():
+                    model.save_head(Path(folder))
+        except OSError as exc:
+            raise PrefoptError(f"cannot write the trained model in '{self.path}' ({exc.strerror or exc}); "
+                               f"last checkpoint: {latest_checkpoint(self.path) or 'none'}") from None
         remove_checkpoints(self.path)
         return saved
 
     def finish(self, summary: dict) -> None:
-        """Write summary.json, the mark of a finished run."""
+        """Write summary.json, the mark of a finished run, and release the folder."""
         missing, extra = set(SUMMARY_KEYS) - set(summary), set(summary) - set(SUMMARY_KEYS)
         if missing or extra:
             raise ValueError(f"summary keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
         atomic_write_json(self.path / SUMMARY, summary)
+        self._remove_leftovers()
+        if self._lock is not None:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+
+FINGERPRINT_FIELDS = {"algo": "algorithm", "options": "options", "model": "model", "data": "data (or its tokenisation)"}
+
+
+def run_fingerprint(algo_name: str, run: RunConfig, algo_config, model: str, examples: list) -> dict:
+    """What must be the same for a checkpoint to be resumed: the algorithm, every option that changes
+    the result, the model's weights and the token ids of every example."""
+    options = as_flat_dict(algo_name, run, algo_config)
+    for display_only in ("algo", "output_dir", "progress"):
+        options.pop(display_only, None)
+    digest = hashlib.sha256(repr(examples).encode()).hexdigest()[:16]
+    return {"algo": algo_name, "options": finite_json(options), "model": model, "data": digest}
+
+
+def _metric_lines(path: Path) -> list[str]:
+    """The rows of metrics.jsonl; a torn last line (a write cut short by a crash) is dropped."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        lines.append(line)
+    return lines
 
 
 # ---------------------------------------------------------------- the loop
@@ -261,6 +375,7 @@ def train_loop(folder: RunFolder, name: str, run: RunConfig, stepper: Stepper, s
         t0 = time.perf_counter()
         row = stepper.update(step)
         step += 1
+        _check_finite(row, step, folder)
         result.step_seconds.append(time.perf_counter() - t0)
         row = {"step": step, **row, "seconds": result.step_seconds[-1]}
         result.recent = (result.recent + [dict(row)])[-10:]  # a copy, taken before eval_* join the row
@@ -277,6 +392,16 @@ def train_loop(folder: RunFolder, name: str, run: RunConfig, stepper: Stepper, s
     result.peak_rss_mb_training = peak_rss_mb()  # before the final evaluation and the export
     result.eval_after = stepper.evaluate()
     return result
+
+
+def _check_finite(row: dict, step: int, folder: RunFolder) -> None:
+    """Stop a run whose loss or gradient went NaN or infinite: every later step would train on garbage."""
+    for key in ("loss", "grad_norm"):
+        value = row.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            last = latest_checkpoint(folder.path)
+            raise PrefoptError(f"step {step}: the {key.replace('_', ' ')} is {value} (training diverged; lower lr or "
+                               f"check the data); last good checkpoint: {last or 'none, nothing was saved'}")
 
 
 def make_summary(algo_name: str, folder: RunFolder, loop: LoopResult, started: float, **fields) -> dict:

@@ -32,7 +32,7 @@ from prefopt.tasks import load_dataset
 from prefopt.training.config import RunConfig
 from prefopt.training.distributed import Context, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, train_loop
+from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
 from prefopt.training.split import split_records
 
@@ -261,7 +261,7 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
             folder.create()
     try:
         return _train_in(folder, algo_name, algorithm, run, tokenizer, data, global_batch, device, precision, dist)
-    except PrefoptError:
+    except Exception:  # any failure: a folder with nothing to resume must not block the rerun
         folder.discard_if_empty()
         raise
 
@@ -316,6 +316,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         dist.shard_model(reference.model)  # the frozen copy too: each process holds a shard of it
 
     trainer = Trainer(algorithm, run, model, tokenizer, data, reference, device, precision, dist=dist)
+    folder.fingerprint = run_fingerprint(algo_name, run, algorithm.config, model_fingerprint(run.model), data.examples)
     state = folder.restore(model, trainer.optimizer, trainer.scheduler)
     steps = OfflineSteps(trainer, data, global_batch, run.seed, state["step"])
     loop = train_loop(folder, algo_name, run, steps, state, model, trainer.optimizer, trainer.scheduler,

@@ -27,7 +27,7 @@ import torch
 from prefopt.core.algorithm import Algorithm
 from prefopt.core.generate import Rollout, SamplingConfig, generate
 from prefopt.core.logprobs import SequenceLogps, forward_token_logps
-from prefopt.core.models import autocast, eval_mode, load_tokenizer, pick_device, resolve_precision
+from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference
 from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
@@ -35,7 +35,7 @@ from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
 from prefopt.training.config import RunConfig
 from prefopt.training.distributed import context
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, train_loop
+from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
 from prefopt.training.split import split_records
 
@@ -225,6 +225,8 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         model = load_policy(run, algorithm, device, precision)
         ctx = OnlineContext(run, model, tokenizer, device, precision)
         algorithm.setup(ctx)
+        folder.fingerprint = run_fingerprint(algo_name, run, algorithm.config, model_fingerprint(run.model),
+                                             train_prompts + eval_prompts)
         state = folder.restore(model, ctx.optimizer, ctx.scheduler)
         algorithm.load_state_dict(state.get("algorithm", {}))
         steps = OnlineSteps(algorithm, ctx, train_prompts, train_records, eval_prompts, eval_records, run.seed,
@@ -249,6 +251,6 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         )
         folder.finish(summary)
         return summary
-    except PrefoptError:
+    except Exception:  # any failure: a folder with nothing to resume must not block the rerun
         folder.discard_if_empty()
         raise
