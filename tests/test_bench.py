@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,10 @@ import yaml
 from helpers import run_cli
 
 from prefopt.bench import results as results_table
-from prefopt.bench.pairs import make_pairs
+from prefopt.bench import runner
+from prefopt.bench.custom_task import custom_task
+from prefopt.bench.pairs import empty_samples, make_pairs
+from prefopt.bench.paths import remove_inside, results_lock
 from prefopt.bench.results import done_cells
 from prefopt.bench.suite import Cell, algorithm_order, cells, config_hash, load_suite
 from prefopt.errors import PrefoptError
@@ -134,6 +139,186 @@ def test_make_pairs_label_noise_swaps_that_fraction():
     assert 0.19 < len(swapped) / 400 < 0.31
     assert all(r["chosen"] == "bad" and r["gold_chosen"] == 0.0 for r in swapped)
     assert make_pairs(prompts, [["good", "bad"]] * 400, [[1.0, 0.0]] * 400, noise=1.0, seed=3)[0]["chosen"] == "bad"
+
+
+def test_make_pairs_skips_empty_samples_and_identical_texts():
+    rows = make_pairs(
+        ["p1", "p2", "p3", "p4"],
+        [["", "good", "bad"], ["  ", "only", "\n"], ["same", "same ", "x"], ["a", "", "b"]],
+        [[5.0, 1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.5], [0.2, -1.0, 0.2]],
+        noise=0.0, seed=0,
+    )  # fmt: skip
+    # p1: the empty sample scored best but is skipped; p2: one non-empty sample left; p3: "same " is "same";
+    # p4: the non-empty samples tie.
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [("p1", "good", "bad"), ("p3", "same", "x")]
+    assert rows[0]["gold_chosen"] == 1.0 and rows[1]["gold_rejected"] == 0.5
+    assert empty_samples([["", "good", "bad"], ["  ", "only", "\n"], ["same", "same ", "x"], ["a", "", "b"]]) == 4
+
+
+class _FakeSampler:
+    """Samples that cycle through `texts`, one per conversation (so each prompt gets all of them)."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def sample(self, convs, sampling, progress=False):
+        texts = [self.texts[i % len(self.texts)] for i in range(len(convs))]
+        return None, texts, [len(t.split()) for t in texts]
+
+
+def _fake_prepare_bench(tmp_path, monkeypatch, texts):
+    from prefopt.tasks.qa import QATask
+
+    monkeypatch.setattr(runner.Bench, "reference", lambda self: (None, None))
+    monkeypatch.setattr(runner.Bench, "sampler", lambda self, model: _FakeSampler(texts))
+    monkeypatch.setattr(QATask, "gold_scores", lambda self, prompts, responses: [float(len(r.strip()))
+                                                                               for r in responses])
+    suite = load_suite(write_suite(
+        tmp_path / "s.yaml", name="fake", tasks=["qa"], algorithms={"dpo": {}},
+        pairs={"prompts": 6, "samples": len(texts)},
+        eval={"prompts": 3, "judge": "", "probes": 0, "capability": []},
+    ))  # fmt: skip
+    return runner.Bench(suite, tmp_path / "results", tmp_path / "work", progress=False)
+
+
+def test_bench_pairs_never_hold_empty_responses_and_the_marker_counts_them(tmp_path, monkeypatch):
+    from prefopt.data.formats import load_records
+
+    bench = _fake_prepare_bench(tmp_path, monkeypatch, ["", "short", "a much longer answer", "   "])
+    prep = bench.prepare("qa")
+    records = load_records(prep["pairs_file"])  # the loader the cells train with accepts every pair
+    assert len(records) == prep["pairs"] == 6
+    assert all((r.chosen, r.rejected) == ("a much longer answer", "short") for r in records)
+    marker = json.loads((tmp_path / "work" / "qa" / "prep" / "prepared.json").read_text())
+    assert marker["empty_samples"] == prep["empty_samples"] == 12
+    assert "empty_samples" in runner.PREPARED_SUMMARY  # and so in results/<suite>/suite.json
+
+
+def test_bench_with_too_few_non_empty_samples_fails_with_one_line(tmp_path, monkeypatch):
+    bench = _fake_prepare_bench(tmp_path, monkeypatch, ["", "only", " ", ""])
+    with pytest.raises(PrefoptError, match=r"only 0 of 6 prompts gave two samples with different gold scores "
+                                           r"\(18 empty samples skipped\)") as error:
+        bench.prepare("qa")
+    assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- names, removals and the results lock
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"name": "../escape"}, "name"),
+    ({"name": "/tmp/escape"}, "name"),
+    ({"name": ".."}, "name"),
+    ({"name": "a/b"}, "name"),
+    ({"tasks": ["../qa"]}, "tasks[0]"),
+    ({"tasks": ["qa", "/abs"]}, "tasks[1]"),
+    ({"tasks": [{"name": "../x", "prompts": "p.jsonl", "gold": "m:f"}]}, "tasks[0].name"),
+    ({"tasks": [{"name": "/abs/x", "prompts": "p.jsonl", "gold": "m:f"}]}, "tasks[0].name"),
+    ({"algorithms": {"../dpo": {}}}, "algorithms.../dpo"),
+])  # fmt: skip
+def test_suite_task_and_algorithm_names_must_be_plain_names(tmp_path, values, field):
+    suite = write_suite(tmp_path / "s.yaml", **{"name": "ok", "algorithms": {"dpo": {}}, **values})
+    with pytest.raises(PrefoptError, match=re.escape(f"{suite}: {field}: must be a plain name")):
+        load_suite(suite)
+
+
+def test_custom_task_named_climbing_out_is_refused(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    with pytest.raises(PrefoptError, match="custom task field 'name': must be a plain name"):
+        custom_task({"name": "../x", "prompts": str(prompts), "gold": "gold:qa"})
+
+
+@pytest.mark.parametrize("name", ["../../../sentinel", "ABSOLUTE"])
+def test_restart_with_a_climbing_suite_name_removes_nothing(tmp_path, monkeypatch, capsys, name):
+    sentinel = tmp_path / "sentinel"
+    (sentinel / "keep").mkdir(parents=True)
+    (sentinel / "keep" / "file.txt").write_text("precious")
+    cwd = tmp_path / "cwd"
+    (cwd / "runs" / "bench").mkdir(parents=True)  # as an earlier bench left it
+    monkeypatch.chdir(cwd)  # default work folder runs/bench/<name>: ../../../sentinel is tmp_path/sentinel
+    suite = write_suite(tmp_path / "s.yaml", name=str(sentinel) if name == "ABSOLUTE" else name,
+                        model=str(tmp_path / "no-model"), algorithms={"dpo": {}})
+    rc = run_cli(["bench", "--suite", suite, "--restart"])
+    assert (sentinel / "keep" / "file.txt").read_text() == "precious"
+    assert rc == 2 and f"{suite}: name: must be a plain name" in _one_line_error(capsys)
+    assert sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*")) == ["runs", "runs/bench"]  # nothing created
+
+
+def test_a_custom_task_named_dot_dot_x_removes_nothing_outside_the_work_folder(tmp_path, capsys):
+    outside = tmp_path / "x" / "prep"
+    outside.mkdir(parents=True)
+    (outside / "file.txt").write_text("precious")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(8)))
+    suite = write_suite(tmp_path / "s.yaml", name="custom", model=str(tmp_path / "no-model"), algorithms={"dpo": {}},
+                        tasks=[{"name": "../x", "prompts": str(prompts), "gold": "gold:qa"}])
+    (tmp_path / "work").mkdir()  # as an earlier bench left it
+    args = ["bench", "--suite", suite, "--results", tmp_path / "results", "--work-dir", tmp_path / "work"]
+    rc = run_cli(args)  # no --restart
+    assert (outside / "file.txt").read_text() == "precious"
+    assert rc == 2 and f"{suite}: tasks[0].name: must be a plain name" in _one_line_error(capsys)
+
+
+def test_remove_inside_removes_only_what_is_strictly_inside_its_root(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "f.txt").write_text("x")
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for bad in (root, root / "..", root / "a" / ".." / "..", outside, tmp_path, Path("/"), root / "link" / "keep.txt"):
+        with pytest.raises(PrefoptError, match="refusing to remove"):
+            remove_inside(root, bad)
+    assert (outside / "keep.txt").exists() and root.is_dir()
+    remove_inside(root, root / "link")  # the link goes, not what it points to
+    assert not (root / "link").exists() and (outside / "keep.txt").exists()
+    remove_inside(root, root / "a")
+    remove_inside(root, root / "f.txt")
+    remove_inside(root, root / "never-there")
+    assert list(root.iterdir()) == []
+
+
+def test_restart_removes_only_the_suites_csv_and_task_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.Bench, "run", lambda self, only=None: (0, []))  # no model: only the clearing runs
+    results, work = tmp_path / "results", tmp_path / "work"
+    (work / "qa" / "dpo" / "seed0").mkdir(parents=True)
+    (work / "unrelated").mkdir()
+    results.mkdir()
+    (results / "results.csv").write_text("suite\nx\n")
+    (results / "notes.txt").write_text("mine")
+    suite = write_suite(tmp_path / "s.yaml", name="ok", algorithms={"dpo": {}})
+    outcome = runner.run_suite(str(suite), str(results), str(work), restart=True, progress=False)
+    assert outcome["failures"] == []
+    assert not (results / "results.csv").exists() and not (work / "qa").exists()
+    assert (results / "notes.txt").read_text() == "mine" and (work / "unrelated").is_dir()
+
+
+def test_a_second_bench_on_the_same_results_folder_is_refused(tmp_path, capsys):
+    results, work = tmp_path / "results", tmp_path / "work"
+    results.mkdir()
+    csv = results / "results.csv"
+    csv.write_text("suite,task\nok,qa\n")
+    suite = write_suite(tmp_path / "s.yaml", name="ok", model=str(tmp_path / "no-model"), algorithms={"dpo": {}})
+    with results_lock(csv) as lock:  # as the other bench process would hold it
+        assert lock == results / "results.csv.lock"
+        assert lock.read_text().strip() == str(os.getpid())
+        args = ["bench", "--suite", suite, "--results", results, "--work-dir", work, "--restart"]
+        assert run_cli(args) == 2
+        err = _one_line_error(capsys)
+        assert f"another prefopt bench (pid {os.getpid()}) is writing to {results}" in err and str(lock) in err
+        with pytest.raises(PrefoptError, match=f"pid {os.getpid()}"), results_lock(csv):
+            pass
+    assert csv.read_text() == "suite,task\nok,qa\n"  # the refused --restart removed nothing
+    assert not work.exists()
+    with results_lock(csv):  # released: the next bench takes it
+        pass
 
 
 # ---------------------------------------------------------------- end to end on a tiny model

@@ -15,6 +15,8 @@
   accepts (``"reward:RUN_DIR"``, ``"gold:qa"``, ...), recognised by its kind
   before the ':'; gold_scores() then returns the judge's ``score(prompts,
   responses)``. The judge is built on first use.
+- ``name``: a plain name (letters, digits, ``.``, ``_``, ``-``; see
+  :func:`prefopt.bench.paths.check_name`): it becomes a folder name.
 - optional ``description`` (one line).
 
 Probes are the qa task's. Bad input is a one-line PrefoptError naming the
@@ -27,6 +29,7 @@ import importlib
 import json
 from pathlib import Path
 
+from prefopt.bench.paths import check_name
 from prefopt.errors import PrefoptError
 from prefopt.tasks.base import BUILTIN_TASKS, SPLITS, Task, get_task, hash_split
 from prefopt.tasks.qa import QAProbes
@@ -44,7 +47,7 @@ def custom_task(spec: dict) -> CustomTask:
     name = spec.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PrefoptError(f"custom task: 'name' must be a non-empty string, got {name!r}")
-    name = name.strip()
+    check_name(name, "custom task field 'name'")  # it becomes a folder name: <work>/<name>/prep
     where = f"custom task '{name}'"
     unknown = sorted(set(spec) - set(KEYS))
     if unknown:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from prefopt.bench.document import Doc, to_html, to_markdown
+from prefopt.bench.paths import remove_inside
 from prefopt.bench.results import IDENTITY, OUTPUT_KINDS, PROVENANCE, RESULTS, ROW_KEY, capability_names, is_numeric
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.stats import mean_ci
@@ -471,7 +472,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        remove_inside(path.parent, Path(tmp))
         raise
 
 
@@ -633,7 +634,7 @@ def render(source: str | Path, out_dir: str | Path | None = None) -> dict[str, P
     if plots_dir.is_dir():
         for p in plots_dir.glob("*.png"):
             if p.name.startswith(PLOT_PREFIXES) and p.stem not in written:
-                p.unlink(missing_ok=True)
+                remove_inside(plots_dir, p)
 
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, to_markdown(doc))

@@ -86,7 +86,11 @@ def read_results(path: Path):
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Add one cell's row; the whole CSV is rewritten atomically, so a kill never leaves half a row."""
+    """Add one cell's row; the whole CSV is rewritten atomically, so a kill never leaves half a row.
+
+    The caller holds the CSV's lock (:func:`prefopt.bench.paths.results_lock`), so that no other bench rewrites
+    the CSV between this read and this write.
+    """
     import pandas as pd
 
     table = read_results(path)

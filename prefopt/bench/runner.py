@@ -8,7 +8,8 @@ Per cell: a normal training run (the same ``train()`` that ``prefopt run`` calls
 ``<work>/<task>/<algo>/seed<seed>``, then the metrics of :mod:`prefopt.evaluation.metrics`. Each finished cell
 adds one row to ``results/<name>/results.csv`` (:mod:`.results`); cells already in the CSV are skipped, so a
 killed benchmark resumes where it stopped. A cell whose config changed since its row was written is an error,
-not a silent mix.
+not a silent mix. One bench at a time writes to a results folder (``results.csv.lock``, held for the whole run);
+``--restart`` removes only the suite's results.csv and its task folders inside its own work folder.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ import gc
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefopt.bench.pairs import make_pairs, user_turn
+from prefopt.bench.pairs import empty_samples, make_pairs, user_turn
+from prefopt.bench.paths import remove_inside, results_lock
 from prefopt.bench.results import CAPABILITY_PREFIX, RESULTS, append_row, done_cells, read_results, reference_column
 from prefopt.bench.suite import Cell, Suite, cell_options, cell_refs, cells, command_line, config_hash, load_suite
 from prefopt.errors import PrefoptError
+from prefopt.judges.http import mask_url
+from prefopt.judges.registry import split_spec
 from prefopt.io import atomic_write_json, atomic_write_text, provenance
 
 # What suite.json records of each task's preparation (not the samples themselves).
-PREPARED_SUMMARY = ("pairs", "train_prompts", "train_sample_gold_mean", "seconds", "ref")
+PREPARED_SUMMARY = ("pairs", "train_prompts", "empty_samples", "train_sample_gold_mean", "seconds", "ref")
 
 
 class Bench:
@@ -99,7 +102,7 @@ class Bench:
              "eval": asdict(self.suite.eval)}, sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
         marker = folder / "prepared.json"
         prep = json.loads(marker.read_text()) if marker.exists() else {}
-        if prep.get("key") != key:
+        if prep.get("key") != key or "empty_samples" not in prep:  # older caches may hold empty responses
             prep = self._prepare(task, folder, key)
         prep["task"] = task
         self._prepared[task.name] = prep
@@ -109,7 +112,7 @@ class Bench:
         from prefopt.core.generate import SamplingConfig
 
         started = time.perf_counter()
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_inside(self.work, folder)
         folder.mkdir(parents=True)
         model, tokenizer = self.reference()
         ref = self.sampler(model)
@@ -123,9 +126,11 @@ class Bench:
         grouped = [texts[i : i + p.samples] for i in range(0, len(texts), p.samples)]
         grouped_scores = [scores[i : i + p.samples] for i in range(0, len(scores), p.samples)]
         pairs = make_pairs(train_prompts, grouped, grouped_scores, p.label_noise, p.seed)
+        empty = empty_samples(grouped)  # never part of a pair
         if len(pairs) < 2:
+            skipped = f" ({empty} empty samples skipped)" if empty else ""
             raise PrefoptError(f"task {task.name}: only {len(pairs)} of {len(train_prompts)} prompts gave two samples "
-                               "with different gold scores; raise pairs.samples or pairs.prompts")
+                               f"with different gold scores{skipped}; raise pairs.samples or pairs.prompts")
         atomic_write_text(folder / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in pairs))
         atomic_write_text(folder / "prompts.jsonl", "".join(json.dumps({"prompt": q}) + "\n" for q in train_prompts))
 
@@ -141,6 +146,7 @@ class Bench:
             "prompts_file": str(folder / "prompts.jsonl"),
             "pairs": len(pairs),
             "train_prompts": len(train_prompts),
+            "empty_samples": empty,
             "train_sample_gold_mean": sum(scores) / len(scores),
             "heldout": heldout,
             "ref_texts": ref_texts,
@@ -190,8 +196,7 @@ class Bench:
         options = cell_options(self.suite, cell, self.work, data)
         run, algo_config = split_options(dict(options), algo_cls.Config, f"{self.suite.path}: algorithms.{cell.algo}")
         out = cell.folder(self.work)
-        if out.exists():
-            shutil.rmtree(out)  # an interrupted cell starts over
+        remove_inside(self.work, out)  # an interrupted cell starts over
         reset_peak_rss()
         summary = train(cell.algo, algo_cls(algo_config), run)
         started = time.perf_counter()
@@ -245,7 +250,7 @@ class Bench:
         out["win_rate_gold"], out["win_rate_gold_se"] = win_rate(gold_decisions)
         out["lc_win_rate_gold"] = length_controlled_win_rate(gold_decisions, lengths, prep["ref_lengths"])
         judge = self.judge()
-        out["judge"] = e.judge
+        out["judge"] = _shown_spec(e.judge)
         if judge is not None:
             decisions = judge.compare([user_turn(q) for q in heldout], texts, ref_texts)
             out["win_rate_judge"], out["win_rate_judge_se"] = win_rate(decisions)
@@ -254,7 +259,7 @@ class Bench:
         out.update(batched_kl(pol, self.sampler(ref_model), rollout))
         out["length"], out["length_ref"] = _mean(lengths), _mean(prep["ref_lengths"])
         proxy = _proxy_spec(algo_cls(algo_config))
-        out["proxy"] = proxy or ""
+        out["proxy"] = _shown_spec(proxy or "")
         if proxy:
             out.update(self._proxy_metrics(proxy, heldout, texts, ref_texts, gold, prep["ref_gold"], gold_decisions))
         out.update(self._side_metrics(pol, task, policy, tokenizer))
@@ -284,7 +289,11 @@ class Bench:
     # ---- the whole suite
 
     def run(self, only: list[str] | None = None) -> tuple[int, list[tuple[Cell, str]]]:
-        """Run every missing cell; returns (cells run now, failures)."""
+        """Run every missing cell; returns (cells run now, failures).
+
+        The caller holds the results folder's lock (:func:`.paths.results_lock`), as run_suite does, so that no
+        other bench reads or appends rows in between.
+        """
         from tqdm.auto import tqdm
 
         results = self.results_dir / RESULTS
@@ -344,6 +353,14 @@ def _runs_model(spec: str) -> bool:
     return bool(getattr(cls, "runs_model", False))
 
 
+def _shown_spec(spec: str) -> str:
+    """A judge spec as written to results: a key inside an http judge's URL is masked."""
+    if not spec:
+        return spec
+    kind, arg = split_spec(spec)
+    return f"{kind}:{mask_url(arg)}" if kind == "http" else spec
+
+
 def _proxy_spec(algorithm) -> str | None:
     """The reward source a policy was trained against, if it is a proxy (anything but a gold rule)."""
     reward_source = getattr(algorithm, "reward_source", None)  # declared by online algorithms
@@ -382,23 +399,25 @@ def _provenance_columns(summary: dict) -> dict:
 def run_suite(suite_path: str, results_dir: str | None = None, work_dir: str | None = None,
               only: list[str] | None = None, restart: bool = False, progress: bool = True) -> dict:
     """`prefopt bench`: run a suite, then render its report. Returns a small summary."""
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path)  # names checked before any folder is made or removed
     results = Path(results_dir or Path("results") / suite.name)
     work = Path(work_dir or Path("runs") / "bench" / suite.name)
-    if restart:
-        (results / RESULTS).unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
     results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    bench = Bench(suite, results, work, progress=progress)
-    ran, failures = bench.run(only)
-    report = {}
-    if (results / RESULTS).exists():
-        from prefopt.bench.report import render
+    with results_lock(results / RESULTS):  # one bench per results folder, for the whole run
+        if restart:  # this suite's rows and its own task folders in its work folder, nothing else
+            remove_inside(results, results / RESULTS)
+            for task in suite.task_names:
+                remove_inside(work, work / task)
+        bench = Bench(suite, results, work, progress=progress)
+        ran, failures = bench.run(only)
+        report = {}
+        if (results / RESULTS).exists():
+            from prefopt.bench.report import render
 
-        try:
-            report = {k: str(v) for k, v in render(results).items()}
-        except PrefoptError as e:
-            failures.append((Cell("-", "report", 0), str(e)))
+            try:
+                report = {k: str(v) for k, v in render(results).items()}
+            except PrefoptError as e:
+                failures.append((Cell("-", "report", 0), str(e)))
     return {"ran": ran, "failures": failures, "seconds": time.perf_counter() - started, "results": str(results),
             "report": report}

@@ -2,7 +2,7 @@
 
 A suite is a versioned YAML file (see ``benchmarks/quick.yaml``)::
 
-    name: quick            # results go to results/<name>/
+    name: quick            # results go to results/<name>/ (a plain name, as are task and algorithm names)
     version: 1
     model: smollm2-135m-instruct
     seeds: [0, 1, 2]
@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from prefopt.bench.paths import check_name
 from prefopt.errors import PrefoptError
 from prefopt.training.config import coerce
 
@@ -111,6 +112,9 @@ def load_suite(path: str | Path) -> Suite:
         algorithms = {a: {} for a in algorithms}
     if not isinstance(algorithms, dict) or not algorithms:
         raise PrefoptError(f"{path}: 'algorithms' must be a non-empty mapping of name: options")
+    check_name(raw["name"], f"{path}: name")
+    for algo in algorithms:
+        check_name(algo, f"{path}: algorithms.{algo}")
     algorithms = {str(k): dict(v or {}) for k, v in algorithms.items()}
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
@@ -118,6 +122,14 @@ def load_suite(path: str | Path) -> Suite:
     tasks = raw.get("tasks", ["qa"])
     if not isinstance(tasks, list) or not tasks:
         raise PrefoptError(f"{path}: 'tasks' must be a non-empty list")
+    for i, task in enumerate(tasks):
+        if isinstance(task, dict):
+            check_name(task.get("name"), f"{path}: tasks[{i}].name")
+        elif isinstance(task, str):
+            check_name(task, f"{path}: tasks[{i}]")
+        else:
+            raise PrefoptError(f"{path}: tasks[{i}]: expected a task name or a mapping of name, prompts and gold, "
+                               f"got {type(task).__name__}")
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise PrefoptError(f"{path}: 'train' must be a mapping of run option: value")
