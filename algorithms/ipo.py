@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.core.algorithm import check_positive, logratios, pair_metrics
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_positive, logratios, pair_metrics
 
 
 def ipo_loss(

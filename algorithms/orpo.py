@@ -38,8 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.core.algorithm import check_nonnegative, pair_metrics
+from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps, check_nonnegative, pair_metrics
 
 _LN_HALF = -math.log(2.0)  # where the two forms of log(1 - e^x) swap over
 _MAX_MEAN_LOGP = -1e-6  # keeps the odds finite (see the module docstring)

@@ -23,11 +23,9 @@ from typing import Literal
 import torch
 
 from prefopt.core.algorithm import check_nonnegative
-from prefopt.errors import PrefoptError
 from prefopt.core.generate import SamplingConfig
 from prefopt.core.heads import policy_value_forward
 from prefopt.core.logprobs import first_response_position
-from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
 from prefopt.core.rl import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -38,6 +36,8 @@ from prefopt.core.rl import (
     token_rewards,
     whiten,
 )
+from prefopt.errors import PrefoptError
+from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
 
 
 class PPO(OnlineAlgorithm):

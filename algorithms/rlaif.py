@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 
 from prefopt.core.algorithm import PairLogps
+from prefopt.core.generate import SamplingConfig
 from prefopt.data import TokenizedPair, collate_pairs
 from prefopt.errors import PrefoptError
-from prefopt.core.generate import SamplingConfig
 from prefopt.training.inputs import PairInputs
 from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
 

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.core.algorithm import check_flip_rate, check_positive, logratios, pair_metrics
+from prefopt.core.algorithm import (
+    Algorithm,
+    LossOutput,
+    PairLogps,
+    check_flip_rate,
+    check_positive,
+    logratios,
+    pair_metrics,
+)
 
 
 def robust_dpo_loss(

@@ -23,8 +23,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.core.algorithm import Algorithm, LossOutput, PairLogps
-from prefopt.core.algorithm import check_flip_rate, check_nonnegative, check_positive, pair_metrics
+from prefopt.core.algorithm import (
+    Algorithm,
+    LossOutput,
+    PairLogps,
+    check_flip_rate,
+    check_nonnegative,
+    check_positive,
+    pair_metrics,
+)
 
 
 def simpo_loss(

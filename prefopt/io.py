@@ -17,10 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _umask() -> int:
@@ -125,6 +126,7 @@ def git_hash() -> str | None:
             capture_output=True,
             text=True,
             timeout=5,
+            check=False,  # outside a git checkout there is simply no hash
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -29,9 +29,9 @@ from prefopt.bench.paths import remove_inside, results_lock
 from prefopt.bench.results import CAPABILITY_PREFIX, RESULTS, append_row, done_cells, read_results, reference_column
 from prefopt.bench.suite import Cell, Suite, cell_options, cell_refs, cells, command_line, config_hash, load_suite
 from prefopt.errors import PrefoptError
+from prefopt.io import atomic_write_json, atomic_write_text, provenance
 from prefopt.judges.http import mask_url
 from prefopt.judges.registry import split_spec
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
 
 # What suite.json records of each task's preparation (not the samples themselves).
 PREPARED_SUMMARY = ("pairs", "train_prompts", "empty_samples", "train_sample_gold_mean", "seconds", "ref")

@@ -30,10 +30,10 @@ class SequenceLogps:
     def mean(self) -> torch.Tensor:  # (N,) per-token average; 0 for empty responses
         return self.sum / self.tokens.clamp(min=1)
 
-    def detach(self) -> "SequenceLogps":
+    def detach(self) -> SequenceLogps:
         return SequenceLogps(self.sum.detach(), self.tokens.detach())
 
-    def index(self, rows) -> "SequenceLogps":
+    def index(self, rows) -> SequenceLogps:
         return SequenceLogps(self.sum[rows], self.tokens[rows])
 
 

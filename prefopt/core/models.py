@@ -121,7 +121,7 @@ def _gguf_key(gguf: Path) -> tuple[str, str, int, int]:
     return str(prefopt_home()), str(gguf.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _convert_cached(home: str, gguf: str, size: int, mtime_ns: int) -> str:
     """Cached folder for a .gguf, converting it the first time (per key, per process)."""
     digest = hashlib.sha256(f"{gguf}\0{size}\0{mtime_ns}".encode()).hexdigest()[:12]
@@ -191,7 +191,7 @@ def _hub_revision(repo_id: str) -> str | None:
 
         ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
         return ref.read_text().strip() if ref.is_file() else None
-    except Exception:  # the fingerprint must never be what fails
+    except Exception:  # noqa: BLE001 - the fingerprint must never be what fails
         return None
 
 

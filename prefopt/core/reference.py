@@ -22,8 +22,8 @@ import copy
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -281,7 +281,7 @@ def _load_table(path: Path) -> dict[str, torch.Tensor] | None:
         return None
     try:
         table = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is recomputed, not fatal
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
         return None
     return table if isinstance(table, dict) and "known" in table else None
 

@@ -40,7 +40,7 @@ def _load(ep, base: type) -> Entry:
     entry = Entry(name=ep.name, package=package, target=ep.value)
     try:
         cls = ep.load()
-    except Exception as exc:  # a broken plugin must not take the others down
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
         entry.error = f"failed to import {ep.value}: {type(exc).__name__}: {exc}".splitlines()[0]
         return entry
     if not (isinstance(cls, type) and issubclass(cls, base)):

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, UnpairedLogps
-from prefopt.data import TokenizedPair, collate_pairs, collate_unpaired, tokenize_pairs, tokenize_unpaired
-from prefopt.errors import PrefoptError
 from prefopt.core.heads import forward_rewards
 from prefopt.core.logprobs import SequenceLogps, forward_logps
+from prefopt.data import TokenizedPair, collate_pairs, collate_unpaired, tokenize_pairs, tokenize_unpaired
+from prefopt.errors import PrefoptError
 
 
 def rows(batch: dict, start: int, stop: int) -> dict:

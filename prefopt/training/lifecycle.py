@@ -178,7 +178,7 @@ class RunFolder:
         self._remove_leftovers()
 
     def _claim(self) -> None:
-        handle = open(self.path / LOCK, "a+")
+        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the whole run: the lock lives with it
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -36,7 +36,6 @@ from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, 
 from prefopt.training.policy import load_policy
 from prefopt.training.split import split_records
 
-
 # ---------------------------------------------------------------- data order
 
 
