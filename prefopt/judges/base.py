@@ -82,6 +82,26 @@ def _decision(x: float) -> float:
     return 1.0 if x > TIE else 0.0 if x < TIE else TIE
 
 
+# Averaged probabilities within this distance of 1/2 are a tie. The letter probabilities come from a float32
+# log-softmax, so two orders that agree to within its rounding (about 1e-7) are not a preference of the judge.
+TIE_TOLERANCE = 1e-6
+
+
+def decide(p: float, tolerance: float = TIE_TOLERANCE) -> float:
+    """Decision from P(a better): 1.0 above 1/2 + tolerance, 0.0 below 1/2 - tolerance, else :data:`TIE`."""
+    return 1.0 if p > TIE + tolerance else 0.0 if p < TIE - tolerance else TIE
+
+
+def average_orders(p_first: float, p_second: float) -> float:
+    """P(a better) from a judge asked in both orders, the two probabilities averaged (Lee et al. 2023, RLAIF).
+
+    ``p_first`` is P("A") with a shown as A, ``p_second`` is P("A") with a shown as B (so b is the "A" there):
+    p = (p_first + (1 - p_second)) / 2. A judge that answers "A" with the same probability whatever the
+    content gets exactly 1/2; a content preference shows however large the position bias on top of it.
+    """
+    return (p_first + (1.0 - p_second)) / 2
+
+
 def combine_orders(first: float, second: float) -> float:
     """Decision for a from two votes (each in a's terms): equal votes stand, anything else is a tie."""
     first, second = _decision(first), _decision(second)

@@ -8,6 +8,7 @@ from prefopt.errors import PrefoptError
 from prefopt.judges.base import (
     JUDGE_TEMPLATE,
     Judge,
+    average_orders,
     both_orders,
     check_same_length,
     combine_orders,
@@ -74,6 +75,15 @@ class LMJudge(Judge):
         return [
             combine_orders(first, 1.0 - second) for first, second in self.preferences(prompts, responses_a, responses_b)
         ]
+
+    def compare_proba(self, prompts, responses_a, responses_b) -> list[float]:
+        """Per pair, P(a better), the two orders averaged: (P("A" | a shown first) + P("B" | a shown second)) / 2.
+
+        Unlike :meth:`compare`, which thresholds each order on its own and calls a disagreement a tie,
+        this keeps the content preference of a judge whose position bias outweighs it in both orders
+        (Lee et al. 2023). Decide with :func:`prefopt.judges.base.decide`.
+        """
+        return [average_orders(first, second) for first, second in self.preferences(prompts, responses_a, responses_b)]
 
     def _p_first_letter(self, texts: list[str]) -> list[float]:
         """P("A") renormalised over {"A", "B"} at the first answer position, per judge prompt."""
