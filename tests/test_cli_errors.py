@@ -46,6 +46,86 @@ def test_bad_rows(tiny_model_dir, tmp_path, capsys, rows, fragments):
     expect_error(capsys, tiny_run_args(tiny_model_dir, data, out, "steps=1"), out, "bad.jsonl", *fragments)
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("steps=0", "option 'steps': must be >= 1, got 0"),
+        ("batch_size=0", "option 'batch_size': must be >= 1, got 0"),
+        ("batch_size=-2", "option 'batch_size': must be >= 1, got -2"),
+        ("grad_accum=0", "option 'grad_accum': must be >= 1, got 0"),
+        ("eval_size=-1", "option 'eval_size': must be >= 0, got -1"),
+        ("eval_every=-1", "option 'eval_every': must be >= 0, got -1"),
+        ("save_every=-1", "option 'save_every': must be >= 0, got -1"),
+        ("warmup_ratio=-5", "option 'warmup_ratio': must be in [0, 1], got -5.0"),
+        ("lr=inf", "option 'lr': must be a finite number, got inf"),
+        ("lr=-0.001", "option 'lr': must be >= 0, got -0.001"),
+        ("weight_decay=-1", "option 'weight_decay': must be >= 0, got -1.0"),
+        ("max_grad_norm=.inf", "option 'max_grad_norm': must be a finite number, got inf"),
+        ("max_length=1", "option 'max_length': must be >= 2, got 1"),
+        ("max_prompt_length=0", "option 'max_prompt_length': must be >= 1, got 0"),
+        ("lora_r=0", "option 'lora_r': must be >= 1, got 0"),
+        ("lora_alpha=0", "option 'lora_alpha': must be >= 1, got 0"),
+        ("lora_dropout=1.0", "option 'lora_dropout': must be in [0, 1), got 1.0"),
+        ("seed=-1", "option 'seed': must be in [0, 4294967295], got -1"),
+    ],
+)
+def test_out_of_range_option_is_refused_before_anything_is_written(tiny_model_dir, tmp_path, capsys, option, message):
+    out = tmp_path / "out"
+    data = write_learnable_pairs(tmp_path / "d.jsonl")
+    args = tiny_run_args(tiny_model_dir, data, out, "steps=1", option)  # steps=1: quick to fail without the check
+    assert expect_error(capsys, args, out) == f"prefopt: error: {message}"
+    assert not out.exists()
+
+
+def test_out_of_range_option_in_a_config_file_creates_no_default_run_folder(tiny_model_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 0\n")
+    data = write_learnable_pairs(tmp_path / "d.jsonl")
+    code = run_cli(["run", "--config", config, "--model", tiny_model_dir, "--data", data])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "prefopt: error: option 'steps': must be >= 1, got 0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "d.jsonl"]  # no runs/ folder
+
+
+def test_config_file_not_utf8(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"steps: 1\n# r\xe9sum\xe9\n")
+    data = write_learnable_pairs(tmp_path / "d.jsonl")
+    args = tiny_run_args(tiny_model_dir, data, out) + ["--config", config]
+    expect_error(capsys, args, out, "c.yaml' line 2", "not valid UTF-8", "byte 0xe9")
+
+
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        (json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "\xff"}\n', ["bad.jsonl row 2", "not valid UTF-8", "0xff"]),
+        ((json.dumps(GOOD) + "\n").encode("utf-16"), ["bad.jsonl", "UTF-16", "save it as UTF-8"]),
+        ((json.dumps(GOOD) + "\n").encode("utf-16-le"), ["bad.jsonl row 1", "NUL bytes", "save it as UTF-8"]),
+        (b'{"prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n", ["bad.jsonl row 1", "JSON nested too deeply"]),
+        (json.dumps({**GOOD, "prompt": "\ud800"}).encode() + b"\n",
+         ["bad.jsonl row 1", "field 'prompt'", "not valid Unicode"]),
+    ],
+    ids=["not-utf8", "utf16-bom", "utf16-no-bom", "nested-200k", "unpaired-surrogate"],
+)
+def test_undecodable_data_file(tiny_model_dir, tmp_path, capsys, content, fragments):
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(content)
+    out = tmp_path / "out"
+    expect_error(capsys, tiny_run_args(tiny_model_dir, data, out, "steps=1"), out, *fragments)
+
+
+def test_oversized_field_is_refused_before_tokenising(tiny_model_dir, tmp_path, capsys):
+    """A 5 MB prompt: refused while the rows are read (in well under a second), not after tokenising it
+    (which took ~10 s and ~1 GB, and then reported the prompt's token count)."""
+    data = write_rows(tmp_path / "big.jsonl", [GOOD] * 10 + [{**GOOD, "prompt": "word " * 1_000_000}] + [GOOD] * 10)
+    out = tmp_path / "out"
+    expect_error(capsys, tiny_run_args(tiny_model_dir, data, out, "steps=1"), out,
+                 "big.jsonl row 11 field 'prompt'", "5,000,000 characters", "1,000,000")
+
+
 def test_nonexistent_data_file(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     expect_error(capsys, tiny_run_args(tiny_model_dir, tmp_path / "nope.jsonl", out), out, "nope.jsonl", "does not exist")

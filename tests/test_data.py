@@ -344,6 +344,139 @@ def test_empty_dataset(tmp_path, filename, content):
         load_records(str(tmp_path / filename))
 
 
+# ---------------------------------------------------------------- bytes that are not UTF-8 JSON, and size
+
+
+def _lines(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_not_utf8_names_row_and_byte(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(_lines(STANDARD) + b'{"prompt": "caf\xff", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(
+        PrefoptError, match=r"/data\.jsonl row 3: not valid UTF-8 text \(byte 0xff at offset 15 of the line\); save it as UTF-8$"
+    ):
+        load_records(str(path))
+
+
+def test_not_utf8_in_a_json_list_names_the_line(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_bytes(b'[\n{"prompt": "Q", "chosen": "a", "rejected": "b"},\n{"prompt": "\xe9t\xe9"}]')
+    with pytest.raises(PrefoptError, match=r"/data\.json line 3: not valid UTF-8 text \(byte 0xe9 at offset 12 of the line\)"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_with_byte_order_mark_is_refused(tmp_path, suffix, encoding):
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in STANDARD).encode(encoding))
+    with pytest.raises(PrefoptError, match=rf"/data\{suffix}: UTF-16 or UTF-32 text .*; save it as UTF-8$"):
+        load_records(str(path))
+
+
+def test_utf16_without_byte_order_mark_is_refused(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in STANDARD).encode("utf-16-le"))
+    with pytest.raises(PrefoptError, match=r"/data\.jsonl row 1: holds NUL bytes \(UTF-16 text\?\), not JSON text"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_utf8_byte_order_mark_is_skipped(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(STANDARD).encode() if suffix == ".json" else _lines(STANDARD)))
+    assert load_records(str(path)) == expected_standard()
+
+
+def test_line_separator_inside_a_string_is_not_a_line_break(tmp_path):
+    """JSON lines end at \\n only: U+2028 and U+0085 may stand unescaped inside a JSON string."""
+    rows = [{"prompt": "a\u2028b\x85c", "chosen": "x", "rejected": "y"}]
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    (record,) = load_records(str(path))
+    assert record.prompt == (USER("a\u2028b\x85c"),)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_nested_too_deeply(tmp_path, suffix):
+    deep = "[" * 200_000 + "]" * 200_000
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        path.write_text(json.dumps(STANDARD[0]) + "\n" + '{"prompt": ' + deep + "}\n")
+        expected = r"/data\.jsonl row 2: JSON nested too deeply$"
+    else:
+        path.write_text("[" + json.dumps(STANDARD[0]) + ", " + deep + "]")
+        expected = r"/data\.json: JSON nested too deeply$"
+    with pytest.raises(PrefoptError, match=expected):
+        load_records(str(path))
+
+
+def test_integer_past_the_digit_limit_is_invalid_json(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b", "id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(PrefoptError, match=r"/data\.jsonl row 1: invalid JSON \(Exceeds the limit"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize("field", ["prompt", "chosen"])
+def test_unpaired_surrogate_is_refused_before_the_tokenizer(tmp_path, field):
+    """JSON can spell "\\ud800"; the tokenizer would raise a TypeError on it."""
+    rows = [STANDARD[0], {**STANDARD[1], field: "bad \ud800 text"}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ensure_ascii writes the \ud800 escape
+    with pytest.raises(PrefoptError, match=rf"/data\.jsonl row 2 field '{field}': text is not valid Unicode "
+                                           r"\(unpaired surrogate '\\ud800' at character 4\)$"):
+        load_records(str(path))
+    messages = [{"prompt": [USER("ok"), USER("\udfff")], "chosen": "a", "rejected": "b"}]
+    with pytest.raises(PrefoptError, match=r"row 1 field 'prompt': message 2 content is not valid Unicode"):
+        load_records(write_jsonl(tmp_path / "m.jsonl", messages))
+
+
+def test_field_over_the_size_limit_is_refused_before_tokenising(tmp_path, monkeypatch):
+    """A 5 MB prompt (5x the default limit) is refused while loading: nothing is tokenised, and memory
+    stays near the file's size (a 50 MB prompt: ~0.4 s and ~150 MB more than the interpreter's baseline)."""
+    import time
+
+    import prefopt.data.tokenize as tokenize_module
+
+    monkeypatch.setattr(tokenize_module, "_encode_texts", lambda *a: pytest.fail("tokenised"))
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(STANDARD[0]) + "\n" + json.dumps({**STANDARD[1], "chosen": "word " * 1_000_000}) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(
+        PrefoptError,
+        match=r"/big\.jsonl row 2 field 'chosen': 5,000,000 characters of text, more than the 1,000,000 one field "
+        r"may hold \(a wrong column\?\)$",
+    ):
+        load_records(str(path))
+    assert time.perf_counter() - start < 10  # ~0.05 s; only a pathologically slow machine comes near
+
+
+def test_size_limit_counts_a_message_list_together(tmp_path):
+    rows = [{"prompt": [USER("x" * 40), BOT("y" * 40), USER("z" * 40)], "chosen": "a", "rejected": "b"}]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    assert len(load_records(path, max_field_chars=137)) == 1  # 3 x 40 characters of content, 17 of roles
+    with pytest.raises(PrefoptError, match=r"row 1 field 'prompt': 137 characters of text, more than the 100 one"):
+        load_records(path, max_field_chars=100)
+    exact = write_jsonl(tmp_path / "exact.jsonl", [{"prompt": "p" * 100, "chosen": "a", "rejected": "b"}])
+    assert len(load_records(exact, max_field_chars=100)) == 1
+    with pytest.raises(PrefoptError, match=r"field 'prompt': 100 characters of text, more than the 99 one"):
+        load_records(exact, max_field_chars=99)
+
+
+def test_values_quoted_in_errors_are_cut_short(tmp_path):
+    rows = [{"prompt": "Q", "completion": "a", "label": "maybe" * 100_000}]
+    with pytest.raises(PrefoptError, match=r"field 'label': expected a boolean .*got str 'maybemaybe.*\.\.\.$") as info:
+        load_records(write_jsonl(tmp_path / "u.jsonl", rows), kind="unpaired")
+    assert len(str(info.value)) < 200
+    wide = [{f"column_{i}_" + "x" * 1000: 1 for i in range(500)}]
+    with pytest.raises(PrefoptError, match=r"no known columns \(columns: column_0_x+\.\.\., .*\(480 more\)\)") as info:
+        load_records(write_jsonl(tmp_path / "w.jsonl", wide))
+    assert len(str(info.value)) < 2000
+
+
 def test_first_error_is_reported(tmp_path):
     rows = [STANDARD[0], {"prompt": "Q", "chosen": "", "rejected": "b"}, {"prompt": 3, "chosen": "a", "rejected": "b"}]
     with pytest.raises(PrefoptError, match=r"row 2 field 'chosen'"):

@@ -22,11 +22,13 @@ This module is the public surface for plugins: besides the contract it holds
 the helpers every pair loss needs (:func:`logratios`, :func:`pair_metrics`,
 :func:`preference_accuracy`) and the option checks a ``Config`` runs in its
 ``__post_init__`` (:func:`check_positive`, :func:`check_nonnegative`,
+:func:`check_at_least`, :func:`check_finite`, :func:`check_in_range`,
 :func:`check_flip_rate`); each rejects NaN.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -37,8 +39,8 @@ from prefopt.errors import PrefoptError
 
 __all__ = [
     "Algorithm", "LossOutput", "NoConfig", "PairLogps", "PairRewards", "SequenceLogps", "UnpairedLogps",
-    "check_flip_rate", "check_nonnegative", "check_positive", "logratio_loss_output", "logratios", "pair_metrics",
-    "preference_accuracy",
+    "check_at_least", "check_finite", "check_flip_rate", "check_in_range", "check_nonnegative", "check_positive",
+    "logratio_loss_output", "logratios", "pair_metrics", "preference_accuracy",
 ]
 
 
@@ -50,7 +52,7 @@ class PairLogps:
     rejected: SequenceLogps  # sum / tokens, each (B,)
 
     @classmethod
-    def from_concatenated(cls, seq: SequenceLogps) -> "PairLogps":
+    def from_concatenated(cls, seq: SequenceLogps) -> PairLogps:
         """Split a (2B,) forward whose first B rows are chosen, last B rejected."""
         half = seq.sum.shape[0] // 2
         return cls(chosen=seq.index(slice(0, half)), rejected=seq.index(slice(half, None)))
@@ -185,3 +187,22 @@ def check_flip_rate(option: str, value: float) -> None:
     """A label-noise rate: the unbiased and conservative corrections need it in [0, 0.5)."""
     if not 0 <= value < 0.5:
         raise PrefoptError(f"option '{option}': must be in [0, 0.5), got {value}")
+
+
+def check_at_least(option: str, value: float, minimum: float) -> None:
+    """value >= minimum: a count such as steps (minimum 1) or an interval that 0 turns off (minimum 0)."""
+    if not value >= minimum:
+        raise PrefoptError(f"option '{option}': must be >= {minimum}, got {value}")
+
+
+def check_finite(option: str, value: float) -> None:
+    """Neither infinite nor NaN: inf passes every lower bound, so pair this with one."""
+    if not math.isfinite(value):
+        raise PrefoptError(f"option '{option}': must be a finite number, got {value}")
+
+
+def check_in_range(option: str, value: float, low: float, high: float, include_high: bool = True) -> None:
+    """low <= value <= high (value < high when include_high is False): a fraction, a rate, a probability."""
+    inside = low <= value <= high if include_high else low <= value < high
+    if not inside:
+        raise PrefoptError(f"option '{option}': must be in [{low}, {high}{']' if include_high else ')'}, got {value}")

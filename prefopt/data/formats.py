@@ -33,6 +33,15 @@ splits each pair into (prompt, chosen, True) and (prompt, rejected, False);
 
 Bad input raises :class:`PrefoptError` with one line naming the file, the row
 and the field; the first problem found is the one reported.
+
+Size: one field's text (a string, or the roles and contents of a message list
+together) may hold at most ``max_field_chars`` characters (default
+:data:`MAX_FIELD_CHARS`, a million). The limit only bounds memory: it is
+checked before anything is tokenised, and it is far above any text that fits a
+model's context (a prompt longer than ``max_length`` tokens is an error later
+anyway; a long response is truncated), so no real row is refused. Text must
+also be valid Unicode (JSON can spell an unpaired surrogate, ``"\\ud800"``,
+which no tokenizer accepts).
 """
 
 from __future__ import annotations
@@ -49,6 +58,25 @@ from prefopt.errors import PrefoptError
 _HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _KNOWN_COLUMNS = ("prompt", "chosen", "rejected", "completion", "label")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+MAX_FIELD_CHARS = 1_000_000  # characters per text field; ~250k tokens, beyond any max_length in use
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Text read from a file, cut short for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A value read from a file as an error message shows it: repr for strings, cut short."""
+    return _clip(repr(value) if isinstance(value, str) else str(value))
+
+
+def _column_list(columns: Sequence[str], limit: int = 20) -> str:
+    """Column names for a message: a file may hold any number of them, of any length."""
+    more = f", ... ({len(columns) - limit} more)" if len(columns) > limit else ""
+    return ", ".join(_clip(str(c)) for c in columns[:limit]) + more
 
 
 # ---------------------------------------------------------------- format detection
@@ -72,8 +100,8 @@ def _close(column: str, candidates: Sequence[str], cutoff: float) -> str | None:
 
 def _missing_column(name: str, column: str, columns: list[str]) -> PrefoptError:
     close = _close(column, [c for c in columns if c not in _KNOWN_COLUMNS], cutoff=0.6)
-    hint = f"; did you mean '{close}'?" if close else ""
-    return PrefoptError(f"{name}: missing column '{column}' (columns: {', '.join(columns) or 'none'}{hint})")
+    hint = f"; did you mean '{_clip(close)}'?" if close else ""
+    return PrefoptError(f"{name}: missing column '{column}' (columns: {_column_list(columns) or 'none'}{hint})")
 
 
 def detect_format(columns: Sequence[str], name: str = "data") -> str:
@@ -109,7 +137,7 @@ def detect_format(columns: Sequence[str], name: str = "data") -> str:
         if _close(known, others, cutoff=0.75):
             raise _missing_column(name, known, cols)
     raise PrefoptError(
-        f"{name}: no known columns (columns: {', '.join(cols) or 'none'}); expected prompt+chosen+rejected, "
+        f"{name}: no known columns (columns: {_column_list(cols) or 'none'}); expected prompt+chosen+rejected, "
         "chosen+rejected, prompt+completion+label, or prompt"
     )
 
@@ -120,8 +148,8 @@ def detect_format(columns: Sequence[str], name: str = "data") -> str:
 class _Row:
     """One source row being validated: knows how to name itself in an error."""
 
-    def __init__(self, name: str, row: int, values: dict):
-        self.name, self.row, self.values = name, row, values
+    def __init__(self, name: str, row: int, values: dict, max_chars: int = MAX_FIELD_CHARS):
+        self.name, self.row, self.values, self.max_chars = name, row, values, max_chars
 
     def error(self, field: str | None, problem: str) -> PrefoptError:
         where = f"{self.name} row {self.row}" + (f" field '{field}'" if field else "")
@@ -130,18 +158,33 @@ class _Row:
     def get(self, field: str) -> Any:
         if field not in self.values:
             close = difflib.get_close_matches(field, [str(k) for k in self.values], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = f"; did you mean '{_clip(close[0])}'?" if close else ""
             raise self.error(field, f"missing column '{field}'{hint}")
         value = self.values[field]
         if value is None:
             raise self.error(field, "missing value (null or empty cell)")
         return value
 
+    def check_size(self, field: str, chars: int) -> None:
+        """The size cap of the module docstring, checked before any text is tokenised."""
+        if chars > self.max_chars:
+            limit = f"more than the {self.max_chars:,} one field may hold (a wrong column?)"
+            raise self.error(field, f"{chars:,} characters of text, {limit}")
+
+    def unicode(self, value: str, field: str, what: str = "text") -> None:
+        bad = _SURROGATE.search(value)
+        if bad:
+            raise self.error(
+                field, f"{what} is not valid Unicode (unpaired surrogate {bad.group()!a} at character {bad.start()})"
+            )
+
     def text(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
             raise self.error(field, f"expected a string or a list of messages, got {type_name(value)}")
+        self.check_size(field, len(value))
         if not value.strip():
             raise self.error(field, "empty string")
+        self.unicode(value, field)
         return value
 
     def messages(self, value: Any, field: str) -> list[Message]:
@@ -150,7 +193,7 @@ class _Row:
             raise self.error(field, f"expected a string or a list of messages, got {type_name(value)}")
         if not value:
             raise self.error(field, "empty list of messages")
-        out = []
+        out, chars = [], 0
         for i, msg in enumerate(value, start=1):
             if not isinstance(msg, dict):
                 raise self.error(
@@ -161,10 +204,14 @@ class _Row:
                     raise self.error(field, f"message {i} has no '{key}'")
                 if not isinstance(msg[key], str):
                     raise self.error(field, f"message {i} '{key}' must be a string, got {type_name(msg[key])}")
+            chars += len(msg["role"]) + len(msg["content"])
+            self.check_size(field, chars)
             if not msg["role"].strip():
                 raise self.error(field, f"message {i} has an empty role")
             if not msg["content"].strip():
                 raise self.error(field, f"message {i} has empty content")
+            self.unicode(msg["role"], field, f"message {i} role")
+            self.unicode(msg["content"], field, f"message {i} content")
             out.append({"role": msg["role"], "content": msg["content"]})
         return out
 
@@ -182,7 +229,7 @@ class _Row:
         msgs = self.messages(value, field)
         last = msgs[-1]
         if last["role"] != "assistant":
-            raise self.error(field, f"the last message must be an assistant message, got role '{last['role']}'")
+            raise self.error(field, f"the last message must be an assistant message, got role {_shown(last['role'])}")
         return msgs[:-1], last["content"]
 
 
@@ -227,7 +274,7 @@ def _implicit_side(row: _Row, field: str) -> tuple[list[Message], str]:
         return _parse_hh(row, field)
     msgs = row.messages(value, field)
     if msgs[-1]["role"] != "assistant":
-        raise row.error(field, f"the last message must be an assistant message, got role '{msgs[-1]['role']}'")
+        raise row.error(field, f"the last message must be an assistant message, got role {_shown(msgs[-1]['role'])}")
     if len(msgs) < 2:
         raise row.error(field, "no 'prompt' column, and the dialogue has no messages before the response")
     return msgs[:-1], msgs[-1]["content"]
@@ -264,7 +311,7 @@ def _label(row: _Row) -> bool:
         return value.strip().lower() == "true"
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    shown = repr(value) if isinstance(value, (str, int, float)) else type_name(value)
+    shown = _shown(value) if isinstance(value, (str, int, float)) else type_name(value)
     raise row.error("label", f"expected a boolean (true/false or 1/0), got {type_name(value)} {shown}")
 
 
@@ -333,10 +380,11 @@ def _check_kind(kind: str) -> None:
         raise PrefoptError(f"unknown data kind '{kind}' (expected one of: {', '.join(KINDS)})")
 
 
-def load_records(source: str, kind: str = "paired") -> list:
+def load_records(source: str, kind: str = "paired", max_field_chars: int = MAX_FIELD_CHARS) -> list:
     """Load `source` as canonical records of `kind` ('paired', 'unpaired' or 'prompt').
 
-    Sources: :mod:`prefopt.data.sources`; formats, kinds and error messages: this module's docstring.
+    Sources: :mod:`prefopt.data.sources`; formats, kinds, the size limit `max_field_chars` and
+    error messages: this module's docstring.
     """
     _check_kind(kind)
     if source.startswith("builtin:"):
@@ -347,7 +395,7 @@ def load_records(source: str, kind: str = "paired") -> list:
     if not numbered:
         raise PrefoptError(f"{name}: the dataset is empty (no rows)")
     fmt = detect_format(_columns([values for _, values in numbered]), name)
-    records = [_record(fmt, _Row(name, row, values)) for row, values in numbered]
+    records = [_record(fmt, _Row(name, row, values, max_field_chars)) for row, values in numbered]
     return as_kind(records, kind, name)
 
 

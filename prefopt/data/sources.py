@@ -7,7 +7,10 @@ Sources
   reports mixed types with a cryptic schema error and no row). JSON does not
   go through ``datasets`` at all: the file is read once and already in Python
   objects, so an Arrow cache would save nothing. A ``.json`` file holds a list
-  of objects, or JSON lines.
+  of objects, or JSON lines. JSON lines are read one line at a time (lines end
+  at ``\n`` only). The text must be UTF-8 (a UTF-8 byte-order mark is
+  skipped); other bytes, UTF-16/32 text and JSON nested too deeply for the
+  parser are one-line errors naming the row.
 - ``*.parquet`` / ``*.csv``: ``datasets.load_dataset("parquet"|"csv",
   data_files=..., split="train")``, cached like any Hugging Face dataset.
 - a folder written by ``Dataset.save_to_disk`` (a ``DatasetDict`` uses its
@@ -74,34 +77,83 @@ def _numbered(rows: list[dict]) -> list[tuple[int, dict]]:
     return list(enumerate(rows, start=1))
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32's byte-order marks start with these too
+_SAVE_AS_UTF8 = "save it as UTF-8"
+
+
 def _read_json(path: Path, name: str) -> list[tuple[int, dict]]:
     """A JSON list of objects (.json), or JSON lines; every row must be an object."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PrefoptError(f"{name}: invalid JSON ({e})") from None
-        numbered = list(enumerate(rows, start=1))
-    else:
-        numbered = _json_lines(text, name)
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head.startswith(_UTF16_BOMS):
+            raise PrefoptError(f"{name}: UTF-16 or UTF-32 text (it starts with that byte-order mark); {_SAVE_AS_UTF8}")
+        f.seek(len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0)
+        if path.suffix.lower() == ".json" and _first_byte(f) == b"[":
+            numbered = _json_list(f.read(), name)
+        else:
+            numbered = _json_lines(f, name)
     for row, value in numbered:
         if not isinstance(value, dict):
             raise PrefoptError(f"{name} row {row}: expected a JSON object, got {type_name(value)}")
     return numbered
 
 
-def _json_lines(text: str, name: str) -> list[tuple[int, Any]]:
-    """(line number, value) per non-blank line."""
+def _first_byte(f) -> bytes:
+    """The first byte that is not JSON whitespace (b"" for none); the file position is kept."""
+    start = f.tell()
+    while chunk := f.read(1 << 16):
+        stripped = chunk.lstrip(b" \t\r\n")
+        if stripped:
+            f.seek(start)
+            return stripped[:1]
+    f.seek(start)
+    return b""
+
+
+def _json_list(raw: bytes, name: str) -> list[tuple[int, Any]]:
+    """A whole-file JSON list: its items, numbered from 1."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+        raise PrefoptError(f"{name} line {line}: {_not_utf8(raw, e, line_start)}") from None
+    rows = parse_json(text, name)
+    return list(enumerate(rows, start=1))
+
+
+def _json_lines(f, name: str) -> list[tuple[int, Any]]:
+    """(line number, value) per non-blank line of an open binary file, read one line at a time."""
     numbered = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_no, raw in enumerate(f, start=1):
+        where = f"{name} row {line_no}"
         try:
-            numbered.append((line_no, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise PrefoptError(f"{name} row {line_no}: invalid JSON ({e})") from None
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PrefoptError(f"{where}: {_not_utf8(raw, e)}") from None
+        del raw  # a long line is held once as text, not also as bytes, while it is parsed
+        if not line or line.isspace():  # isspace stops at the first other character; strip would copy the line
+            continue
+        numbered.append((line_no, parse_json(line, where)))
     return numbered
+
+
+def _not_utf8(raw: bytes, e: UnicodeDecodeError, line_start: int = 0) -> str:
+    """Why bytes are not UTF-8, for a message; `line_start`: where the line holding the bad byte begins."""
+    offset = e.start - line_start
+    return f"not valid UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset} of the line); {_SAVE_AS_UTF8}"
+
+
+def parse_json(text: str, where: str) -> Any:
+    """json.loads, with every way it can fail as one PrefoptError that starts with `where`."""
+    if "\x00" in text:  # never valid JSON; the mark of UTF-16 text without a byte-order mark
+        raise PrefoptError(f"{where}: holds NUL bytes (UTF-16 text?), not JSON text; {_SAVE_AS_UTF8}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise PrefoptError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and ints past Python's digit limit
+        raise PrefoptError(f"{where}: invalid JSON ({first_line(e)})") from None
 
 
 def _read_with_datasets(builder: str, path: Path, name: str) -> list[dict]:

@@ -2,7 +2,9 @@
 
 Run options (:class:`RunConfig`) and the chosen algorithm's own ``Config`` share
 one flat namespace, so ``beta=0.2`` and ``lr=1e-4`` are written the same way.
-Unknown keys and values of the wrong type are errors that name the key.
+Unknown keys, values of the wrong type and values out of range
+(:func:`check_ranges`, run when a RunConfig is made, so before anything is
+written) are errors that name the key.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -53,6 +56,72 @@ class RunConfig:
     merge: bool = False  # also save the LoRA-merged full model
     progress: bool = True  # show a progress bar
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+SEED_MAX = 2**32 - 1  # seeds derived from it (seed * 1_000_003 + step) stay within a torch generator's 64 bits
+
+
+def check_ranges(run: RunConfig) -> None:
+    """Each run option within its range, or one PrefoptError naming it (NaN fails every check).
+
+    max_prompt_length may exceed max_length: the prompt budget is min(max_prompt_length,
+    max_length - 1) (see prefopt.data.tokenize), so max_length=64 alone is a valid setting.
+    """
+    from prefopt.core.algorithm import check_at_least, check_finite, check_in_range, check_nonnegative
+
+    for option in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha"):
+        check_at_least(option, getattr(run, option), 1)
+    for option in ("eval_size", "eval_every", "save_every"):  # 0: none held out / only at the ends / no checkpoints
+        check_at_least(option, getattr(run, option), 0)
+    check_at_least("max_length", run.max_length, 2)  # a prompt token and a response token
+    check_at_least("max_prompt_length", run.max_prompt_length, 1)
+    # lr=0 is a run that leaves the model as it is (a baseline); max_grad_norm=0 turns clipping off
+    for option in ("lr", "weight_decay", "max_grad_norm"):
+        check_finite(option, getattr(run, option))
+        check_nonnegative(option, getattr(run, option))
+    check_in_range("warmup_ratio", run.warmup_ratio, 0, 1)
+    check_in_range("lora_dropout", run.lora_dropout, 0, 1, include_high=False)
+    check_in_range("seed", run.seed, 0, SEED_MAX)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Text from a command line or config file, cut short for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 4, 4, 60, 60, 40
+
+
+def _shown(value: Any) -> str:
+    """A value from a command line or config file as an error message shows it. reprlib bounds the work: YAML
+    aliases can make a small file hold a list whose full repr has billions of items."""
+    return _clip(_REPR.repr(value))
+
+
+MAX_YAML_NESTING = 100  # PyYAML's scanner slows down with the square of the [ / { nesting; options nest 2 deep
+_FLOW_START = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
+_FLOW_END = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether YAML flow collections ([...], {...}) nest deeper than MAX_YAML_NESTING. PyYAML's own scanner
+    reads the tokens (so quoted brackets and comments do not count) and stops at the first level too many,
+    before its cost grows; may raise yaml.YAMLError."""
+    if text.count("[") + text.count("{") <= MAX_YAML_NESTING:
+        return False
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _FLOW_START):
+            depth += 1
+            if depth > MAX_YAML_NESTING:
+                return True
+        elif isinstance(token, _FLOW_END):
+            depth -= 1
+    return False
+
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
@@ -66,7 +135,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise PrefoptError(f"option '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise PrefoptError(f"option '{key}': expected {_type_name(tp)}, got {_shown(value)}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -76,13 +145,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except PrefoptError:
                 continue
-        raise PrefoptError(f"option '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise PrefoptError(f"option '{key}': expected {' or '.join(_type_name(a) for a in args)}, got {_shown(value)}")
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (Any,)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise PrefoptError(f"option '{key}': expected a list, got {value!r}")
+            raise PrefoptError(f"option '{key}': expected a list, got {_shown(value)}")
         return origin(coerce(v, item, key) for v in value)
     if tp is Any:
         return value
@@ -95,7 +164,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int past the float range
+                raise PrefoptError(f"option '{key}': number too large, got {_shown(value)}") from None
         elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             try:
                 number = float(value)
@@ -103,14 +175,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if number is not None:
             if math.isnan(number):  # NaN passes every comparison-based range check downstream
-                raise PrefoptError(f"option '{key}': expected a number, got {value!r}")
+                raise PrefoptError(f"option '{key}': expected a number, got {_shown(value)}")
             return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     elif isinstance(value, tp):
         return value
-    raise PrefoptError(f"option '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise PrefoptError(f"option '{key}': expected {_type_name(tp)}, got {_shown(value)}")
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -126,23 +198,49 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise PrefoptError(f"expected key=value, got {pair!r}")
         try:
+            if _too_deep(raw):
+                raise yaml.YAMLError("nested too deeply")
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""  # "1e-4" stays a str; coerce() reads it
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int past Python's digit limit
             out[key.strip()] = raw
     return out
 
 
 def read_yaml(path: str) -> dict[str, Any]:
+    """A config file: a YAML mapping of option: value, in UTF-8 text."""
     p = Path(path)
     if not p.is_file():
         raise PrefoptError(f"config file '{path}' does not exist")
+    raw = p.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PrefoptError(f"config file '{path}': UTF-16 or UTF-32 text (it starts with that byte-order mark); "
+                           "save it as UTF-8")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is skipped
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise PrefoptError(f"config file '{path}' line {line}: not valid UTF-8 text "
+                           f"(byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+    try:
+        if _too_deep(text):
+            raise PrefoptError(f"config file '{path}': YAML nested too deeply (over {MAX_YAML_NESTING} levels)")
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise PrefoptError(f"config file '{path}': invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise PrefoptError(f"config file '{path}': invalid YAML ({_first_line(exc)})") from None
+    except RecursionError:
+        raise PrefoptError(f"config file '{path}': YAML nested too deeply") from None
+    except ValueError as exc:  # an int past Python's digit limit
+        raise PrefoptError(f"config file '{path}': invalid YAML ({_first_line(exc)})") from None
     if not isinstance(loaded, dict):
         raise PrefoptError(f"config file '{path}': expected a mapping of option: value")
+    if not isinstance(loaded.get("algo", ""), (str, type(None))):  # the one key that is not an option (the CLI's)
+        raise PrefoptError(f"config file '{path}': 'algo' must be an algorithm name, got {_shown(loaded['algo'])}")
     return loaded
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def build(cls: type, values: dict[str, Any]):
@@ -165,9 +263,11 @@ def split_options(values: dict[str, Any], algo_config_cls: type, source: str) ->
         elif key in algo_keys:
             algo_values[key] = value
         else:
+            if not isinstance(key, str):  # a YAML key such as 1, null or true
+                raise PrefoptError(f"{source}: unknown option {_shown(key)} (option names are words)")
             close = difflib.get_close_matches(key, sorted(run_keys | algo_keys), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise PrefoptError(f"{source}: unknown option '{key}'{hint}")
+            raise PrefoptError(f"{source}: unknown option '{_clip(key)}'{hint}")
     return build(RunConfig, run_values), build(algo_config_cls, algo_values)
 
 
