@@ -220,3 +220,14 @@ def test_a_model_folder_that_needs_its_own_code_is_refused(tiny_model_dir, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("prefopt: error: ") and len(err.strip().splitlines()) == 1 and "never runs code" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_optional_divergence_check_stops_a_collapsed_run(tiny_model_dir, pairs, tmp_path, capsys):
+    """lr=1e3 saturates the tiny policy: the loss stays near ln 2 while the gradient vanishes (a dead model
+    that would otherwise finish with exit 0, as the run without the check shows)."""
+    collapsing = ("steps=6", "lr=1e3", "max_grad_norm=0")
+    assert dpo(tiny_model_dir, pairs, tmp_path / "unchecked", *collapsing) == 0
+    capsys.readouterr()
+    assert dpo(tiny_model_dir, pairs, tmp_path / "checked", *collapsing, "divergence_factor=100") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("prefopt: error: step ") and "the run diverged" in err

@@ -46,6 +46,7 @@ class RunConfig:
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # cosine | linear | constant, after warm-up
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    divergence_factor: float = 0.0  # stop when the grad norm passes this x the first step's, or is 0 with loss > 0 (0: off)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
@@ -78,7 +79,7 @@ def check_ranges(run: RunConfig) -> None:
     check_at_least("max_length", run.max_length, 2)  # a prompt token and a response token
     check_at_least("max_prompt_length", run.max_prompt_length, 1)
     # lr=0 is a run that leaves the model as it is (a baseline); max_grad_norm=0 turns clipping off
-    for option in ("lr", "weight_decay", "max_grad_norm"):
+    for option in ("lr", "weight_decay", "max_grad_norm", "divergence_factor"):
         check_finite(option, getattr(run, option))
         check_nonnegative(option, getattr(run, option))
     check_in_range("warmup_ratio", run.warmup_ratio, 0, 1)

@@ -370,12 +370,15 @@ def train_loop(folder: RunFolder, name: str, run: RunConfig, stepper: Stepper, s
     if step == 0 and eval_before:
         folder.log({"step": 0, **eval_before})
     result = LoopResult(step, eval_before, {})
+    first_grad_norm = state.get("first_grad_norm")
     bar = tqdm(total=run.steps, initial=step, desc=name, disable=not show_progress, file=sys.stderr)
     while step < run.steps:
         t0 = time.perf_counter()
         row = stepper.update(step)
         step += 1
         _check_finite(row, step, folder)
+        if run.divergence_factor:
+            first_grad_norm = _check_divergence(row, step, folder, run.divergence_factor, first_grad_norm)
         result.step_seconds.append(time.perf_counter() - t0)
         row = {"step": step, **row, "seconds": result.step_seconds[-1]}
         result.recent = (result.recent + [dict(row)])[-10:]  # a copy, taken before eval_* join the row
@@ -386,7 +389,8 @@ def train_loop(folder: RunFolder, name: str, run: RunConfig, stepper: Stepper, s
         bar.update(1)
         if run.save_every and step % run.save_every == 0 and step < run.steps:
             folder.checkpoint(step, model, optimizer, scheduler,
-                              {"eval_before": eval_before, **stepper.checkpoint_state()}, gathered_checkpoints)
+                              {"eval_before": eval_before, "first_grad_norm": first_grad_norm,
+                               **stepper.checkpoint_state()}, gathered_checkpoints)
     bar.close()
     result.steps = step
     result.peak_rss_mb_training = peak_rss_mb()  # before the final evaluation and the export
@@ -402,6 +406,22 @@ def _check_finite(row: dict, step: int, folder: RunFolder) -> None:
             last = latest_checkpoint(folder.path)
             raise PrefoptError(f"step {step}: the {key.replace('_', ' ')} is {value} (training diverged; lower lr or "
                                f"check the data); last good checkpoint: {last or 'none, nothing was saved'}")
+
+
+def _check_divergence(row: dict, step: int, folder: RunFolder, factor: float, first: float | None) -> float | None:
+    """The optional divergence check (run.divergence_factor): a gradient norm that explodes past `factor` times
+    the first step's, or that vanishes while the loss does not (a saturated, dead policy), stops the run.
+    Returns the first step's gradient norm (kept in checkpoints, so a resumed run checks the same way)."""
+    norm, loss = row.get("grad_norm"), row.get("loss")
+    if not isinstance(norm, float):
+        return first
+    if first is None:
+        return norm
+    if norm > factor * first or (norm == 0.0 and isinstance(loss, float) and loss > 0):
+        last = latest_checkpoint(folder.path)
+        raise PrefoptError(f"step {step}: the gradient norm is {norm:.3g} (first step: {first:.3g}); the run diverged "
+                           f"(divergence_factor={factor:g}; lower lr); last good checkpoint: {last or 'none'}")
+    return first
 
 
 def make_summary(algo_name: str, folder: RunFolder, loop: LoopResult, started: float, **fields) -> dict:
