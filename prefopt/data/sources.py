@@ -161,7 +161,7 @@ def _read_with_datasets(builder: str, path: Path, name: str) -> list[dict]:
 
     try:
         ds = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as e:  # pyarrow / pandas parse errors
+    except Exception as e:  # noqa: BLE001 - pyarrow / pandas raise many kinds of parse error
         raise PrefoptError(f"{name}: could not read {builder} file ({first_line(e)})") from None
     return ds.to_list()
 
@@ -175,7 +175,7 @@ def _read_folder(path: Path, name: str) -> list[dict]:
             ds = load_from_disk(str(path))
         else:
             ds = load_dataset(str(path), split="train")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds for a damaged folder
         raise PrefoptError(f"{name}: could not read dataset folder ({first_line(e)})") from None
     if isinstance(ds, DatasetDict):
         if "train" not in ds:
@@ -192,7 +192,7 @@ def _read_hub(source: str) -> list[dict]:
     name, _, split = source.partition(":")
     try:
         ds = load_dataset(name, split=split or "train")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - hub, network and format errors alike become one line
         raise PrefoptError(
             f"could not load '{source}': not a local file, and the Hugging Face Hub dataset failed to load "
             f"({type(e).__name__}: {first_line(e)})"

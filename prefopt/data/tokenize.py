@@ -88,7 +88,7 @@ def _encode_prompts(records: Sequence, tokenizer, source: str) -> list[list[int]
     for r in records:
         try:
             texts.append(render_prompt_text(tokenizer, r.prompt))
-        except Exception as e:  # jinja: e.g. "roles must alternate", "system role not supported"
+        except Exception as e:  # noqa: BLE001 - jinja: e.g. "roles must alternate", "system role not supported"
             raise PrefoptError(
                 f"{source} row {r.row} field 'prompt': the chat template rejected it ({first_line(e)})"
             ) from None
