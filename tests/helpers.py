@@ -19,6 +19,11 @@ def write_learnable_pairs(path: Path, n: int = 48) -> Path:
     return path
 
 
+def letter_share(prompt: str, response: str) -> float:
+    """A gold rule a tiny random model can be graded by: the share of the reply's characters that are 'e'."""
+    return response.count("e") / max(1, len(response))
+
+
 def tiny_run_args(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "run", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out),

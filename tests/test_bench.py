@@ -35,14 +35,18 @@ def write_suite(path: Path, **values) -> Path:
 
 
 def micro_suite(path: Path, model_dir: Path, algorithms: dict, seeds=(0, 1), **eval_options) -> Path:
-    """A suite a tiny random model finishes in seconds per cell."""
+    """A suite a tiny random model finishes in seconds per cell. Its task is a custom one whose gold rule
+    (tests/helpers.py: letter_share) grades a random model's gibberish by degrees: the built-in rules give
+    every such reply their minimum, so no two samples would differ and no pair could be made."""
+    prompts = path.parent / "letters.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Write a line about topic {i}."}) + "\n" for i in range(80)))
     return write_suite(
         path,
         name="micro",
         version=1,
         model=str(model_dir),
         seeds=list(seeds),
-        tasks=["qa"],
+        tasks=[{"name": "letters", "prompts": str(prompts), "gold": "helpers:letter_share"}],
         algorithms=algorithms,
         train={"steps": 2, "batch_size": 4, "eval_size": 4, "max_length": 96, "max_prompt_length": 64,
                "precision": "fp32", "lora_r": 4, "lora_alpha": 8},
@@ -343,7 +347,9 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     csv = results / "results.csv"
     cmd = [sys.executable, "-m", "prefopt", "bench", "--suite", str(suite), "--results", str(results),
            "--work-dir", str(work)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # the task's gold function: tests/helpers.py
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env=env)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not _rows(csv):
         time.sleep(0.2)
@@ -356,7 +362,7 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
 
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", work]) == 0
     after = _rows(csv)
-    expected = {("qa", a, s) for a in ("dpo", "sft") for s in (0, 1)}
+    expected = {("letters", a, s) for a in ("dpo", "sft") for s in (0, 1)}
     assert sorted(after) == sorted(expected), after  # each cell exactly once
     assert after[: len(before)] == before  # earlier rows kept as they were
     table = pd.read_csv(csv)

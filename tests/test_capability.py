@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 
@@ -12,8 +13,19 @@ import torch
 pytest.importorskip("lm_eval", reason="lm-eval not installed: capability evaluation is skipped")
 
 from prefopt.errors import PrefoptError
-from prefopt.evaluation.capability import BUILTIN_TASKS, capability, data_path, task_config
+from prefopt.evaluation.capability import (
+    BUILTIN_TASKS,
+    builtin_items,
+    capability,
+    check_uncontaminated,
+    contamination,
+    data_path,
+    paired_accuracy_delta,
+    task_config,
+)
+from prefopt.evaluation.capability.contamination import tokens
 from prefopt.evaluation.capability.make_tasks import arith_records, world_records
+from prefopt.tasks import CAPITALS, LEGS, UNIT_FACTS, get_task
 
 
 def load(name: str) -> list[dict]:
@@ -23,9 +35,9 @@ def load(name: str) -> list[dict]:
 @pytest.mark.parametrize("name", BUILTIN_TASKS)
 def test_packaged_task_files(name):
     path = data_path(name)
-    assert path.is_file() and path.stat().st_size < 20_000
+    assert path.is_file() and path.stat().st_size < 60_000
     records = load(name)
-    assert 50 <= len(records) <= 80
+    assert len(records) >= 200
     assert len({r["question"] for r in records}) == len(records)
     for r in records:
         assert set(r) == {"question", "choices", "label"}
@@ -41,11 +53,131 @@ def test_packaged_files_are_what_make_tasks_generates():
     assert load("prefopt_world") == world_records()
 
 
+ARITH_FORMS = {
+    r"What is (\d+) times (\d+) plus (\d+)\?": lambda a, b, c: a * b + c,
+    r"What is (\d+) times (\d+) minus (\d+)\?": lambda a, b, c: a * b - c,
+    r"What is (\d+) plus (\d+) plus (\d+)\?": lambda a, b, c: a + b + c,
+    r"What is (\d+) divided by (\d+)\?": lambda a, b: a // b if a % b == 0 else None,
+    r"What is half of (\d+)\?": lambda a: a // 2 if a % 2 == 0 else None,
+    r"What is the sum of (\d+) and (\d+)\?": lambda a, b: a + b,
+}
+
+
 def test_arith_labels_are_the_true_answers():
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "times": lambda a, b: a * b}
+    forms = []
     for r in load("prefopt_arith"):
-        a, op, b = re.fullmatch(r"What is (\d+) (\+|-|times) (\d+)\?", r["question"]).groups()
-        assert r["choices"][r["label"]] == str(ops[op](int(a), int(b)))
+        (pattern, f), groups = next((form, m.groups()) for form in ARITH_FORMS.items()
+                                    if (m := re.fullmatch(form[0], r["question"])))  # fmt: skip
+        forms.append(pattern)
+        assert r["choices"][r["label"]] == str(f(*map(int, groups)))
+    assert {pattern: forms.count(pattern) for pattern in ARITH_FORMS} == dict.fromkeys(ARITH_FORMS, 50)
+
+
+# ---------------------------------------------------------------- contamination and the paired delta
+
+
+def test_item_counts():
+    counts = {name: len(load(name)) for name in BUILTIN_TASKS}
+    assert counts == {"prefopt_arith": 300, "prefopt_world": 294}
+    assert sum(counts.values()) >= 500
+    assert builtin_items() == {name: load(name) for name in BUILTIN_TASKS}
+
+
+def _prompts(task: str) -> dict[str, list[str]]:
+    t = get_task(task)
+    return {f"{task} {split}": t.prompts(split, t.available(split)) for split in ("train", "heldout")}
+
+
+@pytest.mark.parametrize("task", ["qa", "constraints", "tone"])
+def test_items_share_no_ngram_with_task_prompts(task):
+    prompts = _prompts(task)
+    assert all(len(p) > 300 for p in prompts.values())
+    for name in BUILTIN_TASKS:
+        assert contamination(load(name), [p for texts in prompts.values() for p in texts]) == []
+    check_uncontaminated(builtin_items(), prompts)  # no error
+
+
+def test_world_facts_are_disjoint_from_qa_lists():
+    questions = " ".join(r["question"] for r in load("prefopt_world"))
+    for country, capital, _ in CAPITALS:
+        assert f"capital of {country}?" not in questions and capital not in questions
+    for _, animal, _, _ in LEGS:
+        assert f" {animal} have" not in questions
+    for question, *_ in UNIT_FACTS:
+        assert question not in questions
+
+
+def test_tokens():
+    assert tokens("What is 17 + 25?") == ["what", "is", "17", "25"]
+    assert tokens("  Don't  STOP, now!  ") == ["don't", "stop", "now"]
+
+
+def test_contamination_finds_planted_overlaps():
+    prompts = ["Tell me a story about a dragon.",
+               "Please explain why the quick brown fox jumps over the lazy dog today.",
+               "What is the capital of France?"]  # fmt: skip
+    items = [
+        {"question": "What is 96 divided by 8?"},
+        {"question": "Can you say why the quick brown fox jumps over the lazy dog?"},  # an 8-gram of prompt 1
+        "what is the CAPITAL of France",  # a short item (6 tokens) whole inside prompt 2
+        "What is the capital of Ghana?",
+        "the quick brown fox jumps over the lazy",  # exactly 8 tokens
+    ]
+    assert contamination(items, prompts) == [
+        (1, 1, "why the quick brown fox jumps over the"),  # the item's first shared 8-gram
+        (2, 2, "what is the capital of france"),
+        (4, 1, "the quick brown fox jumps over the lazy"),
+    ]
+    assert contamination(items, prompts, n=20) == [  # every item is now short: the whole-item rule
+        (2, 2, "what is the capital of france"),
+        (4, 1, "the quick brown fox jumps over the lazy"),
+    ]
+    assert contamination(items[:1] + items[3:4], prompts) == []
+    assert contamination(items, []) == []
+    with pytest.raises(PrefoptError, match="n must be a positive"):
+        contamination(items, prompts, n=0)
+
+
+def test_old_world_items_were_contaminated():
+    """The first version's first 20 world items: 15 were qa prompts verbatim; the check finds them."""
+    old = ["What is the capital of France?", "What is the capital of Japan?", "How many legs does a spider have?",
+           "How many minutes are in an hour?", "What is the opposite of hot?"]  # fmt: skip
+    hits = contamination(old, [p for texts in _prompts("qa").values() for p in texts])
+    assert [i for i, _, _ in hits] == [0, 1, 2, 3]
+
+
+def test_check_uncontaminated_names_item_and_prompt():
+    prompts = {"qa train": ["Tell me a joke.", "What is the capital of France?"], "qa heldout": ["Say hi."]}
+    items = {"prefopt_world": [{"question": "What is the capital of Ghana?"},
+                               {"question": "What is the capital of France?"}]}  # fmt: skip
+    with pytest.raises(PrefoptError) as info:
+        check_uncontaminated(items, prompts)
+    message = str(info.value)
+    assert "capability task 'prefopt_world' item 1 'What is the capital of France?'" in message
+    assert "'qa train' prompt 1 'What is the capital of France?'" in message
+    assert "\n" not in message
+    with pytest.raises(PrefoptError, match=r"capability item 0 .* prompt 0"):
+        check_uncontaminated(["What is the capital of France?"], ["What is the capital of France?"])
+    check_uncontaminated(["What is the capital of Ghana?"], ["What is the capital of France?"])
+
+
+def test_paired_accuracy_delta_by_hand():
+    before = [True, True, False, False, True, False, True, True, False, True]
+    after = [True, False, True, True, True, True, True, True, False, True]
+    # d = [0, -1, 1, 1, 0, 1, 0, 0, 0, 0]: mean 0.2; squares about the mean:
+    # six 0s: 6 * 0.04 = 0.24, one -1: 1.44, three 1s: 3 * 0.64 = 1.92; sum 3.6, sd = sqrt(3.6 / 9) = sqrt(0.4),
+    # se = sd / sqrt(10) = sqrt(0.04) = 0.2, so the interval is 0.2 +/- 1.96 * 0.2 = (-0.192, 0.592)
+    se = math.sqrt(3.6 / 9) / math.sqrt(10)
+    delta, low, high = paired_accuracy_delta(before, after)
+    assert delta == pytest.approx(0.2)
+    assert (low, high) == (pytest.approx(0.2 - 1.959964 * se), pytest.approx(0.2 + 1.959964 * se))
+    assert se == pytest.approx(0.2)
+    assert (low, high) == (pytest.approx(-0.19199, abs=1e-5), pytest.approx(0.59199, abs=1e-5))
+    assert paired_accuracy_delta([1, 0], [1, 0]) == (0.0, 0.0, 0.0)  # nothing changed: a zero-width interval
+    one = paired_accuracy_delta([False], [True])
+    assert one[0] == 1.0 and math.isnan(one[1]) and math.isnan(one[2])
+    with pytest.raises(PrefoptError, match="3 results before and 2 after"):
+        paired_accuracy_delta([1, 1, 1], [1, 1])
 
 
 @pytest.mark.parametrize("name", BUILTIN_TASKS)

@@ -69,23 +69,36 @@ def test_default_dataset_shape(qa):
 @pytest.mark.parametrize(
     ("question", "response", "score"),
     [
+        # a reply that names the subject: right 1, near miss (mentions a distractor) 0, each minus 0.002 per
+        # character beyond the concise form (capped at 0.5); anything else -0.5
         (addition(17, 25), "17 + 25 = 42.", 1.0),
-        (addition(17, 25), "42", 1.0),  # shorter than the concise form: no penalty
+        (addition(17, 25), "25 + 17 is 42", 1.0),  # shorter than the concise form: no penalty
+        (addition(17, 25), "42", -0.5),  # right, but does not say what it answers (no operand): a constant could
         (addition(17, 25), "17 + 25 = 43.", 0.0),
-        (addition(17, 25), "17 + 25 = 420.", -0.002),  # whole numbers only; one extra character
+        (addition(17, 25), "17 + 25 = 420.", -0.5),  # whole numbers only: 420 is neither right nor a near miss
+        (addition(17, 25), "17 + 25 = 50.", -0.5),  # a far-off answer counts as no answer
+        (addition(17, 25), "17 + 25 = 43. Hope this helps you out.", 0.0 - 0.002 * 25),  # near miss, 25 extra chars
+        (addition(17, 25), "", -0.5),  # no answer: the minimum, not 0
+        (addition(17, 25), "What is 17 + 25?", -0.5),  # an echo names only the operands: no answer
         (addition(17, 25), "17 + 25 = 42. Well, that is an interesting question.", 1.0 - 0.002 * 39),
-        (addition(17, 25), "It is 42 or maybe 43.", 0.0 - 0.002 * 8),  # a distractor next to the answer: wrong
-        (addition(17, 25), "42 " + "blah " * 500, 0.5),  # the length penalty is capped at 0.5
+        (addition(17, 25), "17 + 25 is 42 or maybe 43.", 0.0 - 0.002 * 13),  # a near miss next to the answer: wrong
+        (addition(17, 25), "17 + 25 = 42 " + "blah " * 500, 0.5),  # the length penalty is capped at 0.5
         (multiplication(6, 7), "6 times 7 is 42.", 1.0),
         (multiplication(6, 7), "6 times 7 is 48.", 0.0),
-        ("What is the capital of Australia?", "canberra.", 1.0),  # case-insensitive, parsed from text
-        ("What is the capital of Australia?", "Canberra, not Sydney.", 0.0),
+        ("What is the capital of Australia?", "australia's capital is canberra.", 1.0),  # case-insensitive; "'s"
+        ("What is the capital of Australia?", "The capital of Australia is Canberra, not Sydney.", 0.0 - 0.002 * 12),
+        ("What is the capital of Australia?", "Australia: Sydney.", 0.0),  # the near miss
+        ("What is the capital of Australia?", "Canberra.", -0.5),  # does not name Australia
+        ("What is the capital of Mexico?", "Mexico City.", 1.0),
         (unit_fact("How many meters are in a kilometer?"), "A kilometer has 1,000 meters.", 1.0 - 0.002),
         (first_letter("garden"), "The first letter of 'garden' is g.", 1.0),
         (first_letter("garden"), "The first letter of 'garden' is n.", 0.0),
         (backwards("stop"), "Spelled backwards, 'stop' is 'pots'.", 1.0),
         (backwards("stop"), "Spelled backwards, 'stop' is 'ptos'.", 0.0),
-        ("How many legs does a spider have?", "Eight legs.", 0.0),  # digits only: the rule is simple
+        ("How many legs does a spider have?", "Eight legs.", -0.5),  # digits only: no number, no answer
+        ("What is 20 minus 10?", "20 minus 10 is 10.", 1.0),  # an operand that is the answer: named once more
+        ("What is 'stop' spelled backwards?", "pots", -0.5),  # does not name 'stop'
+        ("What is 'stop' spelled backwards?", "'stop' reversed is 'post'", -0.5),  # neither right nor a near miss
     ],
 )
 def test_gold_rule_hand_written(question, response, score):
@@ -190,7 +203,7 @@ def test_prompt_count_errors(name):
 def test_gold_scores_checks_lengths_and_reads_message_lists():
     task = get_task("qa")
     assert task.gold_scores(
-        ["What is 6 times 7?", [{"role": "user", "content": "What is 6 times 7?"}]], ["42", "48"]
+        ["What is 6 times 7?", [{"role": "user", "content": "What is 6 times 7?"}]], ["6 times 7 is 42", "6 x 7 = 48"]
     ) == [
         1.0,
         0.0,
@@ -209,6 +222,7 @@ def test_qa_task_gold_is_the_qa_rule():
     assert task.gold("What is 17 + 25?", "17 + 25 = 42. Well, that is an interesting question.") == pytest.approx(
         1.0 - 0.002 * 39
     )
+    assert task.gold("What is 17 + 25?", "I am not sure.") == task.gold_range[0] == -0.5  # no answer: the minimum
     assert all(parse_question(t) for t in task.prompts("heldout", 300))  # every prompt is a qa question
     with pytest.raises(PrefoptError, match="not a question of the built-in qa task"):
         task.gold("Tell me a joke", "No.")
@@ -246,7 +260,12 @@ def test_probes_come_from_qa_heldout(name):
 # ---------------------------------------------------------------- constraints
 
 DESCRIBE = "Describe the ocean in at most 8 words."
-TWENTY_WORDS = " ".join(["music"] * 20)
+TWENTY_WORDS = (  # 20 words about music
+    "Music is sound arranged in time: melody, rhythm and harmony that people sing or play on instruments to share "
+    "feelings."
+)
+NINETEEN_WORDS = TWENTY_WORDS.removesuffix(" feelings.")
+LIBRARY = "Write a sentence about a library. Start your answer with the word 'Today'."
 
 
 @pytest.mark.parametrize(
@@ -256,25 +275,38 @@ TWENTY_WORDS = " ".join(["music"] * 20)
         (DESCRIBE, "The ocean is a vast body of salty water covering most of Earth.", 0.0),  # 13 words
         (DESCRIBE, "", 0.0),  # no word fails every check
         (DESCRIBE, "...", 0.0),
+        # off task: 0 however many checks would pass vacuously
+        (DESCRIBE, "YES", 0.0),  # 1 <= 1 word <= 8, but not about the ocean
+        (DESCRIBE, "Ocean blue", 0.0),  # about the ocean, but under 3 words: not a description
+        (DESCRIBE, DESCRIBE, 0.0),  # an echo: no word that is not in the prompt
+        (DESCRIBE, "Ocean, dogs, moon, coffee and snow.", 0.0),  # 4 other topics' words (at most 3): a keyword list
         ("Write one sentence about dogs that includes the word 'happy'.", "Dogs are HAPPY animals.", 1.0),
         ("Write one sentence about dogs that includes the word 'happy'.", "Dogs are unhappy.", 0.0),  # whole word
         ("Name three fruits, separated by commas.", "apple, banana, cherry", 1.0),
         ("Name three fruits, separated by commas.", "Apple, banana, and cherry.", 1.0),
         ("Name three fruits, separated by commas.", "apple, banana", 0.0),
+        ("Name three fruits, separated by commas.", "Thank you, sorry, please.", 0.0),  # 3 parts, no fruit
+        ("Name three fruits, separated by commas.", "apple, apple, banana", 0.0),  # 2 different fruits only
         ("Name three fruits, separated by commas.", "Sure, here they are: apple, banana, cherry", 0.0),  # 4 parts
         ("Name three fruits, separated by commas.", "apple, banana, cherry,", 0.0),  # an empty part
         ("Answer in lowercase letters only: what is your favourite season?", "summer is best.", 1.0),
         ("Answer in lowercase letters only: what is your favourite season?", "Summer is best.", 0.0),
         ("Reply with exactly one word: what colour is the sky?", "Blue.", 1.0),
         ("Reply with exactly one word: what colour is the sky?", "It is blue.", 0.0),
+        ("Reply with exactly one word: what colour is the sky?", "Green.", 0.0),  # not an accepted answer
+        ("Reply with exactly one word: what colour is the sky?", "Yes.", 0.0),
+        ("What do cows drink? Reply in lowercase letters only.", "water, or maybe honey", 0.0),  # names 2 answers
         ("What colour is grass? Answer with exactly one word.", "Green!", 1.0),
-        ("Start your answer with 'Yes' or 'No': is ice cold?", "Yes, it is.", 1.0),
-        ("Start your answer with 'Yes' or 'No': is ice cold?", "no", 1.0),
+        ("Start your answer with 'Yes' or 'No': is ice cold?", "Yes, ice is cold.", 1.0),
+        ("Start your answer with 'Yes' or 'No': is ice cold?", "Yes, it is.", 0.0),  # says nothing of ice or cold
+        ("Start your answer with 'Yes' or 'No': is ice cold?", "Yes.", 0.0),
+        ("Start your answer with 'Yes' or 'No': is ice cold?", "No, ice is not cold.", 0.0),  # the wrong answer
         ("Start your answer with 'Yes' or 'No': is ice cold?", "Of course, yes.", 0.0),
         ("Write a short sentence about cats without using the word 'the'.", "Cats nap there all day.", 1.0),
         ("Write a short sentence about cats without using the word 'the'.", "The cat naps.", 0.0),
         ("Explain music in at least 20 words.", TWENTY_WORDS, 1.0),
-        ("Explain music in at least 20 words.", TWENTY_WORDS[len("music ") :], 0.0),  # 19 words
+        ("Explain music in at least 20 words.", NINETEEN_WORDS, 0.0),
+        ("Explain music in at least 20 words.", " ".join(["music"] * 20), 0.0),  # only prompt words: an echo
         ("Answer in capital letters only: what do bees make?", "HONEY!", 1.0),
         ("Answer in capital letters only: what do bees make?", "Honey", 0.0),
         ("Ask a question about snow. End your answer with a question mark.", "Why is snow white?  ", 1.0),
@@ -284,7 +316,8 @@ TWENTY_WORDS = " ".join(["music"] * 20)
         ("Write a sentence about books. Wrap your entire answer in double quotes.", '""', 0.0),  # no word
         ("Describe the moon without using any commas.", "The moon is bright.", 1.0),
         ("Describe the moon without using any commas.", "The moon, bright and round.", 0.0),
-        ("Write a sentence about a library. Start your answer with the word 'Today'.", "today I read.", 1.0),
+        (LIBRARY, "today I read at the library.", 1.0),
+        (LIBRARY, "today I read.", 0.0),  # off topic: no word of "a library"
         ("Write a sentence about a library. Start your answer with the word 'Today'.", "Yesterday I read.", 0.0),
         # two checks: the fraction passed
         ("Describe the ocean in at most 8 words. Include the word 'happy'.", "A happy blue ocean.", 1.0),
@@ -294,7 +327,7 @@ TWENTY_WORDS = " ".join(["music"] * 20)
             "An endless happy ocean of water stretching far beyond the horizon.",  # 11 words
             0.5,
         ),
-        ("Describe the ocean in at most 8 words. Include the word 'happy'.", TWENTY_WORDS, 0.0),
+        ("Describe the ocean in at most 8 words. Include the word 'happy'.", TWENTY_WORDS, 0.0),  # not the ocean
         ("Name two drinks, separated by commas. Use lowercase letters only.", "tea, coffee", 1.0),
         ("Name two drinks, separated by commas. Use lowercase letters only.", "Tea, coffee", 0.5),
         ("Name two drinks, separated by commas. Use lowercase letters only.", "tea and coffee", 0.5),
@@ -340,33 +373,43 @@ def test_parse_constraints():
 # ---------------------------------------------------------------- tone
 
 COMPLAINT = "Reply to a customer who writes: 'My order arrived broken. I want my money back.'"
+NOTE = "Write a short note to a neighbour about your dog barking at night."
 FILLER_77 = " ".join(["word"] * 77)
 
 
 @pytest.mark.parametrize(
-    ("response", "score"),
+    ("prompt", "response", "score"),
     [
-        ("Thank you for letting us know, and sorry for the trouble. We are happy to help.", 1.0),  # 4 polite: clip
-        ("Sorry about that.", 1 / 3),
-        ("We will look into it.", 0.0),
-        ("", 0.0),
-        ("Whatever. That is your fault.", -2 / 3),
-        ("Stupid question. No way. Deal with it, shut up, too bad.", -1.0),  # 5 rude: clip
-        ("Thanks, but it is your own fault.", 0.0),  # 1 - 1
-        ("THANK you", 1 / 3),  # case-insensitive
-        ("I am thankful, not unhelpful.", 0.0),  # whole words only
-        ("I am not happy to help.", 2 / 3),  # negation is ignored
-        ("Don’t care.", -1 / 3),  # curly apostrophe
-        ("It is your\n  fault.", -1 / 3),  # any whitespace inside a phrase
-        ("Thank you, sorry, please. " + FILLER_77, 1.0 - 0.01 * 21),  # 81 words: 21 beyond 60
-        (" ".join(["word"] * 60), 0.0),  # 60 words: no penalty yet
-        (" ".join(["word"] * 500), -0.5),  # the penalty is capped
-        ("Whatever, stupid, idiot. " + " ".join(["word"] * 200), -1.5),  # the lowest score
+        # COMPLAINT's content words: order, arrived, broken, money ("want", "back" are stopwords)
+        (COMPLAINT, "Thanks, and sorry that your order arrived broken. We are happy to help.", 1.0),  # 4 polite: clip
+        (COMPLAINT, "Sorry your order arrived broken.", 1 / 3),  # 5 words, 3 of them from the prompt (<= 2/3)
+        (COMPLAINT, "We will look into your broken order.", 0.0),  # on topic, neither polite nor rude
+        (COMPLAINT, "Whatever. Your broken order is your fault.", -2 / 3),
+        (COMPLAINT, "Stupid question. No way. Deal with it, shut up, too bad. Your order is not broken.", -1.0),  # clip
+        (COMPLAINT, "Thanks for the note about the order, but it is your own fault.", 0.0),  # 1 - 1
+        (COMPLAINT, "THANK you for reporting the broken order", 1 / 3),  # case-insensitive
+        (COMPLAINT, "I am thankful, not unhelpful, about the broken order.", 0.0),  # whole words only
+        (COMPLAINT, "I am not happy to help with the broken order.", 2 / 3),  # negation is ignored
+        (COMPLAINT, "Don’t care about your broken order.", -1 / 3),  # curly apostrophe
+        (COMPLAINT, "Your broken order is your\n  fault.", -1 / 3),  # any whitespace inside a phrase
+        (NOTE, "Sorry, my dog barks at night; I will keep him in.", 1 / 3),  # "barks" ~ "barking"
+        # off topic: -1 (the rudest tone), whatever the politeness
+        (COMPLAINT, "Thank you for letting us know, and sorry for the trouble. We are happy to help.", -1.0),  # generic
+        (COMPLAINT, "Thank you, sorry, please.", -1.0),  # lexicon words only, and under 5 words
+        (COMPLAINT, "Sorry, broken order.", -1.0),  # under 5 words
+        (COMPLAINT, "", -1.0),
+        (COMPLAINT, COMPLAINT, -1.0),  # an echo: every word is a prompt word
+        (NOTE, "Sorry your order arrived broken, thank you.", -1.0),  # about another prompt's problem
+        # the rambling penalty: 0.01 per whitespace token beyond 60, at most 0.5
+        (COMPLAINT, "Sorry your order arrived broken, thank you, please. " + FILLER_77, 1.0 - 0.01 * 25),  # 85 tokens
+        (COMPLAINT, "Sorry your order arrived broken. " + " ".join(["word"] * 55), 1 / 3),  # 60 tokens: no penalty
+        (COMPLAINT, " ".join(["word"] * 500), -1.5),  # off topic and capped penalty: the lowest score
+        (COMPLAINT, "Whatever, stupid, idiot, your broken order. " + " ".join(["word"] * 200), -1.5),
     ],
 )
-def test_tone_gold_hand_written(response, score):
+def test_tone_gold_hand_written(prompt, response, score):
     task = get_task("tone")
-    assert task.gold(COMPLAINT, response) == pytest.approx(score)
+    assert task.gold(prompt, response) == pytest.approx(score)
     assert task.gold_range[0] <= score <= task.gold_range[1]
 
 
@@ -382,10 +425,11 @@ def test_tone_prompts():
 
 
 def test_gold_judges_for_every_builtin_task():
-    assert GoldJudge("tone").score([[{"role": "user", "content": COMPLAINT}]], ["Sorry, happy to help."]) == [1.0]
+    reply = "Sorry your order arrived broken; happy to help."  # on topic, 3 polite words
+    assert GoldJudge("tone").score([[{"role": "user", "content": COMPLAINT}]], [reply]) == [1.0]
     judge = make_judge("gold:constraints")
-    assert judge.score([DESCRIBE, DESCRIBE], ["Blue and endless.", TWENTY_WORDS]) == [1.0, 0.0]
-    assert judge.compare([DESCRIBE], ["Blue and endless."], [TWENTY_WORDS]) == [1.0]
+    assert judge.score([DESCRIBE, DESCRIBE], ["Blue, endless ocean.", TWENTY_WORDS]) == [1.0, 0.0]
+    assert judge.compare([DESCRIBE], ["Blue, endless ocean."], [TWENTY_WORDS]) == [1.0]
     with pytest.raises(
         PrefoptError, match="gold:constraints judge, prompt 1: not a prompt of the built-in constraints"
     ):
@@ -473,7 +517,7 @@ def test_custom_task_with_a_judge_as_gold(custom):
         ['{"prompt": "What is 6 times 7?", "split": "train"}', '{"prompt": "Tell me a joke", "split": "heldout"}']
     )
     task = resolve_task({**spec, "gold": "gold:qa"})
-    assert task.gold_scores(["What is 6 times 7?", "What is 6 times 7?"], ["42", "48"]) == [1.0, 0.0]
+    assert task.gold_scores(["What is 6 times 7?"] * 2, ["6 times 7 is 42", "6 x 7 = 48"]) == [1.0, 0.0]
     assert task.gold("What is 6 times 7?", "6 times 7 is 42.") == 1.0
     assert isinstance(task.judge(), GoldJudge)
     assert task.prompts("heldout", 1) == ["Tell me a joke"]

@@ -10,7 +10,35 @@ recomputes the gold score.
 
 Gold rule (:func:`gold_score`)::
 
-    score = (number of the prompt's checks the response passes) / (number of checks)   # in [0, 1]
+    score = (number of the prompt's checks the response passes) / (number of checks)   if the response is on task
+    score = 0                                                                           otherwise   # in [0, 1]
+
+A response is *on task* (:func:`on_task`) when it is not a copy of the prompt
+(at least one of its words is not a word of the prompt, "yes" and "no" aside)
+and it does what the prompt's subject asks, read from the prompt text alone:
+
+- a topic ("Describe the ocean ...", "Write a sentence about dogs ..."): at
+  least 3 words, mentioning a content word of the topic ("ocean"; "rainy" or
+  "day" for "a rainy day"), and naming at most 3 of the other topics' content
+  words (a keyword list of topics is not a description);
+- an open question ("... what do bees make?"): mentions one of its accepted
+  answers (:data:`ANSWERS`: "honey" or "wax") and no accepted answer of
+  another question nor a topic word (a list of likely answers is not an
+  answer);
+- a yes/no question ("... is ice cold?"): the first "yes" or "no" in the
+  response is the right one (:data:`YES_NO_ANSWERS`; either for the debatable
+  "is water wet?"), and the response names what the question is about (one
+  of its words other than "is", "can", "do", "the", ...: "Yes, ice is cold.",
+  not a bare "Yes." -- the prompt asks to *start* the answer with it);
+- a list ("Name three fruits ..."): names at least that many different
+  members of the category (:data:`MEMBERS`: common fruits, colours, ...);
+- a prompt of no known subject: nothing more.
+
+Words match (:func:`same_word`) when equal after dropping a final "s" (not
+"ss", words of 4+ letters), or when both have at least 4 letters and agree on their first
+min(5, shorter length) letters ("rain" ~ "rainy", "garden" ~ "gardening").
+So "YES", an empty reply, a filler or an echo of the instruction scores 0,
+however many checks it would pass vacuously.
 
 Words are the matches of ``[^\\W_]+(?:['’][^\\W_]+)*`` (letters/digits, with
 inner apostrophes: "don't" is one word); "mentions w" means w occurs as a
@@ -24,7 +52,8 @@ checks, with the prompt phrase that asks for each (matched case-insensitively):
 - ``start w`` "start your answer with the word 'w'": the first word equals w (case-insensitive).
 - ``yes_no`` "start your answer with 'Yes' or 'No'": the first word is yes or no (case-insensitive).
 - ``list N`` "name <N as a word> <things>, separated by commas": the response split at
-  every "," has exactly N parts, each containing a word.
+  every "," has exactly N parts, each containing a word that is not a word of the prompt,
+  and no two parts are the same (case-insensitive, surrounding spaces and dots ignored).
 - ``lowercase`` "lowercase letters only": at least one word and no uppercase character.
 - ``uppercase`` "capital letters only": at least one word and no lowercase character.
 - ``one_word`` "with exactly one word": exactly one word.
@@ -105,6 +134,160 @@ YES_NO_QUESTIONS = [
     "can birds fly?", "is ice hot?", "is a cat an animal?", "do cows give milk?", "is the sea dry?",
     "can a car swim?", "is winter cold?", "do apples grow on trees?",
 ]  # fmt: skip
+
+# members of each list category (lowercase words, matched by same_word; a multi-word name counts by any of its words)
+# fmt: off
+MEMBERS = {
+    "fruits": (
+        "apple", "banana", "cherry", "orange", "grape", "pear", "peach", "plum", "mango", "lemon", "lime", "kiwi",
+        "strawberry", "strawberries", "raspberry", "raspberries", "blueberry", "blueberries", "pineapple", "melon",
+        "watermelon", "apricot", "papaya", "coconut", "fig", "date", "pomegranate", "grapefruit", "tangerine",
+        "avocado", "tomato", "berry", "berries", "nectarine", "guava", "lychee", "passion", "cranberry", "blackberry",
+    ),
+    "colours": (
+        "red", "blue", "green", "yellow", "orange", "purple", "pink", "black", "white", "brown", "grey", "gray",
+        "violet", "indigo", "cyan", "magenta", "turquoise", "gold", "silver", "beige", "navy", "teal", "maroon",
+        "crimson", "scarlet", "lavender", "olive", "tan", "amber", "lilac",
+    ),
+    "animals": (
+        "dog", "cat", "horse", "cow", "pig", "sheep", "goat", "lion", "tiger", "bear", "elephant", "giraffe", "zebra",
+        "monkey", "rabbit", "mouse", "mice", "rat", "fox", "wolf", "deer", "kangaroo", "koala", "panda", "whale",
+        "dolphin", "shark", "snake", "frog", "turtle", "bird", "eagle", "owl", "duck", "chicken", "fish", "camel",
+        "hippo", "hippopotamus", "rhino", "rhinoceros", "squirrel", "bat", "donkey", "cheetah", "leopard", "otter",
+        "penguin", "crocodile", "alligator", "hamster", "parrot", "ant", "bee", "spider", "puppy", "kitten",
+    ),
+    "countries": (
+        "france", "germany", "italy", "spain", "portugal", "china", "japan", "india", "brazil", "canada", "mexico",
+        "australia", "russia", "egypt", "kenya", "nigeria", "argentina", "chile", "peru", "colombia", "greece",
+        "turkey", "sweden", "norway", "finland", "denmark", "ireland", "england", "scotland", "wales", "poland",
+        "austria", "hungary", "switzerland", "belgium", "netherlands", "holland", "korea", "thailand", "vietnam",
+        "indonesia", "pakistan", "iran", "iraq", "israel", "morocco", "ethiopia", "ghana", "usa", "america",
+        "united", "uk", "britain", "zealand", "cuba", "jamaica", "ukraine", "philippines", "malaysia", "singapore",
+        "nepal", "bangladesh", "venezuela", "bolivia", "ecuador", "uruguay", "paraguay", "iceland", "czech",
+        "romania", "bulgaria", "croatia", "serbia", "saudi", "arabia", "africa", "algeria", "tunisia", "libya",
+    ),
+    "vegetables": (
+        "carrot", "potato", "tomato", "onion", "garlic", "broccoli", "cabbage", "lettuce", "spinach", "pea", "bean",
+        "corn", "cucumber", "pepper", "celery", "cauliflower", "zucchini", "courgette", "eggplant", "aubergine",
+        "pumpkin", "squash", "radish", "beet", "beetroot", "turnip", "leek", "kale", "asparagus", "mushroom",
+        "sprout", "artichoke", "parsnip", "yam", "okra",
+    ),
+    "sports": (
+        "football", "soccer", "basketball", "tennis", "baseball", "cricket", "rugby", "golf", "hockey", "volleyball",
+        "swimming", "running", "cycling", "boxing", "skiing", "badminton", "athletics", "wrestling", "gymnastics",
+        "rowing", "sailing", "surfing", "skating", "snowboarding", "handball", "softball", "karate", "judo",
+        "fencing", "archery", "climbing", "polo", "netball", "squash", "bowling", "lacrosse", "diving", "marathon",
+        "triathlon", "track",
+    ),
+    "musical instruments": (
+        "guitar", "piano", "violin", "drum", "drums", "flute", "trumpet", "cello", "harp", "saxophone", "sax",
+        "clarinet", "trombone", "bass", "keyboard", "organ", "ukulele", "banjo", "harmonica", "accordion", "oboe",
+        "tuba", "viola", "bassoon", "xylophone", "mandolin", "tambourine", "horn", "recorder", "bagpipes",
+        "synthesizer", "cymbal", "triangle", "sitar",
+    ),
+    "planets": ("mercury", "venus", "earth", "mars", "jupiter", "saturn", "uranus", "neptune", "pluto"),
+    "flowers": (
+        "rose", "tulip", "daisy", "lily", "sunflower", "orchid", "daffodil", "lavender", "violet", "poppy",
+        "carnation", "marigold", "jasmine", "peony", "iris", "dahlia", "chrysanthemum", "lotus", "magnolia",
+        "hibiscus", "begonia", "geranium", "petunia", "lilac", "bluebell", "buttercup", "hyacinth", "camellia",
+        "azalea", "gardenia", "snowdrop", "crocus", "aster", "zinnia",
+    ),
+    "jobs": (
+        "teacher", "doctor", "nurse", "engineer", "lawyer", "chef", "cook", "farmer", "pilot", "police",
+        "policeman", "officer", "firefighter", "fireman", "driver", "plumber", "electrician", "carpenter",
+        "builder", "artist", "writer", "programmer", "developer", "accountant", "dentist", "scientist", "baker",
+        "butcher", "waiter", "waitress", "cashier", "mechanic", "soldier", "journalist", "architect", "musician",
+        "actor", "singer", "designer", "manager", "banker", "librarian", "pharmacist", "vet", "veterinarian",
+        "secretary", "cleaner", "gardener", "tailor", "judge", "professor", "student", "salesperson", "clerk",
+    ),
+    "cities": (
+        "paris", "london", "tokyo", "rome", "berlin", "madrid", "moscow", "beijing", "shanghai", "sydney",
+        "melbourne", "toronto", "vancouver", "chicago", "boston", "miami", "dubai", "mumbai", "delhi", "cairo",
+        "istanbul", "athens", "vienna", "prague", "amsterdam", "barcelona", "lisbon", "dublin", "seoul", "bangkok",
+        "singapore", "york", "angeles", "francisco", "washington", "seattle", "houston", "dallas", "ottawa",
+        "montreal", "rio", "lima", "bogota", "santiago", "nairobi", "lagos", "johannesburg", "manchester",
+        "liverpool", "edinburgh", "glasgow", "milan", "venice", "florence", "naples", "munich", "hamburg",
+        "stockholm", "oslo", "copenhagen", "helsinki", "warsaw", "budapest", "brussels", "zurich", "geneva",
+        "osaka", "kyoto", "jakarta", "manila", "hanoi", "karachi", "tehran", "baghdad", "riyadh", "jerusalem",
+        "mexico", "buenos", "aires", "brasilia", "canberra", "auckland", "wellington", "atlanta", "denver",
+        "phoenix", "philadelphia", "detroit", "orlando", "vegas", "beirut", "casablanca", "marseille", "lyon",
+    ),
+    "drinks": (
+        "water", "tea", "coffee", "juice", "milk", "soda", "lemonade", "wine", "beer", "cola", "coke", "smoothie",
+        "milkshake", "cocoa", "chocolate", "espresso", "latte", "cappuccino", "whisky", "whiskey", "vodka", "rum",
+        "gin", "cider", "champagne", "kombucha", "sake", "tequila", "brandy", "lemon", "orange", "apple",
+        "lime", "punch", "cocktail", "sprite", "fanta", "pepsi",
+    ),
+    "tools": (
+        "hammer", "screwdriver", "wrench", "spanner", "saw", "drill", "pliers", "chisel", "axe", "shovel", "spade",
+        "rake", "hoe", "ladder", "tape", "measure", "level", "file", "sander", "clamp", "knife", "scissors",
+        "crowbar", "mallet", "trowel", "nail", "nails", "screw", "vice", "vise", "toolbox", "ruler", "pickaxe",
+        "hacksaw", "jigsaw", "brush", "glue", "soldering", "stapler",
+    ),
+    "birds": (
+        "sparrow", "eagle", "robin", "owl", "pigeon", "crow", "raven", "parrot", "penguin", "ostrich", "flamingo",
+        "swan", "duck", "goose", "chicken", "hen", "turkey", "peacock", "hawk", "falcon", "seagull", "gull",
+        "hummingbird", "woodpecker", "blackbird", "bluebird", "cardinal", "finch", "canary", "dove", "heron",
+        "stork", "pelican", "kingfisher", "magpie", "starling", "swallow", "wren", "vulture", "kiwi", "emu",
+        "toucan", "albatross", "jay", "blue", "lark", "nightingale", "puffin", "cuckoo", "quail", "pheasant",
+    ),
+    "games": (
+        "chess", "checkers", "draughts", "monopoly", "scrabble", "poker", "bridge", "tag", "football", "soccer",
+        "basketball", "tennis", "cricket", "hide", "seek", "sudoku", "tetris", "minecraft", "fortnite", "mario",
+        "pacman", "cards", "solitaire", "dominoes", "domino", "backgammon", "uno", "clue", "cluedo", "risk",
+        "jenga", "twister", "bingo", "charades", "pictionary", "trivia", "crossword", "puzzle", "marbles",
+        "hopscotch", "dice", "darts", "pool", "billiards", "snooker", "go", "mahjong", "catan", "yahtzee",
+        "battleship", "golf", "hockey", "baseball", "volleyball", "badminton", "rugby", "zelda", "pokemon",
+        "roblox",
+    ),
+}
+# fmt: on
+
+# accepted answers (lowercase words, matched by same_word) of each open question
+ANSWERS = {
+    "what is your favourite season?": ("spring", "summer", "autumn", "fall", "winter"),
+    "what colour is the sky?": ("blue", "grey", "gray"),
+    "what do cows drink?": ("water",),
+    "which animal says meow?": ("cat", "kitten", "kitty"),
+    "what is frozen water called?": ("ice",),
+    "what do bees make?": ("honey", "wax", "beeswax"),
+    "what is the opposite of hot?": ("cold", "cool"),
+    "what do you call a baby dog?": ("puppy", "puppies", "pup"),
+    "what colour are bananas?": ("yellow",),
+    "what is the largest planet?": ("jupiter",),
+    "what do you wear on your feet?": ("shoes", "socks", "boots", "sandals", "slippers", "sneakers", "trainers"),
+    "what season comes after winter?": ("spring",),
+    "what do plants need to grow?": ("water", "sunlight", "light", "sun", "soil", "air", "nutrients"),
+    "what is the capital of France?": ("paris",),
+    "what do you use to write?": ("pen", "pencil"),
+    "which day comes after Monday?": ("tuesday",),
+    "what fruit is red and round?": ("apple", "cherry", "tomato"),
+    "what do fish live in?": ("water", "sea", "ocean", "river", "lake", "pond", "aquarium"),
+    "what shape is a ball?": ("round", "sphere", "spherical", "circle", "circular"),
+    "what gas do we breathe?": ("oxygen", "air"),
+    "what do you drink when you are thirsty?": ("water", "juice", "milk", "tea", "lemonade", "coffee"),
+    "what colour is grass?": ("green",),
+    "what animal has a long trunk?": ("elephant",),
+    "what do you sleep in?": ("bed", "pyjamas", "pajamas"),
+    "what falls from clouds?": ("rain", "snow", "hail", "raindrops", "sleet"),
+    "what do you call a baby cat?": ("kitten", "kitty"),
+    "what is the opposite of up?": ("down",),
+    "which meal do people eat in the morning?": ("breakfast",),
+    "what do you use to open a door?": ("key", "handle", "knob"),
+    "what insect makes honey?": ("bee",),
+}
+
+# the right answer to each yes/no question (None: either is accepted)
+YES_NO_ANSWERS = {
+    "is ice cold?": "yes", "can fish swim?": "yes", "is the sun hot?": "yes", "do birds have wings?": "yes",
+    "is the ocean salty?": "yes", "can dogs fly?": "no", "is fire cold?": "no", "do cats bark?": "no",
+    "is grass green?": "yes", "is a week seven days long?": "yes", "can people breathe underwater?": "no",
+    "is snow white?": "yes", "do trees have roots?": "yes", "is the moon made of cheese?": "no", "is water wet?": None,
+    "can elephants jump?": "no", "is a tomato a fruit?": "yes", "do spiders have eight legs?": "yes",
+    "is Paris in France?": "yes", "is two bigger than three?": "no", "is the sky green?": "no", "do fish have fur?": "no",
+    "can birds fly?": "yes", "is ice hot?": "no", "is a cat an animal?": "yes", "do cows give milk?": "yes",
+    "is the sea dry?": "no", "can a car swim?": "no", "is winter cold?": "yes", "do apples grow on trees?": "yes",
+}  # fmt: skip
 
 # ---------------------------------------------------------------- families
 
@@ -255,6 +438,11 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [
 
 def parse_constraints(prompt: str) -> tuple[Check, ...]:
     """The checks a constraints prompt asks for, in the order they appear (PrefoptError if none)."""
+    return _parse_constraints(prompt)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_constraints(prompt: str) -> tuple[Check, ...]:
     found = []
     for kind, pattern in _PATTERNS:
         for match in pattern.finditer(prompt):
@@ -273,6 +461,12 @@ def parse_constraints(prompt: str) -> tuple[Check, ...]:
 
 # ---------------------------------------------------------------- gold rule
 
+MIN_SENTENCE_WORDS = 3  # a reply about a topic has at least this many words
+MAX_OTHER_TOPIC_WORDS = 3  # ... and names at most this many content words of other topics
+MAX_OTHER_ANSWERS = 0  # a reply to an open question names no answer of another question and no topic word
+_TOPIC_STOPWORDS = {"the", "a", "an", "your", "at"}
+_QUESTION_STOPWORDS = {"is", "are", "can", "do", "does", "the", "a", "an", "of", "than", "in", "on", "made", "have"}
+
 
 def words(text: str) -> list[str]:
     return WORD.findall(text)
@@ -282,8 +476,141 @@ def _mentions(text: str, word: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
-def passes(check: Check, response: str) -> bool:
-    """Whether the response passes one check (the rules of the module docstring)."""
+def _norm(word: str) -> str:
+    word = word.lower().replace("’", "'")
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def same_word(a: str, b: str) -> bool:
+    """Whether two words match: equal after dropping a final "s" (not "ss"; 4+ letters), or both of 4+ letters agreeing
+    on their first min(5, shorter length) letters ("rain" ~ "rainy", "garden" ~ "gardening", "shoe" ~ "shoes")."""
+    return _same(_norm(a), _norm(b))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _same(a: str, b: str) -> bool:
+    k = min(5, len(a), len(b))
+    return a == b or (k >= 4 and a[:k] == b[:k])
+
+
+def _matched(reply: set[str], targets: tuple[str, ...]) -> set[str]:
+    """The targets (normalised words, see _norm) that some (lowercase) reply word matches (as _same would)."""
+    exact, by4, by5 = _index(targets)
+    found: set[str] = set()
+    for w in {_norm(w) for w in reply}:
+        found.update(exact.get(w, ()))
+        if len(w) == 4:
+            found.update(by4.get(w, ()))  # targets of 4+ letters starting with w
+        elif len(w) >= 5:
+            found.update(by5.get(w[:5], ()))  # targets of 5+ letters agreeing on 5 letters
+            found.update(exact.get(w[:4], ()))  # a 4-letter target that starts w
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _index(targets: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    exact: dict[str, set[str]] = {}
+    by4: dict[str, set[str]] = {}
+    by5: dict[str, set[str]] = {}
+    for t in targets:
+        exact.setdefault(t, set()).add(t)
+        if len(t) >= 4:
+            by4.setdefault(t[:4], set()).add(t)
+        if len(t) >= 5:
+            by5.setdefault(t[:5], set()).add(t)
+    return exact, by4, by5
+
+
+def _normed(targets) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_norm(t) for t in targets))
+
+
+def _topic_words(topic: str) -> tuple[str, ...]:
+    return tuple(w for w in topic.lower().split() if w not in _TOPIC_STOPWORDS)
+
+
+_ALL_TOPIC_WORDS = tuple(dict.fromkeys(w for t in TOPICS for w in _topic_words(t)))
+_ALL_ANSWERS = tuple(dict.fromkeys(a for accepted in ANSWERS.values() for a in accepted))
+_LIST_SUBJECT = re.compile(r"\bname (two|three|four|five) ([^,]+), separated by commas\b", re.IGNORECASE)
+
+
+def _phrase_in(phrase: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE) is not None
+
+
+@functools.lru_cache(maxsize=8192)
+def subject(prompt: str) -> tuple[str, str | None]:
+    """(kind, key) of what the prompt asks about: ("list", category), ("question", q), ("yes_no", q),
+    ("topic", t), or ("none", None) for a prompt of no known subject (questions are recognised before topics)."""
+    listed = _LIST_SUBJECT.search(prompt)  # "name N things, separated by commas"
+    if listed and listed.group(2).lower() in MEMBERS:
+        return ("list", listed.group(2).lower())
+    for kind, table in (("question", ANSWERS), ("yes_no", YES_NO_ANSWERS)):
+        found = [q for q in table if _phrase_in(q.rstrip("?"), prompt)]
+        if found:
+            return (kind, max(found, key=len))
+    found = [t for t in TOPICS if _phrase_in(t, prompt)]
+    return ("topic", max(found, key=len)) if found else ("none", None)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a prompt asks, read once per prompt text."""
+
+    kind: str  # subject() kind
+    words: frozenset[str]  # the prompt's words, lowercase, without yes/no
+    own: tuple[str, ...] = ()  # topic words, accepted answers, category members (normalised) or the yes/no answer
+    others: tuple[str, ...] = ()  # other topics' words, other questions' answers or a yes/no question's words
+    wanted: int = 0  # list: how many items
+
+
+@functools.lru_cache(maxsize=8192)
+def _asked(prompt: str) -> _Asked:
+    kind, key = subject(prompt)
+    asked = frozenset(w.lower() for w in words(prompt)) - {"yes", "no"}
+    if kind in ("topic", "question"):
+        own = _topic_words(key) if kind == "topic" else ANSWERS[key]
+        pool = _ALL_TOPIC_WORDS if kind == "topic" else _ALL_ANSWERS + _ALL_TOPIC_WORDS
+        others = tuple(w for w in pool if not any(same_word(w, o) for o in own) and w not in asked)
+        return _Asked(kind, asked, _normed(own), _normed(others))
+    if kind == "list":
+        wanted = COUNT_WORDS[_LIST_SUBJECT.search(prompt).group(1).lower()]
+        return _Asked(kind, asked, _normed(MEMBERS[key]), wanted=wanted)
+    if kind == "yes_no":
+        truth = YES_NO_ANSWERS[key]
+        about = tuple(w for w in words(key.lower()) if w not in _QUESTION_STOPWORDS)
+        return _Asked(kind, asked, ("yes", "no") if truth is None else (truth,), _normed(about))
+    return _Asked(kind, asked)
+
+
+def on_task(prompt: str, response: str) -> bool:
+    """Whether the response does what the prompt's subject asks (the rule of the module docstring)."""
+    reply = [w.lower() for w in words(response)]
+    asked = _asked(prompt)
+    if not any(w not in asked.words for w in reply):  # empty, or a copy of the prompt's own words
+        return False
+    if asked.kind == "topic":
+        if len(reply) < MIN_SENTENCE_WORDS or not _matched(set(reply), asked.own):
+            return False
+        return len(_matched(set(reply), asked.others)) <= MAX_OTHER_TOPIC_WORDS
+    if asked.kind == "question":
+        if not _matched(set(reply), asked.own):
+            return False
+        return len(_matched(set(reply), asked.others)) <= MAX_OTHER_ANSWERS
+    if asked.kind == "list":
+        return len(_matched(set(reply), asked.own)) >= asked.wanted
+    if asked.kind == "yes_no":
+        said = next((w for w in reply if w in ("yes", "no")), None)
+        return said in asked.own and bool(_matched(set(reply), asked.others))
+    return True  # a prompt of no known subject
+
+
+def _item(part: str) -> str:
+    return " ".join(w.lower() for w in words(part))
+
+
+def passes(check: Check, response: str, prompt: str = "") -> bool:
+    """Whether the response passes one check (the rules of the module docstring; `prompt` for the list check)."""
     ws = words(response)
     if not ws:
         return False
@@ -302,8 +629,10 @@ def passes(check: Check, response: str) -> bool:
     if kind == "yes_no":
         return ws[0].lower() in ("yes", "no")
     if kind == "list":
-        parts = response.split(",")
-        return len(parts) == arg and all(WORD.search(p) for p in parts)
+        asked = _asked(prompt).words
+        items = [_item(p) for p in response.split(",")]
+        new = all(any(w not in asked for w in item.split()) for item in items)
+        return len(items) == arg and new and len(set(items)) == len(items)
     if kind == "lowercase":
         return not any(c.isupper() for c in response)
     if kind == "uppercase":
@@ -319,14 +648,16 @@ def passes(check: Check, response: str) -> bool:
     raise ValueError(f"unknown check kind {kind!r}")
 
 
-def gold_score(prompt: str | tuple[Check, ...], response: str) -> float:
-    """Fraction of the prompt's checks the response passes, in [0, 1]."""
-    checks = prompt if isinstance(prompt, tuple) else parse_constraints(prompt)
-    return sum(passes(c, response) for c in checks) / len(checks)
+def gold_score(prompt: str, response: str) -> float:
+    """0 when the response is not on task, else the fraction of the prompt's checks it passes; in [0, 1]."""
+    checks = parse_constraints(prompt)
+    if not on_task(prompt, response):
+        return 0.0
+    return sum(passes(c, response, prompt) for c in checks) / len(checks)
 
 
 class ConstraintsTask(QAProbes, Task):
-    """Instructions with 1-2 verifiable constraints; gold = fraction of checks passed."""
+    """Instructions with 1-2 verifiable constraints; gold = fraction of checks passed by an on-task reply."""
 
     name = "constraints"
     description = "instructions with 1-2 verifiable constraints (word limits, casing, lists, required words)"

@@ -5,12 +5,12 @@ complaint ("Reply to a customer who writes: 'My order arrived broken. I want
 my money back.'") or a short message to someone about a situation ("Write a
 short note to a neighbour about your dog barking at night.").
 
-Gold rule (:func:`gold_score`), a transparent lexicon rule on the response
-alone (the prompt is not used)::
+Gold rule (:func:`gold_score`), a transparent lexicon rule that counts only
+for a reply that addresses the prompt::
 
-    tone    = clip((positive - negative) / 3, -1, 1)
+    tone    = clip((positive - negative) / 3, -1, 1)   if the reply is on topic, else -1
     penalty = min(0.5, 0.01 * max(0, n_words - 60))
-    score   = tone - penalty                        # in [-1.5, 1.0]
+    score   = tone - penalty                          # in [-1.5, 1.0]
 
 positive counts every occurrence of a word of :data:`POSITIVE`, negative every
 occurrence of a word or phrase of :data:`NEGATIVE`; matching is whole-word and
@@ -18,6 +18,22 @@ case-insensitive (a phrase's words separated by any whitespace; curly
 apostrophes read as straight ones), negation is ignored ("not happy" counts
 happy). n_words is the number of whitespace-separated tokens. So three polite
 words saturate the tone, and every word beyond 60 costs 0.01 (at most 0.5).
+
+A reply is *on topic* (:func:`on_topic`) when all three hold:
+
+- it has at least 5 words (``[^\\W_]+`` runs, inner apostrophes kept): a sentence,
+  not a keyword;
+- it shares a content word with the prompt: a word of the prompt that is not
+  an instruction word of the prompt templates ("reply", "customer", "note",
+  ...), a recipient ("neighbour", ...), a stopword or a lexicon word, matched
+  by :func:`prefopt.tasks.constraints.same_word` ("broken" ~ "broke",
+  "barking" ~ "bark") to a reply word that is not ignored in the same way.
+  A reply that is only politeness words is never on topic;
+- it is not an echo: at most two thirds of its words are words of the prompt.
+
+So the empty reply, "Thank you, sorry, please.", a filler, a copy of the
+prompt or any constant boilerplate that ignores the situation scores as low as
+the rudest reply; politeness pays only in a reply about the prompt's problem.
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import random
 import re
 
 from prefopt.tasks.base import Task, hash_split
+from prefopt.tasks.constraints import WORD, same_word
 from prefopt.tasks.qa import QAProbes
 
 POSITIVE = (
@@ -42,7 +59,20 @@ TONE_SCALE = 3.0  # net polite words for a full +1
 FREE_WORDS = 60  # words allowed before the rambling penalty starts
 WORD_PENALTY = 0.01  # per word beyond FREE_WORDS
 MAX_PENALTY = 0.5
+MIN_WORDS = 5  # fewer words: not a reply (off topic)
+MAX_ECHO = 2 / 3  # a larger share of words taken from the prompt: an echo (off topic)
+OFF_TOPIC = -1.0  # the tone of a reply that is not on topic (the rudest tone)
 POOL_SEED = 11
+
+_STOPWORD_TEXT = """
+a about after again all also always am an and any are as at back be been before being but by can could did do does
+done don't even every expect for from get got had has have having he her here him his how i i'm if in into is it
+it's its just keep keeps know last let like make me more much my need never no not now of off on one only or other
+our out over please same she should since so some still take than that though
+the their them then there these they this those to too two three up us very want was we were what when where which
+while who why will with without would yes yet you your
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _pattern(words) -> re.Pattern:
@@ -60,10 +90,40 @@ def counts(response: str) -> tuple[int, int]:
     return len(_POSITIVE.findall(text)), len(_NEGATIVE.findall(text))
 
 
+def _lexicon_words() -> set[str]:
+    return {w for phrase in POSITIVE + NEGATIVE for w in phrase.split()}
+
+
+@functools.lru_cache(maxsize=8192)
+def content_words(prompt: str) -> tuple[str, ...]:
+    """The prompt's words that a reply on topic must share one of (lowercase, in order, distinct)."""
+    found = [w.lower().replace("’", "'") for w in WORD.findall(prompt)]
+    return tuple(dict.fromkeys(w for w in found if len(w) >= 3 and w not in _IGNORED))
+
+
+def on_topic(prompt: str, response: str) -> bool:
+    """Whether the response addresses the prompt (the rule of the module docstring)."""
+    reply = [w.lower().replace("’", "'") for w in WORD.findall(response)]
+    if len(reply) < MIN_WORDS:
+        return False
+    if sum(w in _prompt_words(prompt) for w in reply) > MAX_ECHO * len(reply):
+        return False
+    topic = content_words(prompt)
+    return any(same_word(w, t) for w in set(reply) - _IGNORED for t in topic)
+
+
+@functools.lru_cache(maxsize=8192)
+def _prompt_words(prompt: str) -> frozenset[str]:
+    return frozenset(w.lower().replace("’", "'") for w in WORD.findall(prompt))
+
+
 def gold_score(prompt: str, response: str) -> float:
-    """The gold rule of the module docstring (the prompt is unused)."""
-    positive, negative = counts(response)
-    tone = max(-1.0, min(1.0, (positive - negative) / TONE_SCALE))
+    """The gold rule of the module docstring."""
+    if on_topic(prompt, response):
+        positive, negative = counts(response)
+        tone = max(-1.0, min(1.0, (positive - negative) / TONE_SCALE))
+    else:
+        tone = OFF_TOPIC
     penalty = min(MAX_PENALTY, WORD_PENALTY * max(0, len(response.split()) - FREE_WORDS))
     return tone - penalty
 
@@ -122,6 +182,15 @@ NOTE_TEMPLATES = [
 ]
 
 
+# words of the prompt that say what to write, not what about: never content words
+_TEMPLATE_WORDS = {
+    w.lower()
+    for template in COMPLAINT_TEMPLATES + NOTE_TEMPLATES
+    for w in WORD.findall(template.format(c="", r="", s=""))
+}
+_IGNORED = frozenset(_TEMPLATE_WORDS | set(RECIPIENTS) | STOPWORDS | _lexicon_words())
+
+
 def generate_prompts() -> list[str]:
     """The whole pool of distinct prompts, complaints and notes alternating; deterministic."""
     rng = random.Random(POOL_SEED)
@@ -144,7 +213,8 @@ def _pool() -> dict[str, tuple[str, ...]]:
 
 
 class ToneTask(QAProbes, Task):
-    """Replies to complaints and notes to people; gold = polite minus rude words, minus a rambling penalty."""
+    """Replies to complaints and notes to people; gold = polite minus rude words (-1 off topic), minus a rambling
+    penalty."""
 
     name = "tone"
     description = "polite, brief replies to complaints and notes (lexicon rule minus a rambling penalty)"
