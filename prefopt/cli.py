@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from prefopt.training.config import RunConfig, format_options
 from prefopt.errors import PrefoptError
+from prefopt.training.config import RunConfig, format_options
 
 EPILOG_RUN = """\
 options are key=value pairs after the flags, e.g.

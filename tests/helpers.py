@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from prefopt.cli import main
+from prefopt.judges import Judge
 
 TOPICS = ["cats", "rain", "maps", "tea", "bikes", "stars", "books", "songs", "trees", "boats", "clocks", "bread"]
 
@@ -22,6 +23,19 @@ def write_learnable_pairs(path: Path, n: int = 48) -> Path:
 def letter_share(prompt: str, response: str) -> float:
     """A gold rule a tiny random model can be graded by: the share of the reply's characters that are 'e'."""
     return response.count("e") / max(1, len(response))
+
+
+class LetterJudge(Judge):
+    """A trivially learnable gold rule as a judge: the share of the response's characters that are 'e'."""
+
+    def score(self, prompts, responses):
+        return [letter_share("", r) for r in responses]
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """A prompt-only data file of n distinct prompts, for online methods."""
+    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(n)))
+    return path
 
 
 def tiny_run_args(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -3,17 +3,10 @@
 import json
 
 import pytest
-from helpers import interrupt_on_call, read_metrics, run_cli, tiny_run_args
+from helpers import LetterJudge, interrupt_on_call, read_metrics, run_cli, tiny_run_args, write_prompts
 
 from prefopt import judges
 from prefopt.judges import Judge
-
-
-class LetterJudge(Judge):
-    """A trivially learnable gold rule: the share of the response's characters that are 'e'."""
-
-    def score(self, prompts, responses):
-        return [r.count("e") / max(1, len(r)) for r in responses]
 
 
 @pytest.fixture
@@ -23,9 +16,7 @@ def letter_judge(monkeypatch):
 
 @pytest.fixture
 def prompts(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(40)))
-    return path
+    return write_prompts(tmp_path / "prompts.jsonl", 40)
 
 
 def mean(rows, key, part):

@@ -7,11 +7,10 @@ options act in the shared lifecycle and OnlineContext, not in the algorithm.
 import json
 
 import pytest
-from helpers import read_metrics, run_cli, tiny_run_args
+from helpers import LetterJudge, read_metrics, run_cli, tiny_run_args, write_prompts
 
 from prefopt import judges
 from prefopt.errors import PrefoptError
-from prefopt.judges import Judge
 from prefopt.training.config import RunConfig
 from prefopt.training.lifecycle import SUMMARY_KEYS, lr_factor
 from prefopt.training.online import check_online_options
@@ -21,11 +20,6 @@ pytestmark = pytest.mark.e2e
 SHORT = ("steps=2", "batch_size=4", "max_new_tokens=4", "lr=1e-2", "eval_size=4")
 
 
-class LetterJudge(Judge):
-    def score(self, prompts, responses):
-        return [r.count("e") / max(1, len(r)) for r in responses]
-
-
 @pytest.fixture(autouse=True)
 def letter_judge(monkeypatch):
     monkeypatch.setattr(judges, "make_judge", lambda spec, **options: LetterJudge())
@@ -33,9 +27,7 @@ def letter_judge(monkeypatch):
 
 @pytest.fixture
 def prompts(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(24)))
-    return path
+    return write_prompts(tmp_path / "prompts.jsonl", 24)
 
 
 def ppo(model_dir, prompts, out, *options):
