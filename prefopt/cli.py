@@ -165,9 +165,10 @@ def cmd_run(args, argv: list[str] | None = None) -> int:
             raise PrefoptError(f"--num-processes {wanted} inside a launch of {dist.world} process(es)")
         if args.fsdp and not relaunch:
             raise PrefoptError("--fsdp needs --num-processes N (N >= 2); under accelerate launch use --use_fsdp")
-    if relaunch:  # the same command in N processes; they write and print everything
+    if relaunch:  # the same command in N processes; they write and print everything but their errors
         rest = [a for a in distributed.strip_flag(list(argv or sys.argv[1:]), "--num-processes") if a != "--fsdp"]
-        return distributed.launch(wanted, rest, fsdp=args.fsdp)
+        # refuses first, before starting any process, the settings the processes would refuse
+        return distributed.launch(wanted, rest, fsdp=args.fsdp, global_batch=run.batch_size * run.grad_accum)
 
     from prefopt.training.runner import train
 

@@ -1,10 +1,13 @@
 """Data-parallel training in real processes (gloo on CPU), launched as a user would, against one process."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +36,19 @@ def _env() -> dict:
     return env
 
 
-def _run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
+def _run(cmd: list, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`cmd` in a clean launch environment plus `env`."""
     cwd.mkdir(exist_ok=True)
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env={**_env(), **env}, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def _hook(folder: Path, source: str, monkeypatch) -> None:
+    """`source` imported by every Python process the test starts next (folder/sitecustomize.py first on
+    PYTHONPATH; _env() adds the source folder)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
 
 
 def _accelerate_launch(*args, fsdp: bool = False, fsdp_flags: tuple = ()) -> list:
@@ -145,7 +157,171 @@ def test_bad_input_fails_once_on_every_process(tiny_model_dir, tmp_path):
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("prefopt: error: ") and "missing.jsonl" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
     assert not out.exists()
+
+
+# Imported by every Python process the test starts: a launched process (RANK set) leaves its pid in a folder.
+STARTED_HOOK = """
+import os
+from pathlib import Path
+
+if "RANK" in os.environ:
+    (Path(os.environ["PREFOPT_TEST_STARTED"]) / str(os.getpid())).touch()
+"""
+
+FSDP_OFFLOAD_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_offload_params: true
+  fsdp_version: 2
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(("flags", "setting", "expected"), [
+    (("--fsdp",), "accelerate config: fsdp_offload_params true",
+     "FSDP parameter offloading (fsdp_offload_params) is not supported; set it to false"),
+    ((), "ACCELERATE_USE_DEEPSPEED=true", "DeepSpeed is not supported: prefopt trains data-parallel"),
+])
+def test_num_processes_refuses_what_its_processes_would_before_starting_them(tiny_model_dir, pairs, tmp_path,
+                                                                             monkeypatch, flags, setting, expected):
+    """A setting the processes would refuse: one line and status 2 from the launcher, no process started.
+    (The processes used to find it themselves: process 0 printed the line, unless process 1 exited first and
+    the launcher stopped process 0 before it did; the user then got a torch elastic dump and no line.)"""
+    env = {}
+    if setting.startswith("accelerate config"):
+        home = tmp_path / "hf"
+        (home / "accelerate").mkdir(parents=True)
+        (home / "accelerate" / "default_config.yaml").write_text(FSDP_OFFLOAD_CONFIG)
+        env["HF_HOME"] = str(home)
+    else:
+        name, value = setting.split("=")
+        env[name] = value  # _env() drops the ACCELERATE_ variables of this process
+    started = tmp_path / "started"
+    started.mkdir()
+    monkeypatch.setenv("PREFOPT_TEST_STARTED", str(started))
+    _hook(tmp_path / "hook", STARTED_HOOK, monkeypatch)
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, out, "steps=2"),
+                 "--num-processes", "2", *flags], tmp_path / "work", **env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"prefopt: error: {expected}"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert list(started.iterdir()) == []
+    assert not out.exists()
+
+
+# Imported by every Python process the test starts: process 0 of a launch is slow to join its group.
+SLOW_JOIN_HOOK = """
+import os
+
+if os.environ.get("RANK") == "0":
+    import time
+
+    from prefopt.training import distributed
+
+    _join = distributed._join
+
+    def _slow_join():
+        time.sleep(float(os.environ["PREFOPT_TEST_SLOW_JOIN_S"]))
+        return _join()
+
+    distributed._join = _slow_join
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_refusal_found_by_the_processes_is_printed_once_when_process_0_is_slow(tiny_model_dir, pairs, tmp_path,
+                                                                                  monkeypatch):
+    """`accelerate launch` with an FSDP setting prefopt refuses: only the processes can see it. Process 1
+    refuses first and its launcher stops process 0 at once: the line is printed once all the same (by the
+    first process to refuse), and nothing is written."""
+    _hook(tmp_path / "hook", SLOW_JOIN_HOOK, monkeypatch)
+    monkeypatch.setenv("PREFOPT_TEST_SLOW_JOIN_S", "20")
+    refused = tmp_path / "refused"
+    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, refused, "steps=2"), fsdp=True,
+                                   fsdp_flags=("--fsdp_offload_params", "true")), tmp_path / "work")
+    assert done.returncode != 0  # accelerate's launcher reports its failed processes itself (status 1, a dump)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("prefopt: error:")]
+    assert errors == [("prefopt: error: FSDP parameter offloading (fsdp_offload_params) is not supported; "
+                       "set it to false")], done.stderr[-3000:]
+    assert not refused.exists()
+
+
+def _launched_by(marker: str, launcher: int) -> list:
+    """The live processes, other than `launcher`, whose command line holds `marker`."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["pid"] != launcher and marker in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def _running(proc) -> bool:
+    """Whether `proc` still runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopping_the_launcher_stops_its_processes(tiny_model_dir, pairs, tmp_path, sig):
+    """SIGTERM to `prefopt run --num-processes 2` (or SIGKILL: no chance to pass it on) while it trains: both
+    processes are gone within seconds, no summary.json is written, and the checkpoints are kept (--resume)."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "run"
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, out, "steps=100000", "save_every=2"),
+           "--num-processes", "2"]
+    with (tmp_path / "stderr.txt").open("w+") as err:
+        launcher = subprocess.Popen([str(c) for c in cmd], cwd=work, env=_env(), stdout=subprocess.DEVNULL,
+                                    stderr=err, text=True)
+        workers = []
+        try:
+            deadline = time.monotonic() + 300
+            while not list((out / "checkpoints").glob("step-*")):  # training, and a checkpoint kept
+                assert launcher.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint after 300 s"
+                time.sleep(0.2)
+            workers = _launched_by(str(out), launcher.pid)
+            assert len(workers) == 2, workers
+            launcher.send_signal(sig)
+            deadline = time.monotonic() + 10
+            while any(_running(proc) for proc in workers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(_running(proc) for proc in workers)
+            code = launcher.wait(timeout=30)
+        finally:
+            for proc in workers:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+        err.seek(0)
+        stderr = err.read()
+    assert _launched_by(str(out), launcher.pid) == []
+    if sig == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, stderr[-3000:]
+        assert stderr.splitlines()[-1].startswith("prefopt: interrupted (SIGTERM): stopped the 2 processes")
+        assert "Traceback" not in stderr, stderr[-3000:]
+    else:
+        assert code == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    assert (out / "config.yaml").is_file() and list((out / "checkpoints").glob("step-*"))
 
 
 def test_online_methods_refuse_several_processes(tiny_model_dir, pairs, tmp_path, capsys):
@@ -243,8 +419,7 @@ def test_accelerate_fsdp_settings(monkeypatch, settings, expected):
 @pytest.mark.multiprocess
 def test_fsdp_without_resharding_after_forward_matches_one(tiny_model_dir, pairs, tmp_path):
     """`accelerate launch --use_fsdp --fsdp_reshard_after_forward false`: layers keep their gathered weights
-    from forward to backward; the same run as one process. A setting prefopt cannot honour: one line from the
-    workers, nothing written."""
+    from forward to backward; the same run as one process."""
     common = ("--algo", "dpo", "steps=2", "lr=1e-2", "batch_size=2", "grad_accum=2", "eval_every=1")
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, one, *common)) == 0
@@ -252,15 +427,6 @@ def test_fsdp_without_resharding_after_forward_matches_one(tiny_model_dir, pairs
                                    fsdp_flags=("--fsdp_reshard_after_forward", "false")), tmp_path / "work")
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_run(one, two, atol=1e-4)
-
-    refused = tmp_path / "refused"
-    done = _run(_accelerate_launch(*tiny_run_args(tiny_model_dir, pairs, refused, *common), fsdp=True,
-                                   fsdp_flags=("--fsdp_offload_params", "true")), tmp_path / "work")
-    assert done.returncode != 0  # accelerate's launcher reports its failed workers itself (status 1, a traceback)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("prefopt: error:")]
-    assert errors == [("prefopt: error: FSDP parameter offloading (fsdp_offload_params) is not supported; "
-                       "set it to false")], done.stderr[-3000:]
-    assert not refused.exists()
 
 
 @pytest.mark.multiprocess
@@ -302,10 +468,7 @@ def test_fsdp_checkpoints_resume_across_sharded_and_one_process(tiny_model_dir, 
     straight, sharded_first, sharded_second = tmp_path / "straight", tmp_path / "a", tmp_path / "b"
     assert run_cli(tiny_run_args(tiny_model_dir, pairs, straight, *common)) == 0
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(INTERRUPT_HOOK)
-    monkeypatch.setenv("PYTHONPATH", str(hook))  # _env() adds the source folder
+    _hook(tmp_path / "hook", INTERRUPT_HOOK, monkeypatch)
     monkeypatch.setenv("PREFOPT_TEST_INTERRUPT_AT", "3")
     done = _run([sys.executable, "-m", "prefopt", *tiny_run_args(tiny_model_dir, pairs, sharded_first, *common),
                  "--num-processes", "2", "--fsdp"], tmp_path / "work")
