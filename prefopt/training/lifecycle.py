@@ -30,6 +30,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from prefopt.core.models import save_trained
 from prefopt.errors import PrefoptError
 from prefopt.io import atomic_write_json, atomic_write_text, finite_json, json_line, provenance
 from prefopt.training.checkpoint import (
@@ -239,7 +240,7 @@ class RunFolder:
         self._check_fingerprint(saved["state"].get("fingerprint"), path)
         state = load_checkpoint(path, model, optimizer, scheduler, saved)
         if self.writer:
-            kept = [line for line in _metric_lines(self.metrics) if json.loads(line)["step"] <= state["step"]]
+            kept = [line for line, row in _metric_rows(self.metrics) if row["step"] <= state["step"]]
             atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
         return state
 
@@ -271,8 +272,6 @@ class RunFolder:
 
     def save_outputs(self, model, tokenizer, merge: bool) -> dict[str, str]:
         """The trained adapter/model (+ a scalar head beside it); checkpoints are no longer needed."""
-        from prefopt.core.models import save_trained
-
         head = hasattr(model, "head")
         try:
             saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
@@ -311,18 +310,18 @@ def run_fingerprint(algo_name: str, run: RunConfig, algo_config, model: str, exa
     return {"algo": algo_name, "options": finite_json(options), "model": model, "data": digest}
 
 
-def _metric_lines(path: Path) -> list[str]:
-    """The rows of metrics.jsonl; a torn last line (a write cut short by a crash) is dropped."""
+def _metric_rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, parsed row) of each row of metrics.jsonl; a torn last line (a write cut short by a crash) is
+    dropped."""
     if not path.exists():
         return []
-    lines = []
+    rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            json.loads(line)
+            rows.append((line, json.loads(line)))
         except ValueError:
             continue
-        lines.append(line)
-    return lines
+    return rows
 
 
 # ---------------------------------------------------------------- the loop
