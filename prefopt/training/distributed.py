@@ -641,9 +641,14 @@ def check_launch(num_processes: int, fsdp: bool = False, global_batch: int | Non
     if sharded:
         _fully_shard()
         if global_batch is not None:
-            from prefopt.training.offline import _check_sharded  # the check each process makes
+            check_even_shares(global_batch, num_processes)  # the check each process makes too
 
-            _check_sharded(global_batch, num_processes)
+
+def check_even_shares(global_batch: int, world: int) -> None:
+    """What FSDP needs: the same number of forwards on every process (each one is a collective)."""
+    if global_batch % world:
+        raise PrefoptError(f"FSDP: batch_size x grad_accum = {global_batch} must be divisible by the {world} "
+                           "processes (every process runs the same number of forwards)")
 
 
 _STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")

@@ -30,7 +30,7 @@ from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pa
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
 from prefopt.training.config import RunConfig
-from prefopt.training.distributed import Context, context
+from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
 from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
@@ -251,7 +251,7 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
         data = prepare_data(run, inputs, tokenizer)
         global_batch = run.batch_size * run.grad_accum
         if dist.sharded:
-            _check_sharded(global_batch, dist.world)
+            check_even_shares(global_batch, dist.world)
         device = dist.device if dist.distributed else pick_device()
         precision = resolve_precision(run.precision, device)
 
@@ -263,13 +263,6 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
     except Exception:  # any failure: a folder with nothing to resume must not block the rerun
         folder.discard_if_empty()
         raise
-
-
-def _check_sharded(global_batch: int, world: int) -> None:
-    """What FSDP needs: the same number of forwards on every process (each one is a collective)."""
-    if global_batch % world:
-        raise PrefoptError(f"FSDP: batch_size x grad_accum = {global_batch} must be divisible by the {world} "
-                           "processes (every process runs the same number of forwards)")
 
 
 def _build_reference(run, algorithm, model, tokenizer, data: Prepared, device, precision, dist: Context):
