@@ -10,3 +10,9 @@ class PrefoptError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line for an error message: library errors (pyarrow, jinja, YAML) run to many."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

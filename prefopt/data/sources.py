@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, first_line
 
 _LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -198,12 +198,6 @@ def _read_hub(source: str) -> list[dict]:
             f"({type(e).__name__}: {first_line(e)})"
         ) from None
     return ds.to_list()
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one short line: library errors (pyarrow, jinja) run to many."""
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
 
 
 def type_name(value: Any) -> str:

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prefopt.data.records import Message, PreferenceRecord, PromptRecord, UnpairedRecord
-from prefopt.data.sources import first_line
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, first_line
 
 
 @dataclass

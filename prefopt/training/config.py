@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, first_line
 
 
 @dataclass
@@ -227,21 +227,16 @@ def read_yaml(path: str) -> dict[str, Any]:
             raise PrefoptError(f"config file '{path}': YAML nested too deeply (over {MAX_YAML_NESTING} levels)")
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise PrefoptError(f"config file '{path}': invalid YAML ({_first_line(exc)})") from None
+        raise PrefoptError(f"config file '{path}': invalid YAML ({first_line(exc)})") from None
     except RecursionError:
         raise PrefoptError(f"config file '{path}': YAML nested too deeply") from None
     except ValueError as exc:  # an int past Python's digit limit
-        raise PrefoptError(f"config file '{path}': invalid YAML ({_first_line(exc)})") from None
+        raise PrefoptError(f"config file '{path}': invalid YAML ({first_line(exc)})") from None
     if not isinstance(loaded, dict):
         raise PrefoptError(f"config file '{path}': expected a mapping of option: value")
     if not isinstance(loaded.get("algo", ""), (str, type(None))):  # the one key that is not an option (the CLI's)
         raise PrefoptError(f"config file '{path}': 'algo' must be an algorithm name, got {_shown(loaded['algo'])}")
     return loaded
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def build(cls: type, values: dict[str, Any]):
