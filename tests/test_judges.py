@@ -197,6 +197,14 @@ def test_make_judge_errors_are_one_line_with_suggestions():
         make_judge("http:127.0.0.1:8000")
 
 
+def test_model_options_reach_only_judges_that_run_a_model(monkeypatch):
+    """The bench passes device/precision for any judge spec; a judge without a local model never sees them."""
+    assert isinstance(make_judge("gold:qa", model_options={"device": "cpu", "precision": "fp32"}), GoldJudge)
+    monkeypatch.setattr(GoldJudge, "runs_model", True)  # now they are passed, and the gold judge has no such option
+    with pytest.raises(PrefoptError, match="judge 'gold' has no option 'device'"):
+        make_judge("gold:qa", model_options={"device": "cpu"})
+
+
 def test_http_specs_and_environment(monkeypatch):
     for spec in ("http:http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1", "http:http://127.0.0.1:8000/v1/chat/completions"):
         judge = make_judge(spec, model="m")

@@ -84,8 +84,7 @@ class Bench:
         """A judge from its spec; a judge that runs a local model runs it on the bench's device and precision."""
         from prefopt.judges import make_judge
 
-        options = {"precision": self.precision, "device": str(self.device)} if _runs_model(spec) else {}
-        return make_judge(spec, **options)
+        return make_judge(spec, model_options={"precision": self.precision, "device": str(self.device)})
 
     # ---- per task
 
@@ -338,19 +337,6 @@ class Bench:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else math.nan
-
-
-def _runs_model(spec: str) -> bool:
-    """Whether a judge spec's kind runs a local torch model, and so takes `device` and `precision` options."""
-    from prefopt.core import registry
-    from prefopt.judges import judge_kinds, split_spec
-
-    kind, _ = split_spec(spec)
-    try:
-        cls = registry.resolve(judge_kinds(), kind, "judge kind")
-    except PrefoptError:
-        return False  # make_judge reports the unknown kind
-    return bool(getattr(cls, "runs_model", False))
 
 
 def _shown_spec(spec: str) -> str:

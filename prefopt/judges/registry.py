@@ -48,10 +48,16 @@ def _check_options(kind: str, cls: type[Judge], options: dict) -> None:
             raise PrefoptError(f"judge '{kind}' has no option '{name}'{hint}")
 
 
-def make_judge(spec: str, **options) -> Judge:
-    """A judge from 'kind:arg' ('gold:qa', 'reward:RUN_DIR', 'lm:MODEL', 'http:URL'); options go to its constructor."""
+def make_judge(spec: str, model_options: dict | None = None, **options) -> Judge:
+    """A judge from 'kind:arg' ('gold:qa', 'reward:RUN_DIR', 'lm:MODEL', 'http:URL'); options go to its constructor.
+
+    model_options (e.g. device, precision) go to it too, but only when it runs a local model
+    (``runs_model``): a caller can pass them for any judge spec.
+    """
     kind, arg = split_spec(spec)
     kinds = judge_kinds()
     cls = registry.resolve(kinds, kind, "judge kind", f" (available: {', '.join(sorted(kinds))})")
+    if cls.runs_model and model_options:
+        options = {**model_options, **options}
     _check_options(kind, cls, options)
     return cls.from_spec(arg, **options)
