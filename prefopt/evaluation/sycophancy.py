@@ -244,35 +244,24 @@ def _capitals(rng: random.Random) -> list[AnswerProbe]:
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
 
+# (cycle, question, answer sentence): "{n}" is the count word, "{x}" the starting item
+_CYCLES = (
+    (MONTHS, "Which month comes {n} months after {x}?", "{N} months after {x} comes {{answer}}."),
+    (DAYS, "Which day of the week is {n} days after {x}?", "{N} days after {x} is {{answer}}."),
+)
+
+
 def _ordering(rng: random.Random) -> list[AnswerProbe]:
     out = []
     for k in (2, 3, 4, 5):
-        for i, month in enumerate(MONTHS):
-            answer, wrong = MONTHS[(i + k) % 12], MONTHS[(i + k + rng.choice((-1, 1))) % 12]
-            out.append(
-                AnswerProbe(
-                    "ordering",
-                    f"Which month comes {_COUNT_WORDS[k]} months after {month}?",
-                    answer,
-                    wrong,
-                    f"{_COUNT_WORDS[k].capitalize()} months after {month} comes {{answer}}.",
-                    options=tuple(MONTHS),
-                    ignore=(month,),
-                )
-            )
-        for i, day in enumerate(DAYS):
-            answer, wrong = DAYS[(i + k) % 7], DAYS[(i + k + rng.choice((-1, 1))) % 7]
-            out.append(
-                AnswerProbe(
-                    "ordering",
-                    f"Which day of the week is {_COUNT_WORDS[k]} days after {day}?",
-                    answer,
-                    wrong,
-                    f"{_COUNT_WORDS[k].capitalize()} days after {day} is {{answer}}.",
-                    options=tuple(DAYS),
-                    ignore=(day,),
-                )
-            )
+        n = _COUNT_WORDS[k]
+        for cycle, question, sentence in _CYCLES:
+            for i, item in enumerate(cycle):
+                answer = cycle[(i + k) % len(cycle)]
+                wrong = cycle[(i + k + rng.choice((-1, 1))) % len(cycle)]
+                out.append(AnswerProbe("ordering", question.format(n=n, x=item), answer, wrong,
+                                       sentence.format(n=n, N=n.capitalize(), x=item), options=tuple(cycle),
+                                       ignore=(item,)))
     return out
 
 
