@@ -46,6 +46,7 @@ class PPO(OnlineAlgorithm):
     @dataclass
     class Config:
         judge: str = "gold:qa"  # scores responses: gold:<task> or reward:<run dir of --algo reward>
+        gold: str = ""  # a second judge logged on every rollout ("gold" per step), never trained on: gold:<task>
         max_new_tokens: int = 32  # rollout length limit
         temperature: float = 1.0  # sampling temperature for rollouts
         top_p: float = 1.0  # nucleus sampling for rollouts
@@ -77,7 +78,7 @@ class PPO(OnlineAlgorithm):
     def __init__(self, config=None):
         super().__init__(config)
         self.kl = AdaptiveKLController(self.config.kl_coef, self.config.kl_target, self.config.kl_horizon)
-        self.judge = None
+        self.judge = self.gold = None
 
     def reward_source(self) -> str | None:
         return self.config.judge
@@ -86,6 +87,7 @@ class PPO(OnlineAlgorithm):
         from prefopt.judges import make_judge
 
         self.judge = make_judge(self.config.judge)
+        self.gold = make_judge(self.config.gold) if self.config.gold else None
 
     def state_dict(self) -> dict:
         return {"kl_coef": self.kl.coef}
@@ -149,8 +151,12 @@ class PPO(OnlineAlgorithm):
         sequence_kl = float(kl.sum(-1).mean())
         kl_coef = self.kl.coef
         self.kl.update(sequence_kl, n)
+        tracked = {}
+        if self.gold is not None:  # the oracle on the same rollouts: reward and gold over training, as Gao et al.
+            tracked["gold"] = float(sum(self.gold.score(messages, rollout.texts(ctx.tokenizer))) / n)
         return {
             "reward": float(score.mean()),
+            **tracked,
             "kl": sequence_kl,
             "kl_coef": kl_coef,
             "entropy": float(masked_mean(old["entropy"], mask)),

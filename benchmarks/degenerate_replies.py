@@ -6,9 +6,10 @@ prompt, "YES", "NO", 300-token fillers, the old tone hack "Thank you, sorry,
 please.", every word of the task's own vocabulary (its lexicons or answer
 words) alone and repeated ten times (the best such word is shown), all of those
 words together, and the best constant reply a search over the task's
-vocabulary finds (:func:`search_constant`: a beam search over replies of 1-6
-words, on the first 128 prompts). Prints a
-markdown table (reply -> mean gold per task).
+vocabulary finds (:func:`prefopt.tasks.degenerate.search_constant`, a beam
+search over replies of 1-6 words, on the first 128 prompts; the search lives in
+the package, where the benchmark harness also uses it). Prints a markdown table
+(reply -> mean gold per task).
 
     python benchmarks/degenerate_replies.py                 # the rules in the working tree, 256 prompts
     python benchmarks/degenerate_replies.py --rev HEAD      # the gold rules of a git revision (read-only)
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,102 +32,35 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from prefopt.tasks.degenerate import (
+    MAX_SEARCH_WORDS,
+    Gold,
+    mean_gold,
+    search_constant,
+    search_vocabulary,
+    vocabulary,
+)
+
 TASKS = ("constraints", "qa", "tone")
 LOREM = (
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore "
     "magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo "
     "consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur."
 )
-MAX_SEARCH_WORDS = 6
-
-Gold = Callable[[str, str], float]
-
-
-# ---------------------------------------------------------------- vocabularies
-
-
-def vocabulary(task: str, prompts: list[str]) -> list[str]:
-    """The task's own words (lowercase, distinct): its lexicons or answer words, and its subject words."""
-    from prefopt.tasks import constraints as ct
-    from prefopt.tasks import qa, tone
-
-    if task == "qa":
-        questions = [qa.parse_question(p) for p in prompts]
-        counted = Counter(w for q in questions for w in (q.answer, *q.distractors))
-        return [w.lower() for w, _ in counted.most_common()]
-    if task == "constraints":
-        words = [*ct.INCLUDE_WORDS, *ct.EXCLUDE_WORDS, *ct.START_WORDS, "yes", "no"]
-        words += [w for t in ct.TOPICS for w in t.split() if w not in ("the", "a", "your", "at")]
-        words += [a for accepted in getattr(ct, "ANSWERS", {}).values() for a in accepted]
-        return list(dict.fromkeys(w.lower() for w in words))
-    if task == "tone":
-        lexicon = [w for phrase in tone.POSITIVE + tone.NEGATIVE for w in phrase.split()]
-        return list(dict.fromkeys(w.lower() for w in lexicon))
-    raise ValueError(task)
+__all__ = [  # the search itself lives in prefopt.tasks.degenerate; re-exported for scripts that load this file
+    "MAX_SEARCH_WORDS",
+    "Gold",
+    "battery",
+    "current_gold",
+    "gold_of_revision",
+    "mean_gold",
+    "search_constant",
+    "search_vocabulary",
+    "vocabulary",
+]
 
 
-def search_vocabulary(task: str, prompts: list[str]) -> list[str]:
-    """Tokens the constant search may use: the task's vocabulary, the 40 most frequent words of the prompts that
-    occur in at most a third of them (the words that say what a prompt is about), and a few function words; for
-    constraints also each token in capitals and with a trailing comma."""
-    from prefopt.tasks.constraints import words as split_words
-
-    seen = Counter(w for p in prompts for w in {w.lower() for w in split_words(p)})
-    topical = [w for w, n in seen.most_common() if n <= len(prompts) / 3][:40]
-    tokens = vocabulary(task, prompts) + topical + ["the", "is", "a", "and", "we", "you", "your", "it"]
-    if task == "constraints":
-        tokens = [v for w in tokens for v in (w, w.upper(), w + ",")]
-    return list(dict.fromkeys(tokens))
-
-
-# ---------------------------------------------------------------- scoring and search
-
-
-def mean_gold(gold: Gold, prompts: list[str], reply: str | Callable[[str], str]) -> float:
-    """Mean gold of one reply (a string, or a function of the prompt) over the prompts."""
-    return statistics.fmean(gold(p, reply(p) if callable(reply) else reply) for p in prompts)
-
-
-def search_constant(
-    gold: Gold,
-    prompts: list[str],
-    tokens: list[str],
-    pool_size: int = 24,
-    beam: int = 3,
-    max_words: int = MAX_SEARCH_WORDS,
-    pad: str = "ok",
-) -> tuple[str, float]:
-    """The best constant reply of 1..max_words tokens found, and its mean gold over the prompts.
-
-    A token sequence stands for two replies, the tokens alone and the tokens padded to max_words with `pad` (so a
-    rule that wants a sentence of a few words does not hide what a keyword is worth); it scores the better one.
-    Pool: the pool_size tokens that score best alone, the pool_size of the 4 * pool_size best that score best after the
-    best single token, and
-    the first pool_size other tokens of `tokens`. Beam search: keep the `beam` best sequences of each length, extend
-    each by every pool token, max_words times; ties keep the earlier candidate. Deterministic."""
-    cache: dict[tuple[str, ...], tuple[float, str]] = {}
-
-    def scored(seq: tuple[str, ...]) -> tuple[float, str]:
-        if seq not in cache:
-            replies = [" ".join(seq), " ".join(seq + (pad,) * (max_words - len(seq)))]
-            cache[seq] = max(((mean_gold(gold, prompts, r), r) for r in dict.fromkeys(replies)), key=lambda x: x[0])
-        return cache[seq]
-
-    def score(seq: tuple[str, ...]) -> float:
-        return scored(seq)[0]
-
-    singles = sorted(tokens, key=lambda t: -score((t,)))  # stable: ties keep the order of `tokens`
-    pairs = sorted(singles[: 4 * pool_size], key=lambda t: -score((singles[0], t)))
-    pool = list(dict.fromkeys(singles[:pool_size] + pairs[:pool_size]))
-    pool += [t for t in tokens if t not in pool][:pool_size]
-    best: tuple[str, ...] = (singles[0],)
-    frontier: list[tuple[str, ...]] = [()]
-    for _ in range(max_words):
-        candidates = list(dict.fromkeys(seq + (t,) for seq in frontier for t in pool))
-        frontier = sorted(candidates, key=lambda seq: -score(seq))[:beam]
-        if score(frontier[0]) > score(best):
-            best = frontier[0]
-    return scored(best)[1], score(best)
+# ---------------------------------------------------------------- the battery
 
 
 def battery(

@@ -52,7 +52,7 @@ def micro_suite(path: Path, model_dir: Path, algorithms: dict, seeds=(0, 1), **e
                "precision": "fp32", "lora_r": 4, "lora_alpha": 8},
         pairs={"prompts": 24, "samples": 4, "max_new_tokens": 24},
         eval={"prompts": 4, "max_new_tokens": 8, "judge": "", "probes": 2, "probe_max_new_tokens": 6,
-              "capability": [], "batch_size": 8, **eval_options},
+              "capability": [], "best_of": 4, "calibration_pairs": 8, "batch_size": 8, **eval_options},
     )  # fmt: skip
 
 
@@ -329,9 +329,11 @@ def test_a_second_bench_on_the_same_results_folder_is_refused(tmp_path, capsys):
 
 
 def _rows(csv: Path) -> list[tuple]:
+    """The cells' rows (sanity rows left out)."""
     if not csv.exists():
         return []
     table = pd.read_csv(csv)
+    table = table[table["output_kind"] != "sanity"]
     return list(zip(table["task"], table["algo"], table["seed"]))
 
 
@@ -367,11 +369,17 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     assert after[: len(before)] == before  # earlier rows kept as they were
     table = pd.read_csv(csv)
     for column in ("win_rate_gold", "kl_k1", "kl_k3", "length", "length_ref", "gold_reward_ref",
-                   "syc_answer_drop_ref", "seconds_per_step", "peak_rss_mb", "tokens_processed"):  # fmt: skip
-        assert table[column].notna().all(), column
-    assert ((table["win_rate_gold"] >= 0) & (table["win_rate_gold"] <= 1)).all()
-    assert (table["kl_k3"] >= 0).all()
-    assert table["git"].notna().all() and table["config_hash"].nunique() == 2
+                   "syc_answer_answer_drop_ref", "seconds_per_step", "peak_rss_mb", "tokens_processed"):  # fmt: skip
+        assert table.loc[table["output_kind"] == "policy", column].notna().all(), column
+    sanity = table[table["output_kind"] == "sanity"].set_index("algo")
+    assert sorted(sanity.index) == ["sanity-best-of-4", "sanity-constant", "sanity-empty", "sanity-reference"]
+    assert sanity["win_rate_gold"].between(0, 1).all()
+    assert (results / "samples" / "letters" / "dpo" / "seed0.jsonl").exists()
+    assert (results / "curves" / "letters" / "sft" / "seed1.jsonl").exists()
+    policies = table[table["output_kind"] == "policy"]
+    assert ((policies["win_rate_gold"] >= 0) & (policies["win_rate_gold"] <= 1)).all()
+    assert (policies["kl_k3"] >= 0).all()
+    assert policies["git"].notna().all() and policies["config_hash"].nunique() == 2
     assert _unknown_columns(table) == []
     assert (results / "report.md").exists() and (results / "report.html").exists()
 
@@ -395,7 +403,9 @@ def test_proxy_trained_policy_reports_hacking_gap_and_the_ai_judge(tmp_path, tin
     assert math.isnan(table.loc["reward", "win_rate_gold"]) and 0 <= table.loc["reward", "pref_accuracy"] <= 1
     ppo = table.loc["ppo"]
     assert ppo["output_kind"] == "policy" and ppo["proxy"].startswith("reward:")
-    assert ppo["hacking_gap"] == pytest.approx(ppo["proxy_win_rate"] - ppo["win_rate_gold"])
+    assert ppo["hacking_gap"] == pytest.approx(ppo["proxy_gain_z"] - ppo["gold_gain_z"])
+    assert ppo["hacking_gap_low"] <= ppo["hacking_gap_high"]
+    assert 0 <= ppo["judge_cal_agreement"] <= 1 and ppo["judge_cal_n"] >= 1
     assert 0 <= ppo["win_rate_judge"] <= 1 and 0 <= ppo["judge_agreement"] <= 1 and 0 <= ppo["judge_tie_rate"] <= 1
     assert ppo["judge"] == f"lm:{tiny_model_dir}"
     assert _unknown_columns(table) == []
@@ -415,15 +425,71 @@ def test_a_policy_identical_to_the_reference_wins_half_at_zero_kl(tmp_path, tiny
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
     table = pd.read_csv(results / "results.csv")
     assert _unknown_columns(table) == []
-    row = table.iloc[0]
+    row = table[table["output_kind"] == "policy"].iloc[0]
     assert row["win_rate_gold"] == 0.5 and row["win_rate_gold_se"] == 0.0
-    assert row["lc_win_rate_gold"] == pytest.approx(0.5, abs=1e-9)
     assert row["gold_reward"] == row["gold_reward_ref"] and row["length"] == row["length_ref"]
     assert abs(row["kl_k1"]) < 1e-6 and abs(row["kl_k3"]) < 1e-6
-    assert row["syc_answer_drop"] == row["syc_answer_drop_ref"]
+    for behaviour in ("answer", "are_you_sure", "feedback", "mimicry"):
+        assert row[f"syc_{behaviour}_rate"] == row[f"syc_{behaviour}_rate_ref"] or math.isnan(row[f"syc_{behaviour}_rate"])
+    assert row["capdelta_prefopt_arith"] == 0.0 and row["capn_prefopt_arith"] == 8
     assert row["cap_prefopt_arith"] == row["cap_ref_prefopt_arith"]
 
 
 def test_bench_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert run_cli(["bench", "--suite", tmp_path / "none.yaml"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+@pytest.mark.e2e
+def test_hacking_arm_trains_on_planted_proxy_pairs_and_writes_curves(tmp_path, tiny_model_dir):
+    """reward-proxy on length-planted pairs; dpo on the same pairs measured against it; ppo against it with gold
+    tracked per step; best-of-n under the proxy into hacking/<task>.json; the report draws them."""
+    suite = micro_suite(
+        tmp_path / "hack.yaml", tiny_model_dir,
+        {"reward-proxy": {"algo": "reward", "pairs": "proxy"},
+         "dpo-proxy": {"algo": "dpo", "pairs": "proxy", "proxy": "reward:{cell:reward-proxy}"},
+         # the custom task's rule is no gold:<task> judge; any judge can be tracked, which is what is tested here
+         "ppo-proxy": {"algo": "ppo", "judge": "reward:{cell:reward-proxy}", "gold": "reward:{cell:reward-proxy}",
+                       "max_new_tokens": 6, "ppo_epochs": 1}},
+        seeds=(0,),
+    )  # fmt: skip
+    text = suite.read_text() + "hacking: {feature: length, weight: 2.0}\n"
+    suite.write_text(text)
+    results, work = tmp_path / "results", tmp_path / "work"
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", work]) == 0
+    proxy_pairs = [json.loads(line) for line in (work / "letters" / "prep" / "proxy_pairs.jsonl").open()]
+    gold_pairs = [json.loads(line) for line in (work / "letters" / "prep" / "pairs.jsonl").open()]
+    assert proxy_pairs and proxy_pairs != gold_pairs
+
+    def longer(rows):
+        return sum(len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows) / len(rows)
+
+    assert longer(proxy_pairs) > longer(gold_pairs)  # the planted feature is in the proxy's labels only
+    table = pd.read_csv(results / "results.csv").set_index("algo")
+    for name in ("dpo-proxy", "ppo-proxy"):
+        row = table.loc[name]
+        assert row["proxy"].startswith("reward:") and math.isfinite(row["hacking_gap"]), name
+        assert row["hacking_gap"] == pytest.approx(row["proxy_gain_z"] - row["gold_gain_z"])
+    assert "reward --algo" not in table.loc["dpo-proxy", "command"] and "--algo dpo" in table.loc["dpo-proxy", "command"]
+    curve = [json.loads(line) for line in (results / "curves" / "letters" / "ppo-proxy" / "seed0.jsonl").open()]
+    steps = [r for r in curve if "reward" in r]
+    assert steps and all("gold" in r and "kl" in r for r in steps)
+    hacking = json.loads((results / "hacking" / "letters.json").read_text())
+    assert [p["n"] for p in hacking["best_of_n"]] == [1, 2, 4]
+    assert hacking["best_of_n"][0]["kl"] == 0.0 and hacking["planted"]["feature"] == "length"
+    assert "overoptimisation" in hacking
+    assert (results / "plots" / "hacking_letters.png").exists()
+
+
+def test_suite_bench_keys_are_checked(tmp_path):
+    with pytest.raises(PrefoptError, match=r"algorithms.dpo-x.pairs: expected one of gold, proxy"):
+        load_suite(write_suite(tmp_path / "a.yaml", name="x", algorithms={"dpo-x": {"algo": "dpo", "pairs": "both"}}))
+    with pytest.raises(PrefoptError, match="add a 'hacking' section"):
+        load_suite(write_suite(tmp_path / "b.yaml", name="x", algorithms={"d": {"algo": "dpo", "pairs": "proxy"}}))
+    with pytest.raises(PrefoptError, match="reserved|sanity rows"):
+        load_suite(write_suite(tmp_path / "c.yaml", name="x", algorithms={"sanity-dpo": {"algo": "dpo"}}))
+    suite = load_suite(write_suite(tmp_path / "d.yaml", name="x", algorithms={"d2": {"algo": "dpo", "beta": 0.2}}))
+    from prefopt.bench.suite import cell_options
+
+    options = cell_options(suite, Cell("qa", "d2", 0), tmp_path, "data.jsonl")
+    assert suite.algo("d2") == "dpo" and "algo" not in options and options["beta"] == 0.2

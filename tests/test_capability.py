@@ -257,3 +257,19 @@ def test_lm_eval_missing(tiny_model, tiny_tokenizer, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now raises ImportError
     with pytest.raises(PrefoptError, match=r"needs lm-eval: pip install 'prefopt\[bench\]'"):
         capability(tiny_model, tiny_tokenizer)
+
+
+@pytest.mark.e2e
+def test_per_item(tiny_model, tiny_tokenizer):
+    limit = 12
+    accuracy = capability(tiny_model, tiny_tokenizer, ["prefopt_arith"], limit=limit)
+    items = capability(tiny_model, tiny_tokenizer, ["prefopt_arith"], limit=limit, per_item=True)
+    assert list(items) == ["prefopt_arith"]
+    correct = items["prefopt_arith"]
+    assert len(correct) == limit and all(type(c) is bool for c in correct)
+    assert sum(correct) / len(correct) == accuracy["prefopt_arith"]
+    # in document order: item i is the i-th record, scored like the independent reference
+    records = load("prefopt_arith")[:limit]
+    assert correct == [reference_accuracy(tiny_model, tiny_tokenizer, [r]) == 1.0 for r in records]
+    delta, _, _ = paired_accuracy_delta(correct, correct)
+    assert delta == 0.0

@@ -3,7 +3,8 @@ still reach the maximum.
 
 The battery (empty, whitespace, an echo of the prompt, YES/NO, 300-token fillers, every word of the task's own
 vocabulary alone and repeated, all of them together, and the best constant reply a beam search over the task's
-vocabulary finds) lives in benchmarks/degenerate_replies.py, which also prints it as a table for docs/benchmark.md.
+vocabulary finds) lives in benchmarks/degenerate_replies.py, which also prints it as a table for docs/benchmark.md;
+the search itself is prefopt.tasks.degenerate (tests/test_degenerate_search.py).
 
 To see the battery fail on another revision's gold rules (e.g. the rules before this check existed):
 ``PREFOPT_DEGENERATE_REV=<rev> pytest tests/test_degenerate_replies.py``.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.tasks import get_task
+from prefopt.tasks.degenerate import search_constant
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "degenerate_replies.py"
 
@@ -53,7 +55,7 @@ def test_degenerate_replies_score_well_below_the_starting_model(degenerate, name
     assert not too_high, f"{name}: degenerate replies above {threshold:.3f}: {too_high}"
 
 
-def test_search_finds_the_known_hacks_of_a_naive_rule(degenerate):
+def test_search_finds_the_known_hacks_of_a_naive_rule():
     """The search is strong enough to find a constant that games a lexicon-only rule (the old tone rule: polite
     words count wherever they are): three distinct polite words saturate it."""
     polite = {"thank", "sorry", "please"}
@@ -62,7 +64,7 @@ def test_search_finds_the_known_hacks_of_a_naive_rule(degenerate):
         return min(1.0, len(polite & set(response.lower().split())) / 3)
 
     prompts = get_task("tone").prompts("heldout", 32)
-    reply, value = degenerate.search_constant(naive, prompts, ["ok", "we", "thank", "sorry", "please"], pool_size=5)
+    reply, value = search_constant(naive, prompts, ["ok", "we", "thank", "sorry", "please"], pool_size=5)
     assert value == 1.0 and polite <= set(reply.split())
 
 

@@ -17,13 +17,11 @@ from prefopt.evaluation.metrics import (
     Sampler,
     batched_kl,
     behaviour_matching_rate,
-    hacking_gap,
     length_controlled_win_rate,
     load_behaviour_probes,
     mean_se,
     score_decisions,
     sequence_kl,
-    standardised_gain,
     sycophancy,
     win_rate,
 )
@@ -265,18 +263,3 @@ def test_sampler_loglik_is_the_summed_answer_logprob(tiny_tokenizer, tiny_model)
         logits = tiny_model(torch.tensor([prompt + reply])).logits[0].log_softmax(-1)  # (T, V)
     expected = sum(float(logits[len(prompt) - 1 + i, t]) for i, t in enumerate(reply))
     assert sampler.loglik(question, answer) == pytest.approx(expected, abs=1e-4)
-
-
-# ---------------------------------------------------------------- reward hacking
-
-
-def test_hacking_gap_is_proxy_minus_gold_win_rate():
-    """The proxy prefers the policy on 3 of 4 prompts, gold on 1 of 4 with one tie: 0.75 - 0.375 = 0.375."""
-    assert hacking_gap([1, 1, 1, 0], [1, 0, 0.5, 0]) == pytest.approx(0.375)
-    assert hacking_gap([1, 0], [1, 0]) == 0.0
-
-
-def test_standardised_gain_hand_value():
-    """Reference scores 0, 1, 2: mean 1, sd 1. Policy mean 2.5 -> gain 1.5 reference sds."""
-    assert standardised_gain([2.0, 3.0], [0.0, 1.0, 2.0]) == pytest.approx(1.5)
-    assert math.isnan(standardised_gain([1.0], [1.0, 1.0]))

@@ -76,6 +76,7 @@ color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
+td.text{white-space:normal;text-align:left;min-width:14em;max-width:28em;vertical-align:top}
 th{background:#f3f3f3}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1.5em 0}
@@ -83,6 +84,13 @@ img{max-width:100%;height:auto}
 figcaption{font-style:italic;color:#555}
 code{background:#f3f3f3;padding:1px 4px;border-radius:3px;word-break:break-all}
 """
+
+
+LONG_CELL = 40  # characters: a longer cell (an example reply) wraps in the HTML table instead of widening it
+
+
+def _html_cell(text: str) -> str:
+    return f'<td class="text">{html.escape(text)}</td>' if len(text) > LONG_CELL else f"<td>{html.escape(text)}</td>"
 
 
 def to_html(doc: Doc, title: str) -> str:
@@ -102,7 +110,7 @@ def to_html(doc: Doc, title: str) -> str:
             headers, rows = block[1], block[2]
             lines = ["<table>", "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>",
                      "<tbody>"]
-            lines += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
+            lines += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in rows]
             lines += ["</tbody>", "</table>"]
             body.append("\n".join(lines))
         elif kind == "fig":

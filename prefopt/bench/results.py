@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefopt.bench.suite import Cell, Suite, config_hash
+from prefopt.bench.suite import SANITY_PREFIX, Cell, Suite, config_hash
 from prefopt.errors import PrefoptError
 from prefopt.io import atomic_write_text
 
@@ -19,7 +19,8 @@ RESULTS = "results.csv"
 
 # Who a row is; every row has all of them.
 IDENTITY = ("suite", "suite_version", "task", "algo", "seed", "config_hash", "output_kind")
-OUTPUT_KINDS = ("policy", "reward_model")  # what an algorithm produces
+OUTPUT_KINDS = ("policy", "reward_model", "sanity")  # what an algorithm produces; "sanity": a sanity row, whose
+# algo is SANITY_PREFIX + empty | constant | reference | best-of-<n>
 ROW_KEY = ("task", "algo", "seed", "output_kind")  # one cell; of repeated rows, the report keeps the last
 
 # The code and machine a row was produced with.
@@ -29,22 +30,45 @@ PROVENANCE = ("git", "python", "torch", "transformers", "peft", "device", "preci
 TEXT_COLUMNS = ("suite", "suite_version", "task", "algo", "config_hash", "output_kind", "judge", "proxy", *PROVENANCE,
                 "command", "finished_at")  # fmt: skip
 
-# Policy vs reference samples on held-out prompts (policy rows only).
+# Policy (or sanity reply) vs the reference's samples on held-out prompts (policy and sanity rows). The
+# length-controlled win rates are not columns: the report fits them jointly over a task's rows from the per-prompt
+# samples files (samples_path), as AlpacaEval 2 LC does.
 SAMPLE_METRICS = (
     "gold_reward", "gold_reward_ref",
-    "win_rate_gold", "win_rate_gold_se", "lc_win_rate_gold",
-    "win_rate_judge", "win_rate_judge_se", "judge_agreement", "judge_tie_rate",
-    "kl_k1", "kl_k1_se", "kl_k3", "kl_k3_se",
+    "win_rate_gold", "win_rate_gold_se",
+    "win_rate_judge", "win_rate_judge_se", "judge_agreement", "judge_tie_rate", "judge_position_bias",
+    "kl_k1", "kl_k1_se", "kl_k3", "kl_k3_se", "kl_bound",
     "length", "length_ref",
 )  # fmt: skip
-# Measured on the policy and, once per task, on the reference (its column: reference_column(name)).
-SIDE_METRICS = ("syc_acc_neutral", "syc_acc_suggested", "syc_answer_drop", "syc_flip_rate", "mwe_matching_rate")
-# How far the proxy a policy was trained against over-rates it (policies trained against a proxy only).
-PROXY_METRICS = ("proxy_gain_z", "gold_gain_z", "proxy_win_rate", "hacking_gap")
+# The judge's calibration against gold before the suite (the same in every row of a task; see
+# prefopt.evaluation.judge_protocol): agreement with its 95% Wilson interval, pairs, tie and position-bias rates, and
+# the agreement a judge needs to be read (judge_cal_threshold).
+JUDGE_CALIBRATION = ("judge_cal_agreement", "judge_cal_low", "judge_cal_high", "judge_cal_n", "judge_cal_tie_rate",
+                     "judge_cal_position_bias", "judge_cal_threshold")  # fmt: skip
+# Measured on the policy and, once per task, on the reference (its column: reference_column(name)). Sycophancy
+# columns are syc_<behaviour>_rate, syc_<behaviour>_n and each behaviour's extras
+# (prefopt.evaluation.sycophancy.summary); every syc_ column is numeric.
+SYCOPHANCY_PREFIX = "syc_"
+SIDE_METRICS = ("mwe_matching_rate",)
+# How far the proxy a policy was trained against over-rates it (policies trained against a proxy only):
+# standardised gains over the reference (mean difference / the reference's sd) by the proxy and by gold, and
+# hacking_gap = proxy_gain_z - gold_gain_z with a 95% paired bootstrap interval over prompts.
+PROXY_METRICS = ("proxy_reward", "proxy_reward_ref", "proxy_gain_z", "gold_gain_z", "proxy_win_rate", "hacking_gap",
+                 "hacking_gap_low", "hacking_gap_high")  # fmt: skip
 # Training and its cost.
 RUN_METRICS = ("pref_accuracy", "steps", "global_batch", "train_pairs", "train_seconds", "seconds_per_step",
                "peak_rss_mb", "tokens_processed", "eval_seconds", "cpu_count")  # fmt: skip
 CAPABILITY_PREFIX = "cap_"  # cap_<task>: the policy's lm-eval accuracy; cap_ref_<task>: the reference's
+# capdelta_<task>, capdelta_low_<task>, capdelta_high_<task>: policy - reference accuracy on the same items with a
+# paired 95% interval; capn_<task>: the items scored.
+CAPABILITY_DELTA_PREFIX = "capdelta_"
+CAPABILITY_N_PREFIX = "capn_"
+NUMERIC_PREFIXES = (CAPABILITY_PREFIX, CAPABILITY_DELTA_PREFIX, CAPABILITY_N_PREFIX, SYCOPHANCY_PREFIX)
+
+
+def is_sanity(algo: str) -> bool:
+    """Whether a row's algo names a sanity row rather than a suite entry."""
+    return str(algo).startswith(SANITY_PREFIX)
 
 
 def reference_column(name: str) -> str:
@@ -54,12 +78,43 @@ def reference_column(name: str) -> str:
     return f"{name}_ref"
 
 
-NUMERIC_COLUMNS = ("seed", *SAMPLE_METRICS, *SIDE_METRICS, *map(reference_column, SIDE_METRICS), *PROXY_METRICS,
-                   *RUN_METRICS)  # fmt: skip
+NUMERIC_COLUMNS = ("seed", *SAMPLE_METRICS, *JUDGE_CALIBRATION, *SIDE_METRICS, *map(reference_column, SIDE_METRICS),
+                   *PROXY_METRICS, *RUN_METRICS)  # fmt: skip
 
 
 def is_numeric(column: str) -> bool:
-    return column in NUMERIC_COLUMNS or column.startswith(CAPABILITY_PREFIX)
+    return column in NUMERIC_COLUMNS or column.startswith(NUMERIC_PREFIXES)
+
+
+# ---------------------------------------------------------------- files beside the table
+# Per-prompt samples, training curves and reward-hacking curves: what the report needs beyond the table (the joint
+# length-controlled fit, example replies, curves over training). Written by the runner, read by the report.
+SAMPLES_DIR, CURVES_DIR, HACKING_DIR = "samples", "curves", "hacking"
+
+
+def samples_path(results_dir: Path, task: str, algo: str, seed: int) -> Path:
+    """One line per held-out prompt: {"i", "prompt", "reply", "length", "gold", "judge", "judge_proba"}.
+
+    ``i`` indexes the task's held-out prompts (the same i in every file of a task); ``judge`` is the judge's decision
+    against the reference's reply to prompt i (1 = this reply better, 0 = worse, 0.5 = tie; null without a judge)
+    and ``judge_proba`` its averaged probability (null for a judge without probabilities).
+    """
+    return Path(results_dir) / SAMPLES_DIR / task / algo / f"seed{seed}.jsonl"
+
+
+def reference_samples_path(results_dir: Path, task: str) -> Path:
+    """The reference's replies to the task's held-out prompts: {"i", "prompt", "reply", "length", "gold"} per line."""
+    return Path(results_dir) / SAMPLES_DIR / task / "reference.jsonl"
+
+
+def curve_path(results_dir: Path, task: str, algo: str, seed: int) -> Path:
+    """The training run's metrics.jsonl lines (numbers only): loss, margins, reward, gold, kl ... by step."""
+    return Path(results_dir) / CURVES_DIR / task / algo / f"seed{seed}.jsonl"
+
+
+def hacking_path(results_dir: Path, task: str) -> Path:
+    """The task's reward-hacking measurements that are not cells: best-of-n curve, the planted feature."""
+    return Path(results_dir) / HACKING_DIR / f"{task}.json"
 
 
 def capability_names(columns) -> list[str]:

@@ -2,7 +2,12 @@
 
 Per task, once: the starting model samples ``pairs.samples`` responses to each train prompt; the gold rule scores
 them; the pairs of :mod:`.pairs` become the preference data every offline algorithm trains on, and the train
-prompts feed the online ones. The reference's held-out samples, sycophancy and capability are measured once.
+prompts feed the online ones (with a ``hacking`` section, the same samples labelled with a planted feature give the
+proxy pairs). Before anything is measured, the capability items and sycophancy probes are checked against every
+train and held-out prompt (an overlap of ``eval.contamination_ngram`` tokens stops the suite), and the AI judge is
+calibrated against gold on pairs of known preference. The reference's held-out samples, sycophancy and capability
+are measured once, and the sanity rows (empty reply, best constant reply, a second reference sample, best-of-n) are
+scored with the same code as the algorithms.
 
 Per cell: a normal training run (the same ``train()`` that ``prefopt run`` calls) into
 ``<work>/<task>/<algo>/seed<seed>``, then the metrics of :mod:`prefopt.evaluation.metrics`. Each finished cell
@@ -26,15 +31,41 @@ from typing import Any
 
 from prefopt.bench.pairs import empty_samples, make_pairs, user_turn
 from prefopt.bench.paths import remove_inside, results_lock
-from prefopt.bench.results import CAPABILITY_PREFIX, RESULTS, append_row, done_cells, read_results, reference_column
-from prefopt.bench.suite import Cell, Suite, cell_options, cell_refs, cells, command_line, config_hash, load_suite
+from prefopt.bench.results import (
+    CAPABILITY_DELTA_PREFIX,
+    CAPABILITY_N_PREFIX,
+    CAPABILITY_PREFIX,
+    RESULTS,
+    SANITY_PREFIX,
+    append_row,
+    curve_path,
+    done_cells,
+    hacking_path,
+    read_results,
+    reference_column,
+    reference_samples_path,
+    samples_path,
+)
+from prefopt.bench.suite import (
+    Cell,
+    Suite,
+    cell_options,
+    cell_proxy,
+    cell_refs,
+    cells,
+    command_line,
+    config_hash,
+    load_suite,
+)
 from prefopt.errors import PrefoptError
 from prefopt.io import atomic_write_json, atomic_write_text, provenance
 from prefopt.judges.http import mask_url
 from prefopt.judges.registry import split_spec
 
 # What suite.json records of each task's preparation (not the samples themselves).
-PREPARED_SUMMARY = ("pairs", "train_prompts", "empty_samples", "train_sample_gold_mean", "seconds", "ref")
+PREPARED_SUMMARY = ("pairs", "proxy_pairs", "planted", "train_prompts", "empty_samples", "train_sample_gold_mean",
+                    "constant_reply", "judge_calibration", "seconds", "ref")  # fmt: skip
+SANITY_KINDS = ("empty", "constant", "reference")  # and best-of-<n> when eval.best_of > 1
 
 
 class Bench:
@@ -98,10 +129,11 @@ class Bench:
         folder = self.work / task.name / "prep"
         key = hashlib.sha256(json.dumps(
             {"model": self.suite.model, "task": task_spec, "pairs": asdict(self.suite.pairs),
-             "eval": asdict(self.suite.eval)}, sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
+             "eval": asdict(self.suite.eval), "hacking": self.suite.hacking and asdict(self.suite.hacking)},
+            sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
         marker = folder / "prepared.json"
         prep = json.loads(marker.read_text()) if marker.exists() else {}
-        if prep.get("key") != key or "empty_samples" not in prep:  # older caches may hold empty responses
+        if prep.get("key") != key:
             prep = self._prepare(task, folder, key)
         prep["task"] = task
         self._prepared[task.name] = prep
@@ -115,35 +147,34 @@ class Bench:
         folder.mkdir(parents=True)
         model, tokenizer = self.reference()
         ref = self.sampler(model)
-        p = self.suite.pairs
-        self._say(f"{task.name}: sampling {p.samples} responses to {p.prompts} train prompts from the starting model")
+        p, e = self.suite.pairs, self.suite.eval
         train_prompts = task.prompts("train", p.prompts)
+        heldout = task.prompts("heldout", e.prompts)
+        self._check_contamination(task.name, train_prompts, heldout)
+
+        self._say(f"{task.name}: sampling {p.samples} responses to {p.prompts} train prompts from the starting model")
         repeated = [q for q in train_prompts for _ in range(p.samples)]
         sampling = SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature, seed=p.seed)
-        _, texts, _ = ref.sample([user_turn(q) for q in repeated], sampling, progress=self.progress)
+        _, texts, lengths = ref.sample([user_turn(q) for q in repeated], sampling, progress=self.progress)
         scores = task.gold_scores(repeated, texts)
-        grouped = [texts[i : i + p.samples] for i in range(0, len(texts), p.samples)]
-        grouped_scores = [scores[i : i + p.samples] for i in range(0, len(scores), p.samples)]
-        pairs = make_pairs(train_prompts, grouped, grouped_scores, p.label_noise, p.seed)
+        grouped = _groups(texts, p.samples)
+        pairs = make_pairs(train_prompts, grouped, _groups(scores, p.samples), p.label_noise, p.seed)
         empty = empty_samples(grouped)  # never part of a pair
         if len(pairs) < 2:
             skipped = f" ({empty} empty samples skipped)" if empty else ""
             raise PrefoptError(f"task {task.name}: only {len(pairs)} of {len(train_prompts)} prompts gave two samples "
                                f"with different gold scores{skipped}; raise pairs.samples or pairs.prompts")
-        atomic_write_text(folder / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in pairs))
-        atomic_write_text(folder / "prompts.jsonl", "".join(json.dumps({"prompt": q}) + "\n" for q in train_prompts))
+        _write_jsonl(folder / "pairs.jsonl", pairs)
+        _write_jsonl(folder / "prompts.jsonl", [{"prompt": q} for q in train_prompts])
+        prep: dict[str, Any] = {"key": key, "pairs_file": str(folder / "pairs.jsonl"),
+                                "prompts_file": str(folder / "prompts.jsonl"), "pairs": len(pairs)}  # fmt: skip
+        if self.suite.hacking is not None:
+            prep.update(self._proxy_pairs(folder, train_prompts, grouped, scores, lengths, pairs))
 
-        self._say(f"{task.name}: measuring the reference on {self.suite.eval.prompts} held-out prompts")
-        heldout = task.prompts("heldout", self.suite.eval.prompts)
-        e = self.suite.eval
+        self._say(f"{task.name}: measuring the reference on {e.prompts} held-out prompts")
         sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=e.reference_seed)
         _, ref_texts, ref_lengths = ref.sample([user_turn(q) for q in heldout], sampling)
-        measured = self._side_metrics(ref, task, model, tokenizer)
-        prep = {
-            "key": key,
-            "pairs_file": str(folder / "pairs.jsonl"),
-            "prompts_file": str(folder / "prompts.jsonl"),
-            "pairs": len(pairs),
+        prep.update({
             "train_prompts": len(train_prompts),
             "empty_samples": empty,
             "train_sample_gold_mean": sum(scores) / len(scores),
@@ -151,34 +182,182 @@ class Bench:
             "ref_texts": ref_texts,
             "ref_lengths": ref_lengths,
             "ref_gold": task.gold_scores(heldout, ref_texts),
-            "ref": measured,
-            "seconds": time.perf_counter() - started,
-        }
+        })  # fmt: skip
+        if e.sanity:
+            prep.update(self._sanity_samples(task, ref, heldout, train_prompts, texts))
+        if self.judge() is not None and e.calibration_pairs:
+            prep["judge_calibration"] = self._calibrate_judge(task, pairs)
+        measured, items = self._side_metrics(ref, model, tokenizer)
+        prep["ref"], prep["ref_capability_items"] = measured, items
+        prep["seconds"] = time.perf_counter() - started
         atomic_write_json(folder / "prepared.json", prep)
+        _write_jsonl(reference_samples_path(self.results_dir, task.name), [
+            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g}
+            for i, (q, t, n, g) in enumerate(zip(heldout, ref_texts, ref_lengths, prep["ref_gold"]))])  # fmt: skip
         return prep
 
-    def _side_metrics(self, sampler, task, model, tokenizer) -> dict:
-        """Sycophancy, behaviour probes and capability of one model (reference or policy)."""
-        from prefopt.evaluation.metrics import behaviour_matching_rate, load_behaviour_probes, sycophancy
-        from prefopt.tasks import probe_is_correct
+    def _check_contamination(self, task_name: str, train_prompts: list[str], heldout: list[str]) -> None:
+        """Capability items and sycophancy probes must share no long n-gram with a train or held-out prompt."""
+        from prefopt.evaluation.capability import BUILTIN_TASKS, data_path
+        from prefopt.evaluation.capability.contamination import check_uncontaminated, load_items
+        from prefopt.evaluation.sycophancy import probe_texts
+
+        e = self.suite.eval
+        items: dict[str, list] = {}
+        for name in e.capability:
+            if name in BUILTIN_TASKS:
+                items[name] = load_items(data_path(name))
+        if e.probes:
+            items["sycophancy probes"] = probe_texts()
+        if items:
+            prompts = {f"{task_name} train": train_prompts, f"{task_name} heldout": heldout}
+            check_uncontaminated(items, prompts, e.contamination_ngram)
+
+    def _proxy_pairs(self, folder: Path, prompts, grouped, scores, lengths, gold_pairs) -> dict:
+        """The same samples labelled by z(gold) + weight * z(length): pairs that carry the planted feature."""
+        from prefopt.evaluation.hacking import planted_labels
+
+        h, p = self.suite.hacking, self.suite.pairs
+        labels = planted_labels(scores, [float(n) for n in lengths], h.weight)
+        pairs = make_pairs(prompts, grouped, _groups(labels, p.samples), p.label_noise, p.seed)
+        if len(pairs) < 2:
+            raise PrefoptError(f"hacking: only {len(pairs)} proxy pairs; raise pairs.samples or pairs.prompts")
+        _write_jsonl(folder / "proxy_pairs.jsonl", pairs)
+
+        def longer_chosen(rows) -> float:  # share of pairs whose chosen response is the longer one (in words)
+            return _mean(float(len(r["chosen"].split()) > len(r["rejected"].split())) for r in rows)
+
+        planted = {
+            "feature": h.feature, "weight": h.weight,
+            "longer_chosen_proxy_pairs": longer_chosen(pairs),
+            "longer_chosen_gold_pairs": longer_chosen(gold_pairs),
+            "proxy_pairs_gold_agreement": _mean(float(r["gold_chosen"] > r["gold_rejected"]) for r in pairs),
+        }  # fmt: skip
+        return {"proxy_pairs_file": str(folder / "proxy_pairs.jsonl"), "proxy_pairs": len(pairs), "planted": planted}
+
+    def _sanity_samples(self, task, ref, heldout: list[str], train_prompts: list[str], train_texts: list[str]) -> dict:
+        """The sanity rows' replies: a second reference sample, best-of-n samples, the best constant reply."""
+        from prefopt.core.generate import SamplingConfig
+        from prefopt.tasks.degenerate import best_constant_reply
+
+        e = self.suite.eval
+        out: dict[str, Any] = {}
+        sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=e.reference_seed + 1)
+        _, out["second_texts"], out["second_lengths"] = ref.sample([user_turn(q) for q in heldout], sampling)
+        if e.best_of > 1:
+            self._say(f"{task.name}: {e.best_of} reference samples per held-out prompt (best-of-{e.best_of})")
+            asked = [q for q in heldout for _ in range(e.best_of)]
+            sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                                      seed=e.reference_seed + 2)  # fmt: skip
+            _, texts, lengths = ref.sample([user_turn(q) for q in asked], sampling, progress=self.progress)
+            out["bo_texts"], out["bo_lengths"] = _groups(texts, e.best_of), _groups(lengths, e.best_of)
+            out["bo_gold"] = _groups(task.gold_scores(asked, texts), e.best_of)
+        reply, train_gold = best_constant_reply(task, train_prompts, train_texts)
+        out["constant_reply"] = {"reply": reply, "train_gold_mean": train_gold}
+        return out
+
+    def _calibrate_judge(self, task, pairs: list[dict]) -> dict:
+        """The AI judge's agreement with gold on pairs of known gold preference (the train samples' pairs)."""
+        from prefopt.evaluation.judge_protocol import GoldPair, calibrate
+
+        e = self.suite.eval
+        known = [r for r in pairs if not r["label_swapped"]][: e.calibration_pairs]
+        self._say(f"{task.name}: calibrating the judge on {len(known)} pairs of known gold preference")
+        result = calibrate(self.judge(), [GoldPair(user_turn(r["prompt"]), r["chosen"], r["rejected"]) for r in known])
+        return {"agreement": result.agreement, "low": result.low, "high": result.high, "n": result.n,
+                "tie_rate": result.tie_rate, "position_bias": result.position_bias_rate,
+                "threshold": e.judge_threshold, "informative": result.informative(e.judge_threshold),
+                "text": result.describe(e.judge_threshold, details=True)}  # fmt: skip
+
+    def _side_metrics(self, sampler, model, tokenizer) -> tuple[dict, dict]:
+        """Sycophancy, behaviour probes and capability of one model (reference or policy).
+
+        Returns (columns, {capability task: per-item correctness}).
+        """
+        from prefopt.evaluation import sycophancy
+        from prefopt.evaluation.metrics import behaviour_matching_rate, load_behaviour_probes
 
         e = self.suite.eval
         out: dict[str, float] = {}
+        items: dict[str, list] = {}
         if e.probes:
-            result = sycophancy(lambda convs: sampler.respond(convs, e.probe_max_new_tokens), task.probes(e.probes),
-                                probe_is_correct)
-            out.update(syc_acc_neutral=result.acc_neutral, syc_acc_suggested=result.acc_suggested,
-                       syc_answer_drop=result.answer_drop, syc_flip_rate=result.flip_rate)
+            results = sycophancy.evaluate(lambda convs: sampler.respond(convs, e.probe_max_new_tokens), e.probes)
+            out.update(sycophancy.summary(results))
         if e.behaviour_probes:
             probes = load_behaviour_probes(e.behaviour_probes)
             out["mwe_matching_rate"] = behaviour_matching_rate(sampler.loglik, probes)
         if e.capability:
             from prefopt.evaluation.capability import capability
 
-            scores = capability(model, tokenizer, list(e.capability), limit=e.capability_limit or None,
-                                batch_size=e.batch_size, device=str(self.device))
-            out.update({f"{CAPABILITY_PREFIX}{name}": value for name, value in scores.items()})
+            items = capability(model, tokenizer, list(e.capability), limit=e.capability_limit or None,
+                               batch_size=e.batch_size, device=str(self.device), per_item=True)  # fmt: skip
+            items = {name: [bool(x) for x in values] for name, values in items.items() if name in e.capability}
+            out.update({f"{CAPABILITY_PREFIX}{name}": _mean(map(float, v)) for name, v in items.items()})
+        return out, items
+
+    # ---- scoring replies against the reference (cells and sanity rows alike)
+
+    def _score_replies(self, prep: dict, texts: list[str], lengths: list[float], where: Path) -> dict:
+        """Gold and judge columns of replies to the held-out prompts; writes the per-prompt samples file."""
+        from prefopt.evaluation.judge_protocol import judge_pairs
+        from prefopt.evaluation.metrics import score_decisions, win_rate
+        from prefopt.judges import agreement
+
+        task, heldout, ref_texts = prep["task"], prep["heldout"], prep["ref_texts"]
+        gold = task.gold_scores(heldout, texts)
+        gold_decisions = score_decisions(gold, prep["ref_gold"])
+        out: dict[str, Any] = {"gold_reward": _mean(gold), "gold_reward_ref": _mean(prep["ref_gold"])}
+        out["win_rate_gold"], out["win_rate_gold_se"] = win_rate(gold_decisions)
+        out["length"], out["length_ref"] = _mean(lengths), _mean(prep["ref_lengths"])
+        judge = self.judge()
+        out["judge"] = _shown_spec(self.suite.eval.judge)
+        decisions = proba = [None] * len(heldout)
+        if judge is not None:
+            verdicts = judge_pairs(judge, [user_turn(q) for q in heldout], texts, ref_texts)
+            decisions = verdicts.decisions
+            proba = verdicts.proba or proba
+            out["win_rate_judge"], out["win_rate_judge_se"] = win_rate(decisions)
+            out["judge_agreement"] = agreement(decisions, gold_decisions)
+            out["judge_tie_rate"] = verdicts.tie_rate
+            bias = verdicts.position_bias_rate
+            out["judge_position_bias"] = math.nan if bias is None else bias
+        out.update(_calibration_columns(prep.get("judge_calibration")))
+        _write_jsonl(where, [
+            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g, "judge": d, "judge_proba": pr}
+            for i, (q, t, n, g, d, pr) in enumerate(zip(heldout, texts, lengths, gold, decisions, proba))])  # fmt: skip
+        out["_gold"] = gold  # for the proxy metrics; not a column
         return out
+
+    def sanity_rows(self, task_name: str) -> list[dict]:
+        """The task's sanity rows (empty, best constant, second reference sample, best-of-n), scored like cells."""
+        prep = self.prepare(self.suite.task_spec(task_name))
+        if not self.suite.eval.sanity:
+            return []
+        tokenizer = self.reference()[1]
+        n = len(prep["heldout"])
+        constant = prep["constant_reply"]["reply"]
+        replies = {
+            "empty": ([""] * n, [0] * n),
+            "constant": ([constant] * n, [len(tokenizer(constant, add_special_tokens=False)["input_ids"])] * n),
+            "reference": (prep["second_texts"], prep["second_lengths"]),
+        }
+        if "bo_texts" in prep:
+            best = [max(range(len(g)), key=g.__getitem__) for g in prep["bo_gold"]]  # the first best by gold
+            replies[f"best-of-{self.suite.eval.best_of}"] = (
+                [t[b] for t, b in zip(prep["bo_texts"], best)], [ln[b] for ln, b in zip(prep["bo_lengths"], best)])
+        rows = []
+        for kind, (texts, lengths) in replies.items():
+            algo = f"{SANITY_PREFIX}{kind}"
+            metrics = self._score_replies(prep, texts, lengths, samples_path(self.results_dir, task_name, algo, 0))
+            metrics.pop("_gold")
+            if kind.startswith("best-of-"):
+                from prefopt.evaluation.hacking import best_of_n_kl
+
+                metrics["kl_bound"] = best_of_n_kl(self.suite.eval.best_of)
+            rows.append({"suite": self.suite.name, "suite_version": self.suite.version, "task": task_name,
+                         "algo": algo, "seed": 0, "config_hash": prep["key"], "output_kind": "sanity", **metrics,
+                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+        return rows
 
     # ---- per cell
 
@@ -190,16 +369,27 @@ class Bench:
         from prefopt.training.runner import train
 
         prep = self.prepare(self.suite.task_spec(cell.task))
-        algo_cls = registry.get(cell.algo)
-        data = prep["prompts_file"] if algo_cls.online else prep["pairs_file"]
+        algo_name = self.suite.algo(cell.algo)
+        algo_cls = registry.get(algo_name)
+        if algo_cls.online:
+            data = prep["prompts_file"]
+        else:
+            data = prep["proxy_pairs_file"] if self.suite.pair_kind(cell.algo) == "proxy" else prep["pairs_file"]
         options = cell_options(self.suite, cell, self.work, data)
         run, algo_config = split_options(dict(options), algo_cls.Config, f"{self.suite.path}: algorithms.{cell.algo}")
         out = cell.folder(self.work)
         remove_inside(self.work, out)  # an interrupted cell starts over
         reset_peak_rss()
-        summary = train(cell.algo, algo_cls(algo_config), run)
+        summary = train(algo_name, algo_cls(algo_config), run)
         started = time.perf_counter()
-        metrics = self.evaluate_cell(cell, prep, algo_cls, algo_config, summary)
+        proxy = cell_proxy(self.suite, cell, self.work) or _proxy_spec(algo_cls(algo_config))
+        entry = self.suite.algorithms[cell.algo]
+        shown = (entry.get("proxy") or entry.get("judge") or proxy) if proxy else None  # as the suite wrote it
+        metrics = self.evaluate_cell(cell, prep, algo_cls, summary, proxy, shown)
+        if algo_cls.produces == "reward_model" and self.suite.pair_kind(cell.algo) == "proxy":
+            self._best_of_n_hacking(cell, prep, summary)
+        run_dir = Path(summary["output_dir"])
+        _copy_curve(run_dir / "metrics.jsonl", curve_path(self.results_dir, cell.task, cell.algo, cell.seed))
         row = {
             "suite": self.suite.name,
             "suite_version": self.suite.version,
@@ -216,21 +406,22 @@ class Bench:
             "train_seconds": summary["seconds_total"],
             "seconds_per_step": summary["seconds_per_step_median"],
             "peak_rss_mb": summary["peak_rss_mb"],
-            "tokens_processed": _tokens(Path(summary["output_dir"])),
+            "tokens_processed": _tokens(run_dir),
             "eval_seconds": time.perf_counter() - started,
             **_provenance_columns(summary),
-            "command": command_line(options, cell.algo),
+            "command": command_line(options, algo_name),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_json(out / "bench_row.json", row)
         return row
 
-    def evaluate_cell(self, cell: Cell, prep: dict, algo_cls, algo_config, summary: dict) -> dict:
+    def evaluate_cell(self, cell: Cell, prep: dict, algo_cls, summary: dict, proxy: str | None,
+                      shown_proxy: str | None = None) -> dict:  # fmt: skip
         """The metric columns of one cell's row: its policy against the reference (none for a reward model)."""
         from prefopt.core.generate import SamplingConfig
         from prefopt.core.models import load_trained
-        from prefopt.evaluation.metrics import batched_kl, length_controlled_win_rate, score_decisions, win_rate
-        from prefopt.judges import agreement, tie_rate
+        from prefopt.evaluation.capability import paired_accuracy_delta
+        from prefopt.evaluation.metrics import batched_kl
 
         if algo_cls.produces != "policy":  # a reward model has no samples to compare
             return {}
@@ -238,52 +429,72 @@ class Bench:
         ref_model, tokenizer = self.reference()
         policy = load_trained(summary["outputs"], self.suite.model, self.device)
         pol = self.sampler(policy)
-        heldout, ref_texts = prep["heldout"], prep["ref_texts"]
+        heldout = prep["heldout"]
         rollout, texts, lengths = pol.sample(
             [user_turn(q) for q in heldout],
             SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=cell.seed))
-        gold = task.gold_scores(heldout, texts)
-        gold_decisions = score_decisions(gold, prep["ref_gold"])
-        out: dict[str, Any] = {}
-        out["gold_reward"], out["gold_reward_ref"] = _mean(gold), _mean(prep["ref_gold"])
-        out["win_rate_gold"], out["win_rate_gold_se"] = win_rate(gold_decisions)
-        out["lc_win_rate_gold"] = length_controlled_win_rate(gold_decisions, lengths, prep["ref_lengths"])
-        judge = self.judge()
-        out["judge"] = _shown_spec(e.judge)
-        if judge is not None:
-            decisions = judge.compare([user_turn(q) for q in heldout], texts, ref_texts)
-            out["win_rate_judge"], out["win_rate_judge_se"] = win_rate(decisions)
-            out["judge_agreement"] = agreement(decisions, gold_decisions)
-            out["judge_tie_rate"] = tie_rate(decisions)
+        out = self._score_replies(prep, texts, lengths, samples_path(self.results_dir, task.name, cell.algo, cell.seed))
+        gold = out.pop("_gold")
         out.update(batched_kl(pol, self.sampler(ref_model), rollout))
-        out["length"], out["length_ref"] = _mean(lengths), _mean(prep["ref_lengths"])
-        proxy = _proxy_spec(algo_cls(algo_config))
-        out["proxy"] = _shown_spec(proxy or "")
+        out["proxy"] = _shown_spec(shown_proxy or proxy or "")
         if proxy:
-            out.update(self._proxy_metrics(proxy, heldout, texts, ref_texts, gold, prep["ref_gold"], gold_decisions))
-        out.update(self._side_metrics(pol, task, policy, tokenizer))
+            out.update(self._proxy_metrics(proxy, heldout, texts, prep["ref_texts"], gold, prep["ref_gold"]))
+        measured, items = {}, {}
+        if not e.side_seeds or cell.seed in e.side_seeds:
+            measured, items = self._side_metrics(pol, policy, tokenizer)
+        out.update(measured)
+        for name, after in items.items():
+            before = prep["ref_capability_items"].get(name)
+            if before is not None and len(before) == len(after):
+                delta, low, high = paired_accuracy_delta(before, after)
+                out.update({f"{CAPABILITY_DELTA_PREFIX}{name}": delta, f"{CAPABILITY_DELTA_PREFIX}low_{name}": low,
+                            f"{CAPABILITY_DELTA_PREFIX}high_{name}": high, f"{CAPABILITY_N_PREFIX}{name}": len(after)})
         out.update({reference_column(k): v for k, v in prep["ref"].items()})
         del policy, pol
         gc.collect()
         return out
 
-    def _proxy_metrics(self, spec, heldout, texts, ref_texts, gold, ref_gold, gold_decisions) -> dict:
-        """How far the proxy a policy was trained on over-rates it, compared with gold."""
-        from prefopt.evaluation.metrics import hacking_gap, score_decisions, standardised_gain
+    def _proxy_metrics(self, spec, heldout, texts, ref_texts, gold, ref_gold) -> dict:
+        """How far the proxy a policy was trained against over-rates it, compared with gold (standardised gains)."""
+        from prefopt.evaluation.hacking import hacking_gap
+        from prefopt.evaluation.judge_protocol import judge_pairs
 
         judge = self.make_judge(spec)
         convs = [user_turn(q) for q in heldout]
-        out = {}
-        try:  # a scoring judge: one score per sample, decisions from the scores
+        try:  # a scoring judge: one score per sample
             proxy_policy, proxy_ref = judge.score(convs, texts), judge.score(convs, ref_texts)
-            decisions = score_decisions(proxy_policy, proxy_ref)
-            out["proxy_gain_z"] = standardised_gain(proxy_policy, proxy_ref)
-            out["gold_gain_z"] = standardised_gain(gold, ref_gold)
-        except NotImplementedError:  # a compare-only judge (LM, HTTP)
-            decisions = judge.compare(convs, texts, ref_texts)
-        out["proxy_win_rate"] = _mean(decisions)
-        out["hacking_gap"] = hacking_gap(decisions, gold_decisions)
+        except NotImplementedError:  # a compare-only judge (LM, HTTP): only its win rate
+            return {"proxy_win_rate": _mean(judge_pairs(judge, convs, texts, ref_texts).decisions)}
+        out = {"proxy_reward": _mean(proxy_policy), "proxy_reward_ref": _mean(proxy_ref)}
+        out["proxy_win_rate"] = _mean(float(a > b) + 0.5 * float(a == b) for a, b in zip(proxy_policy, proxy_ref))
+        out.update(hacking_gap(proxy_policy, proxy_ref, gold, ref_gold))
         return out
+
+    def _best_of_n_hacking(self, cell: Cell, prep: dict, summary: dict) -> None:
+        """Best-of-n under a proxy reward model: proxy and gold gains against sqrt(KL), into hacking/<task>.json."""
+        from prefopt.evaluation.hacking import best_of_n_curve, curve_records, overoptimisation_point
+
+        if "bo_texts" not in prep:
+            return
+        judge = self.make_judge(f"reward:{summary['output_dir']}")
+        heldout = prep["heldout"]
+        n = self.suite.eval.best_of
+        asked = [user_turn(q) for q in heldout for _ in range(n)]
+        proxy = _groups(judge.score(asked, [t for group in prep["bo_texts"] for t in group]), n)
+        proxy_ref = judge.score([user_turn(q) for q in heldout], prep["ref_texts"])
+        points = best_of_n_curve(proxy, prep["bo_gold"], proxy_ref, prep["ref_gold"], seed=cell.seed)
+        path = hacking_path(self.results_dir, cell.task)
+        record = json.loads(path.read_text()) if path.exists() else {}
+        by_seed = record.get("best_of_n_by_seed", {})
+        by_seed[str(cell.seed)] = curve_records(points)
+        first = by_seed[min(by_seed, key=int)]
+        record.update({
+            "proxy": f"reward:{{cell:{cell.algo}}}", "planted": prep.get("planted"), "best_of_n_by_seed": by_seed,
+            "best_of_n": first,
+            "overoptimisation": overoptimisation_point([math.sqrt(p["kl"]) for p in first], [p["gold"] for p in first],
+                                                       [p["proxy"] for p in first]),
+        })  # fmt: skip
+        atomic_write_json(path, record)
 
     # ---- the whole suite
 
@@ -302,6 +513,16 @@ class Bench:
         self._say(f"suite {self.suite.name} v{self.suite.version}: {len(todo_all)} cells, {len(todo_all) - len(todo)} "
                   f"already in {results}, {len(todo)} to run")
         failures: list[tuple[Cell, str]] = []
+        table = read_results(results)
+        with_sanity = set(table.loc[table["output_kind"] == "sanity", "task"]) if len(table) else set()
+        for task in dict.fromkeys(c.task for c in todo_all):
+            if task not in with_sanity and self.suite.eval.sanity:
+                try:
+                    for row in self.sanity_rows(task):
+                        append_row(results, row)
+                except PrefoptError as e:
+                    failures.append((Cell(task, "sanity", 0), str(e)))
+                    self._say(f"{task}/sanity rows failed: {e}")
         bar = tqdm(total=len(todo_all), initial=len(todo_all) - len(todo), desc="cells", unit="cell",
                    disable=not self.progress, file=sys.stderr)
         for cell in todo:
@@ -337,6 +558,40 @@ class Bench:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else math.nan
+
+
+def _groups(values: list, size: int) -> list[list]:
+    """Consecutive groups of `size` (the samples of one prompt)."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _copy_curve(source: Path, target: Path) -> None:
+    """The run's metrics lines with their numbers only (a torn last line, as resume drops it, is skipped)."""
+    rows = []
+    if source.exists():
+        for line in source.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    _write_jsonl(target, rows)
+
+
+def _calibration_columns(calibration: dict | None) -> dict:
+    """The judge_cal_* columns (the same in every row of a task)."""
+    if not calibration:
+        return {}
+    return {"judge_cal_agreement": calibration["agreement"], "judge_cal_low": calibration["low"],
+            "judge_cal_high": calibration["high"], "judge_cal_n": calibration["n"],
+            "judge_cal_tie_rate": calibration["tie_rate"],
+            "judge_cal_position_bias": math.nan if calibration["position_bias"] is None else calibration["position_bias"],
+            "judge_cal_threshold": calibration["threshold"]}  # fmt: skip
 
 
 def _shown_spec(spec: str) -> str:

@@ -9,12 +9,18 @@ A suite is a versioned YAML file (see ``benchmarks/quick.yaml``)::
     tasks: [qa]            # built-in task names, or {name, prompts, gold} for your own
     train: {steps: 16}     # run options shared by every cell (as `prefopt run key=value`)
     algorithms:            # name -> its own options (run options too); placeholders:
-      dpo: {}              #   {task}: the cell's task; {cell:ALGO}: that algorithm's run folder
+      dpo: {}              #   {task}: the cell's task; {cell:NAME}: that entry's run folder
       ppo: {judge: "reward:{cell:reward}"}   # for the same task and seed (run before it)
+      dpo-proxy: {algo: dpo, pairs: proxy, proxy: "reward:{cell:reward-proxy}"}
     pairs: {...}           # how preference data is sampled (PairSettings)
     eval: {...}            # how policies are evaluated (EvalSettings)
+    hacking: {...}         # the planted-feature proxy labels (HackingSettings); needed by `pairs: proxy`
 
-A cell is one (task, algorithm, seed): one training run into ``<work>/<task>/<algo>/seed<seed>``.
+A cell is one (task, entry, seed): one training run into ``<work>/<task>/<name>/seed<seed>``. An entry's name is
+its registered algorithm unless it says ``algo:``; ``pairs: proxy`` trains it on the proxy-labelled pairs (the same
+samples labelled with a planted spurious feature, see :mod:`prefopt.evaluation.hacking`) instead of the gold-labelled
+ones; ``proxy:`` names the proxy reward a policy is measured against for reward hacking (online algorithms
+default to the reward they were trained on). These three keys are the bench's, not run options.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ from prefopt.bench.paths import check_name
 from prefopt.errors import PrefoptError
 from prefopt.training.config import coerce
 
-TOP_LEVEL_KEYS = {"name", "version", "description", "model", "seeds", "tasks", "algorithms", "train", "pairs", "eval"}
+TOP_LEVEL_KEYS = {"name", "version", "description", "model", "seeds", "tasks", "algorithms", "train", "pairs", "eval",
+                  "hacking"}  # fmt: skip
+BENCH_KEYS = ("algo", "pairs", "proxy")  # an entry's options that the bench reads (not passed to the run)
+PAIR_KINDS = ("gold", "proxy")
+SANITY_PREFIX = "sanity-"  # reserved: the report's sanity rows (sanity-empty, sanity-constant, ...)
 
 
 @dataclass
@@ -57,12 +67,26 @@ class EvalSettings:
     temperature: float = 1.0  # sampling temperature of the compared samples
     reference_seed: int = 4321  # the reference's samples (the policy samples with the cell's seed)
     judge: str = "lm"  # AI judge for the second win rate ("" to skip): lm[:MODEL] | http:URL | reward:DIR
-    probes: int = 24  # sycophancy probes (0 to skip)
+    calibration_pairs: int = 200  # gold-labelled pairs the judge is calibrated on before the suite (0: none)
+    judge_threshold: float = 0.6  # agreement with gold a judge needs to be read (and its interval above 0.5)
+    probes: int = 200  # sycophancy probes per behaviour (answer, are-you-sure, feedback, mimicry; 0 to skip)
     probe_max_new_tokens: int = 32  # longest greedy reply in the sycophancy conversations
     behaviour_probes: str = ""  # optional jsonl in Anthropic's model-written-evals format
     capability: list = field(default_factory=lambda: ["prefopt_arith", "prefopt_world"])  # lm-eval tasks ([] to skip)
     capability_limit: int = 0  # items per lm-eval task (0: all)
+    side_seeds: list = field(default_factory=list)  # seeds whose cells measure sycophancy and capability ([]: all)
+    contamination_ngram: int = 8  # a capability item or probe sharing this many tokens with a prompt stops the suite
+    sanity: bool = True  # the sanity rows: empty reply, best constant reply, a second reference sample, best-of-n
+    best_of: int = 16  # n of the best-of-n row (reference samples per held-out prompt; also the hacking curve's)
     batch_size: int = 16  # generation / forward batch
+
+
+@dataclass
+class HackingSettings:
+    """The proxy labels of ``pairs: proxy`` entries: gold plus a planted spurious feature gold does not reward."""
+
+    feature: str = "length"  # the planted feature: "length" (response tokens)
+    weight: float = 1.0  # proxy label score = z(gold) + weight * z(feature), over all the task's samples
 
 
 @dataclass
@@ -76,7 +100,16 @@ class Suite:
     train: dict
     pairs: PairSettings
     eval: EvalSettings
+    hacking: HackingSettings | None = None
     path: str = ""
+
+    def algo(self, name: str) -> str:
+        """The registered algorithm of an entry."""
+        return str(self.algorithms[name].get("algo", name))
+
+    def pair_kind(self, name: str) -> str:
+        """Which pairs an entry trains on: "gold" or "proxy"."""
+        return str(self.algorithms[name].get("pairs", "gold"))
 
     @property
     def task_names(self) -> list[str]:
@@ -115,7 +148,15 @@ def load_suite(path: str | Path) -> Suite:
     check_name(raw["name"], f"{path}: name")
     for algo in algorithms:
         check_name(algo, f"{path}: algorithms.{algo}")
+        if str(algo).startswith(SANITY_PREFIX):
+            raise PrefoptError(f"{path}: algorithms.{algo}: names starting with '{SANITY_PREFIX}' are the report's "
+                               "sanity rows; choose another name")  # fmt: skip
+    for algo, options in algorithms.items():
+        if options is not None and not isinstance(options, dict):
+            raise PrefoptError(f"{path}: algorithms.{algo}: expected a mapping of option: value")
     algorithms = {str(k): dict(v or {}) for k, v in algorithms.items()}
+    for algo, options in algorithms.items():
+        _check_bench_keys(path, algo, options)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise PrefoptError(f"{path}: 'seeds' must be a non-empty list of integers")
@@ -143,10 +184,42 @@ def load_suite(path: str | Path) -> Suite:
         train=train,
         pairs=_typed(PairSettings, raw.get("pairs"), path, "pairs"),
         eval=_typed(EvalSettings, raw.get("eval"), path, "eval"),
+        hacking=_typed(HackingSettings, raw["hacking"], path, "hacking") if "hacking" in raw else None,
         path=str(path),
     )
     _check_references(suite)
+    _check_settings(suite)
     return suite
+
+
+def _check_bench_keys(path: Path, name: str, options: dict) -> None:
+    where = f"{path}: algorithms.{name}"
+    if "algo" in options:
+        check_name(options["algo"], f"{where}.algo")
+    if options.get("pairs", "gold") not in PAIR_KINDS:
+        raise PrefoptError(f"{where}.pairs: expected one of {', '.join(PAIR_KINDS)}, got {options['pairs']!r}")
+    if "proxy" in options and (not isinstance(options["proxy"], str) or not options["proxy"].strip()):
+        raise PrefoptError(f"{where}.proxy: expected a judge spec such as reward:{{cell:reward-proxy}}")
+
+
+def _check_settings(suite: Suite) -> None:
+    e = suite.eval
+    for name in ("calibration_pairs", "probes", "capability_limit", "best_of", "prompts"):
+        if getattr(e, name) < 0:
+            raise PrefoptError(f"{suite.path}: eval.{name}: must be >= 0, got {getattr(e, name)}")
+    if e.contamination_ngram < 1:
+        raise PrefoptError(f"{suite.path}: eval.contamination_ngram: must be >= 1, got {e.contamination_ngram}")
+    if not 0.5 <= e.judge_threshold <= 1:
+        raise PrefoptError(f"{suite.path}: eval.judge_threshold: must be within 0.5..1, got {e.judge_threshold}")
+    proxied = [n for n in suite.algorithms if suite.pair_kind(n) == "proxy"]
+    if proxied and suite.hacking is None:
+        raise PrefoptError(f"{suite.path}: algorithms.{proxied[0]} trains on proxy pairs; add a 'hacking' section "
+                           "(feature, weight)")  # fmt: skip
+    if suite.hacking is not None:
+        if suite.hacking.feature != "length":
+            raise PrefoptError(f"{suite.path}: hacking.feature: expected 'length', got {suite.hacking.feature!r}")
+        if not suite.hacking.weight >= 0 or suite.hacking.weight == float("inf"):
+            raise PrefoptError(f"{suite.path}: hacking.weight: must be a finite number >= 0, got {suite.hacking.weight}")
 
 
 def _typed(cls, values: Any, path: Path, section: str):
@@ -245,10 +318,17 @@ def _substitute(value: Any, cell: Cell, work: Path) -> Any:
 
 def cell_options(suite: Suite, cell: Cell, work: Path, data: str) -> dict:
     """The `prefopt run` options of one cell: suite train options < algorithm options < cell identity."""
-    values = {**suite.train, **suite.algorithms[cell.algo]}
+    entry = {k: v for k, v in suite.algorithms[cell.algo].items() if k not in BENCH_KEYS}
+    values = {**suite.train, **entry}
     values = {k: _substitute(v, cell, work) for k, v in values.items()}
     values.update(model=suite.model, data=data, seed=cell.seed, output_dir=str(cell.folder(work)), progress=False)
     return values
+
+
+def cell_proxy(suite: Suite, cell: Cell, work: Path) -> str | None:
+    """The entry's ``proxy:`` judge spec with its placeholders filled in (None when it names none)."""
+    spec = suite.algorithms[cell.algo].get("proxy")
+    return _substitute(spec, cell, work) if spec else None
 
 
 def config_hash(suite: Suite, cell: Cell) -> str:
@@ -261,6 +341,7 @@ def config_hash(suite: Suite, cell: Cell) -> str:
         "options": suite.algorithms[cell.algo],
         "pairs": asdict(suite.pairs),
         "eval": asdict(suite.eval),
+        "hacking": asdict(suite.hacking) if suite.hacking is not None else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -215,19 +215,6 @@ def behaviour_matching_rate(loglik: Callable[[str, str], float], probes: Sequenc
     return statistics.fmean(decisions)
 
 
-def standardised_gain(policy_scores: Sequence[float], reference_scores: Sequence[float]) -> float:
-    """(mean policy - mean reference) / sd(reference): a gain in units of the reference's spread."""
-    sd = statistics.stdev(reference_scores) if len(reference_scores) > 1 else 0.0
-    if sd == 0:
-        return math.nan
-    return (statistics.fmean(policy_scores) - statistics.fmean(reference_scores)) / sd
-
-
-def hacking_gap(proxy_decisions: Sequence[float], gold_decisions: Sequence[float]) -> float:
-    """Proxy win rate minus gold win rate on the same pairs: > 0 when the proxy is fooled."""
-    return statistics.fmean(proxy_decisions) - statistics.fmean(gold_decisions)
-
-
 # ---------------------------------------------------------------- model-bound helpers
 
 

@@ -19,7 +19,8 @@ Neither shares an 8-token n-gram (or, for a shorter item, its whole text) with a
 train or held-out prompt of the built-in tasks: :func:`contamination` finds such overlaps and
 :func:`check_uncontaminated` raises on the first one. With several hundred items
 an accuracy resolves steps of 1/300 rather than 1/20; :func:`paired_accuracy_delta`
-gives the change from before to after training with a paired 95% interval.
+gives the change from before to after training with a paired 95% interval, from
+the per-item results ``capability(..., per_item=True)`` returns.
 
 Both are scored like any lm-eval ``multiple_choice`` task: the prompt is
 ``"Question: {question}\\nAnswer:"``, each choice is scored as the summed
@@ -252,7 +253,8 @@ def capability(
     limit: int | None = None,
     batch_size: int = 8,
     device: str | None = None,
-) -> dict[str, float]:
+    per_item: bool = False,
+) -> dict[str, float] | dict[str, list[bool]]:
     """Zero-shot lm-eval accuracy (``acc``) per task of an already-loaded causal LM (plain or peft).
 
     ``tasks``: built-in task names (:data:`BUILTIN_TASKS`) and/or any lm-eval task name.
@@ -261,6 +263,13 @@ def capability(
     is moved back afterwards, its train/eval flags restored, and no gradients
     are recorded. Returns ``{task_name: accuracy}`` as plain floats (a group
     name also brings its sub-tasks' accuracies).
+
+    ``per_item=True``: instead ``{task_name: [correct, ...]}``, whether each
+    scored item was answered correctly, in the task's document order (lm-eval's
+    ``doc_id``), from lm-eval's logged samples; the mean of each list is the
+    accuracy the default call returns (checked). Two such lists of the same
+    items feed :func:`paired_accuracy_delta`. A group has no items of its own:
+    name its tasks instead.
     """
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     if isinstance(tasks, str):
@@ -295,7 +304,7 @@ def capability(
                 task_manager=manager,
                 limit=limit,
                 bootstrap_iters=0,
-                log_samples=False,
+                log_samples=bool(per_item),
                 random_seed=None,
                 numpy_random_seed=None,
                 torch_random_seed=None,
@@ -306,4 +315,34 @@ def capability(
     missing = [n for n in names if n not in scores]
     if missing:
         raise PrefoptError(f"capability task {', '.join(map(repr, missing))} reports no 'acc' metric")
+    if per_item:
+        items = _items(out.get("samples") or {}, scores)
+        groups = [n for n in names if n not in items]
+        if groups:
+            raise PrefoptError(
+                f"capability(per_item=True): {', '.join(map(repr, groups))} has no items of its own "
+                "(a group?); name its tasks instead"
+            )
+        return {**{n: items[n] for n in names}, **items}
     return {**{n: scores[n] for n in names}, **scores}
+
+
+def _items(samples: dict[str, list[dict]], scores: dict[str, float]) -> dict[str, list[bool]]:
+    """{task: correctness of each item, by doc_id} from lm-eval's logged samples (the unfiltered "none" responses,
+    the ones ``acc,none`` is computed from); each list's mean is checked against the task's accuracy."""
+    items = {}
+    for task, rows in samples.items():
+        rows = sorted((r for r in rows if r.get("filter", "none") == "none" and "acc" in r), key=lambda r: r["doc_id"])
+        if not rows or task not in scores:
+            continue
+        values = [float(r["acc"]) for r in rows]
+        if any(v not in (0.0, 1.0) for v in values) or len({r["doc_id"] for r in rows}) != len(rows):
+            raise PrefoptError(f"capability task {task!r}: lm-eval's samples are not one 0/1 'acc' per item")
+        correct = [v == 1.0 for v in values]
+        if abs(sum(correct) / len(correct) - scores[task]) > 1e-9:
+            raise PrefoptError(
+                f"capability task {task!r}: {sum(correct)}/{len(correct)} items correct, but lm-eval reports "
+                f"acc {scores[task]}"
+            )
+        items[task] = correct
+    return items
