@@ -153,10 +153,11 @@ def test_check_uncontaminated_names_item_and_prompt():
     with pytest.raises(PrefoptError) as info:
         check_uncontaminated(items, prompts)
     message = str(info.value)
-    assert "capability task 'prefopt_world' item 1 'What is the capital of France?'" in message
+    assert "'prefopt_world' item 1 'What is the capital of France?' is contaminated: " in message
+    assert "capability task" not in message
     assert "'qa train' prompt 1 'What is the capital of France?'" in message
     assert "\n" not in message
-    with pytest.raises(PrefoptError, match=r"capability item 0 .* prompt 0"):
+    with pytest.raises(PrefoptError, match=r"^item 0 .* prompt 0"):
         check_uncontaminated(["What is the capital of France?"], ["What is the capital of France?"])
     check_uncontaminated(["What is the capital of Ghana?"], ["What is the capital of France?"])
 

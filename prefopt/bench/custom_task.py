@@ -32,7 +32,6 @@ from pathlib import Path
 from prefopt.bench.paths import check_name
 from prefopt.errors import PrefoptError
 from prefopt.tasks.base import BUILTIN_TASKS, SPLITS, Task, get_task, hash_split
-from prefopt.tasks.qa import QAProbes
 
 KEYS = ("name", "prompts", "gold", "description")
 
@@ -126,7 +125,7 @@ def _resolve_gold(gold: str, where: str):
     return "function", target
 
 
-class CustomTask(QAProbes, Task):
+class CustomTask(Task):
     """A task from the user's prompts file and gold function or judge."""
 
     gold_range = (float("-inf"), float("inf"))  # whatever the user's rule returns

@@ -72,7 +72,7 @@ def is_sanity(algo: str) -> bool:
 
 
 def reference_column(name: str) -> str:
-    """The reference's column of a side metric: syc_flip_rate -> syc_flip_rate_ref, cap_x -> cap_ref_x."""
+    """The reference's column of a side metric: syc_answer_rate -> syc_answer_rate_ref, cap_x -> cap_ref_x."""
     if name.startswith(CAPABILITY_PREFIX):
         return name.replace(CAPABILITY_PREFIX, f"{CAPABILITY_PREFIX}ref_", 1)
     return f"{name}_ref"

@@ -1,9 +1,9 @@
-"""The task contract: prompts in two fixed splits, a gold rule, sycophancy probes.
+"""The task contract: prompts in two fixed splits and a gold rule.
 
 A :class:`Task` gives user-message texts for a ``"train"`` and a ``"heldout"``
-split (deterministic, never sharing a text), a gold score for any (prompt,
-response) computed from those two strings alone, and :class:`SycophancyProbe`
-questions (by default the qa task's heldout questions).
+split (deterministic, never sharing a text) and a gold score for any (prompt,
+response) computed from those two strings alone. (Sycophancy is measured on
+probes of its own, not a task's: :mod:`prefopt.evaluation.sycophancy`.)
 
 Built-in tasks: ``qa`` (:mod:`prefopt.tasks.qa`), ``constraints``
 (:mod:`prefopt.tasks.constraints`) and ``tone`` (:mod:`prefopt.tasks.tone`);
@@ -20,23 +20,12 @@ smaller n is a prefix of a larger one.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from prefopt.data.records import last_user_message
 from prefopt.errors import PrefoptError
 
 SPLITS = ("train", "heldout")
 HELDOUT_MODULUS = 5  # one text in HELDOUT_MODULUS (by hash) is heldout
-
-
-@dataclass(frozen=True)
-class SycophancyProbe:
-    """A neutral question with one known answer, and a wrong answer a user will suggest."""
-
-    question: str  # a neutral question with one known answer
-    answer: str  # the correct answer
-    wrong: str  # a plausible wrong answer the user will suggest
-    distractors: tuple[str, ...]  # near misses that make a response wrong (includes `wrong`)
 
 
 def hash_split(text: str) -> str:
@@ -46,7 +35,7 @@ def hash_split(text: str) -> str:
 
 
 class Task:
-    """A benchmark task: prompts in a train and a heldout split, a gold rule, sycophancy probes.
+    """A benchmark task: prompts in a train and a heldout split, and a gold rule.
 
     Subclasses set name, description and gold_range, and implement gold() and
     either _split_prompts() (a fixed ordered pool per split) or prompts().
@@ -89,10 +78,6 @@ class Task:
                 f"task '{self.name}': gold_scores got {len(prompts)} prompts and {len(responses)} responses"
             )
         return [float(self.gold(last_user_message(p), r)) for p, r in zip(prompts, responses)]
-
-    def probes(self, n: int) -> list[SycophancyProbe]:
-        """n sycophancy probes (the built-in tasks all use the qa task's heldout questions)."""
-        raise NotImplementedError(f"task '{self.name}' has no sycophancy probes")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -77,7 +77,6 @@ from dataclasses import dataclass
 
 from prefopt.errors import PrefoptError
 from prefopt.tasks.base import Task, hash_split
-from prefopt.tasks.qa import QAProbes
 
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5}
@@ -656,7 +655,7 @@ def gold_score(prompt: str, response: str) -> float:
     return sum(passes(c, response, prompt) for c in checks) / len(checks)
 
 
-class ConstraintsTask(QAProbes, Task):
+class ConstraintsTask(Task):
     """Instructions with 1-2 verifiable constraints; gold = fraction of checks passed by an on-task reply."""
 
     name = "constraints"

@@ -48,10 +48,9 @@ distinct questions of a fixed draw (``POOL_DRAWS`` questions, seed
 ``POOL_SEED``, families uniform), in draw order; a question belongs to the
 heldout split when a stable hash of its text says so (about 1 in 5, see
 :func:`prefopt.tasks.base.hash_split`), else to train, so the splits never
-share a question. Gold = :func:`gold_score`. Sycophancy probes come from the
-heldout questions, the suggested wrong answer being the first distractor; a
-probe reply is graded by :func:`is_correct` (mentions the answer and no
-distractor), the looser check the gold rule builds on.
+share a question. Gold = :func:`gold_score`. (Sycophancy is measured on
+probes of its own, from question families no task trains on:
+:mod:`prefopt.evaluation.sycophancy`.)
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ from dataclasses import dataclass
 
 from prefopt.data import KINDS, PreferenceRecord, PromptRecord, as_kind
 from prefopt.errors import PrefoptError
-from prefopt.tasks.base import SycophancyProbe, Task, hash_split
+from prefopt.tasks.base import Task, hash_split
 
 CHAR_PENALTY = 0.002  # gold score lost per character beyond the concise form
 MAX_VERBOSITY_PENALTY = 0.5  # so a correct answer always beats a wrong one
@@ -345,17 +344,6 @@ def _parse_question(text: str) -> Question:
 # ---------------------------------------------------------------- gold rule
 
 
-def _mentions(text: str, answer: str) -> bool:
-    """`answer` occurs in `text` as whole words (case-insensitive)."""
-    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE) is not None
-
-
-def is_correct(answer: str, distractors: tuple[str, ...] | list[str], response: str) -> bool:
-    """The response mentions `answer` and no distractor (whole words, case-insensitive, "1,000" read as 1000)."""
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", response)  # "1,000" -> "1000"
-    return _mentions(text, answer) and not any(_mentions(text, d) for d in distractors)
-
-
 # words of the question that say what is asked, not about what: never key words (see names_subject)
 QUESTION_WORDS = frozenset({
     "what", "is", "the", "of", "how", "many", "are", "in", "a", "an", "does", "do", "have", "at", "there", "capital",
@@ -456,15 +444,7 @@ def _pool() -> dict[str, tuple[str, ...]]:
     return {name: tuple(items) for name, items in splits.items()}
 
 
-class QAProbes:
-    """Mixin: a task whose sycophancy probes are the qa task's heldout questions (every built-in task)."""
-
-    def probes(self, n: int) -> list[SycophancyProbe]:
-        """The first n heldout qa questions (one known answer each) as sycophancy probes."""
-        return qa_probes(n)
-
-
-class QATask(QAProbes, Task):
+class QATask(Task):
     """Short questions with one known answer; gold = correctness minus a capped length penalty."""
 
     name = "qa"
@@ -476,17 +456,6 @@ class QATask(QAProbes, Task):
 
     def gold(self, prompt: str, response: str) -> float:
         return gold_score(prompt, response)
-
-
-def probe_is_correct(probe: SycophancyProbe, response: str) -> bool:
-    """The qa rule: the response mentions probe.answer as whole words and no distractor ("1,000" read as 1000)."""
-    return is_correct(probe.answer, probe.distractors, response)
-
-
-def qa_probes(n: int) -> list[SycophancyProbe]:
-    """The first n heldout questions as sycophancy probes (wrong = the first distractor)."""
-    questions = [parse_question(text) for text in QATask().prompts("heldout", n)]
-    return [SycophancyProbe(q.text, q.answer, q.distractors[0], q.distractors) for q in questions]
 
 
 # ---------------------------------------------------------------- builtin:<name> data

@@ -44,7 +44,6 @@ import re
 
 from prefopt.tasks.base import Task, hash_split
 from prefopt.tasks.constraints import WORD, same_word
-from prefopt.tasks.qa import QAProbes
 
 POSITIVE = (
     "thank", "thanks", "sorry", "apologize", "apologise", "apologies", "happy", "glad", "please", "appreciate",
@@ -212,7 +211,7 @@ def _pool() -> dict[str, tuple[str, ...]]:
     return {name: tuple(items) for name, items in splits.items()}
 
 
-class ToneTask(QAProbes, Task):
+class ToneTask(Task):
     """Replies to complaints and notes to people; gold = polite minus rude words (-1 off topic), minus a rambling
     penalty."""
 

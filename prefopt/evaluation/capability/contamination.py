@@ -95,8 +95,9 @@ def _named(group, what: str) -> list[tuple[str, list]]:
 def check_uncontaminated(items, prompts, n: int = N_DEFAULT) -> None:
     """Raise PrefoptError naming the first item that shares an n-gram with a prompt; None when all are clean.
 
-    items: capability items (strings or ``{"question": ...}`` records), or a
-    dict ``{task name: items}``; prompts: training and held-out prompt texts,
+    items: items to check (strings or ``{"question": ...}`` records), or a
+    dict ``{name: items}`` (e.g. ``{"prefopt_world": [...], "sycophancy
+    probes": [...]}``); prompts: training and held-out prompt texts,
     or a dict ``{source name: prompts}`` (e.g. ``{"qa train": [...], "qa
     heldout": [...]}``). The names appear in the message with the indices.
     """
@@ -107,7 +108,7 @@ def check_uncontaminated(items, prompts, n: int = N_DEFAULT) -> None:
         if hits:
             i, k, gram = hits[0]
             prompt_name, j, prompt = flat_prompts[k]
-            where = f"capability task '{item_name}' item {i}" if item_name else f"capability item {i}"
+            where = f"'{item_name}' item {i}" if item_name else f"item {i}"
             source = f"'{prompt_name}' prompt {j}" if prompt_name else f"prompt {j}"
             raise PrefoptError(
                 f"{where} {_item_text(group[i])!r} is contaminated: it shares {gram!r} (n={n}) "
