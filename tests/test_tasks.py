@@ -79,7 +79,9 @@ def test_default_dataset_shape(qa):
         (addition(17, 25), "", -0.5),  # no answer: the minimum, not 0
         (addition(17, 25), "What is 17 + 25?", -0.5),  # an echo names only the operands: no answer
         (addition(17, 25), "17 + 25 = 42. Well, that is an interesting question.", 1.0 - 0.002 * 39),
-        (addition(17, 25), "17 + 25 is 42 or maybe 43.", 0.0 - 0.002 * 13),  # a near miss next to the answer: wrong
+        (addition(17, 25), "17 + 25 is 42 or maybe 43.", -0.5),  # two candidate numbers: a guess, the minimum
+        (capital("Australia"), "Australia: Canberra or maybe Sydney.", 0.0),  # a near miss next to the answer: wrong
+        (addition(17, 25), "17 25 61 58 44 42", -0.5),  # a list of numbers holding the answer: a guess, the minimum
         (addition(17, 25), "17 + 25 = 42 " + "blah " * 500, 0.5),  # the length penalty is capped at 0.5
         (multiplication(6, 7), "6 times 7 is 42.", 1.0),
         (multiplication(6, 7), "6 times 7 is 48.", 0.0),

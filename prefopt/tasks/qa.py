@@ -32,8 +32,9 @@ many characters the (stripped) response has beyond the correct concise form.
 filler), a far-off answer ("17 + 25 = 50"), or an answer that does not say
 what it answers ("42", "6"): each gets the minimum, so a constant reply
 cannot collect the answers that happen to fit some questions. A hedge naming
-the answer and a near miss ("42 or maybe 43") is wrong (0 minus the length
-penalty). Being right always beats being brief (a right answer scores >= 0.5,
+the answer and a near miss ("Canberra or maybe Sydney") is wrong (0 minus the
+length penalty). A list of numbers is a guess: a reply to a numeric question that names more than one number
+the question does not name scores the minimum, whether or not the answer is among them. Being right always beats being brief (a right answer scores >= 0.5,
 anything else <= 0); between two equally right answers the shorter one wins,
 and the concise form ("17 + 25 = 42.") scores the maximum.
 
@@ -369,6 +370,15 @@ def _count(text: str, answer: str) -> int:
     return len(re.findall(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE))
 
 
+_NUMBER = re.compile(r"(?<!\w)\d+(?!\w)")
+
+
+def _new_numbers(question: str, response: str) -> set[str]:
+    """Numbers the response says more often than the question does ("1,000" read as "1000")."""
+    said = set(_NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", response)))
+    return {n for n in said if _count(response, n) > _count(question, n)}
+
+
 def gold_score(question: Question | str, response: str) -> float:
     """The gold rule of the module docstring: right 1, near miss 0, each minus a capped length penalty; else -0.5."""
     q = question if isinstance(question, Question) else parse_question(question)
@@ -378,6 +388,8 @@ def gold_score(question: Question | str, response: str) -> float:
     def mentions(x: str) -> bool:
         return _count(response, x) > _count(q.text, x)
 
+    if q.answer.isdigit() and len(_new_numbers(q.text, response)) > 1:
+        return NO_ANSWER  # a list of numbers is a guess: "7 21 61 58 44 56" collected answers and near misses
     if any(mentions(d) for d in q.distractors):
         correctness = 0.0
     elif mentions(q.answer):
