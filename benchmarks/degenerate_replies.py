@@ -97,18 +97,29 @@ def battery(
 # ---------------------------------------------------------------- gold rules of a git revision
 
 
-def gold_of_revision(task: str, rev: str) -> Gold:
-    """The gold_score(prompt, response) of prefopt/tasks/<task>.py as of git revision `rev` (read with git show)."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:prefopt/tasks/{task}.py"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / f"_rev_{task}.py"
+def _module_of_revision(name: str, rev: str, file: str, renames: dict[str, str]):
+    source = subprocess.run(["git", "show", f"{rev}:{file}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout  # fmt: skip
+    for old, new in renames.items():
+        source = source.replace(old, new)
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"_rev_{task}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.gold_score
+    return module
+
+
+def gold_of_revision(task: str, rev: str) -> Gold:
+    """The gold_score(prompt, response) of prefopt/tasks/<task>.py as of git revision `rev` (read with git show).
+
+    The revision's own prefopt/tasks/base.py comes with it (its names may have changed since)."""
+    base = f"_rev_{rev}_base".replace("-", "_")
+    if base not in sys.modules:
+        _module_of_revision(base, rev, "prefopt/tasks/base.py", {})
+    renames = {"from prefopt.tasks.base import": f"from {base} import"}
+    return _module_of_revision(f"_rev_{task}", rev, f"prefopt/tasks/{task}.py", renames).gold_score
 
 
 def current_gold(task: str) -> Gold:
