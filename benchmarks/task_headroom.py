@@ -13,6 +13,7 @@ maximum and best-of-n well above the mean: preference training can move the mode
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "results" / "tasks"))
+    parser.add_argument("--tasks", default="", help="comma-separated tasks to (re)measure; the other rows of an "
+                        "existing headroom.json are kept (default: every built-in task)")
     args = parser.parse_args()
 
     from prefopt.core.generate import SamplingConfig
@@ -42,8 +45,15 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, adapter="full", device=device).eval().requires_grad_(False)
     sampler = Sampler(model, tokenizer, precision, batch_size=64)
+    chosen = [t for t in args.tasks.split(",") if t] or task_names()
+    previous = Path(args.out) / "headroom.json"
+    kept = {}
+    if args.tasks and previous.exists():  # rows of the tasks not re-measured now, with their own command and git
+        old = json.loads(previous.read_text())
+        kept = {r["task"]: {**r, "measured_by": {"command": old.get("command"), "git": old["provenance"].get("git")}}
+                for r in old.get("rows", []) if r["task"] not in chosen}  # fmt: skip
     rows = []
-    for name in task_names():
+    for name in chosen:
         task = get_task(name)
         prompts = task.prompts("heldout", args.prompts)
         conversations = [[{"role": "user", "content": p}] for p in prompts]
@@ -73,6 +83,7 @@ def main() -> None:
         print(f"{name}: best-of-n {best}", flush=True)
         print(f"{name}: sampled {row['sampled']['gold_mean']:.3f}, greedy {row['greedy']['gold_mean']:.3f} "
               f"(range {task.gold_range})", flush=True)
+    rows = sorted([*rows, *kept.values()], key=lambda r: r["task"])
     record = {
         "command": " ".join(["python", *sys.argv]),
         "model": args.model,
@@ -87,7 +98,7 @@ def main() -> None:
         f"# Starting gold score of `{args.model}` on the built-in tasks",
         "",
         (f"{args.prompts} held-out prompts per task, {args.max_new_tokens} new tokens, seed {args.seed}, "
-         f"{precision}. Command: `{record['command']}`"),
+         f"{precision}, git {record['provenance'].get('git')}. Command: `{record['command']}`"),
         "",
         (f"Sampled: {args.samples} samples per prompt at T=1 (mean ± sd over all samples). Best-of-n: per prompt the "
          "highest gold of its first n samples, averaged over prompts (a ceiling a policy can reach without leaving "
@@ -104,6 +115,8 @@ def main() -> None:
         lines.append(f"| {r['task']} | {r['gold_range'][0]:g} .. {r['gold_range'][1]:g} | {s['gold_mean']:.3f} ± "
                      f"{s['gold_sd']:.3f} | {g['gold_mean']:.3f} | {shown[0]} | {shown[1]} | {s['at_max']:.2f} / "
                      f"{g['at_max']:.2f} | {s['length_mean']:.1f} |")
+    for r in kept.values():
+        lines.append(f"\n{r['task']}: measured earlier by `{r['measured_by']['command']}` at git {r['measured_by']['git']}.")
     out = Path(args.out)
     atomic_write_json(out / "headroom.json", record)
     atomic_write_text(out / "headroom.md", "\n".join(lines) + "\n")
