@@ -493,3 +493,50 @@ def test_suite_bench_keys_are_checked(tmp_path):
 
     options = cell_options(suite, Cell("qa", "d2", 0), tmp_path, "data.jsonl")
     assert suite.algo("d2") == "dpo" and "algo" not in options and options["beta"] == 0.2
+
+
+@pytest.mark.e2e
+def test_an_http_judge_is_calibrated_before_the_suite_and_a_position_biased_one_is_not_informative(
+    tmp_path, tiny_model_dir, monkeypatch
+):  # fmt: skip
+    """judge=http:... in a suite: calibrated on pairs of known gold preference first. A server that judges by the
+    gold rule agrees with it on every pair; one that always answers "A" ties every pair (its two orders disagree)."""
+    from helpers import letter_share
+    from test_judges import ChatServer
+
+    for name in ("PREFOPT_JUDGE_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    faithful = ChatServer(rule=lambda a, b: "A" if letter_share("", a) > letter_share("", b) else "B")
+    biased = ChatServer(rule=lambda a, b: "A")
+    try:
+        for server, name in ((faithful, "faithful"), (biased, "biased")):
+            suite = micro_suite(tmp_path / f"{name}.yaml", tiny_model_dir, {"sft": {}}, seeds=(0,),
+                                judge=f"http:{server.url}", calibration_pairs=6)  # fmt: skip
+            results = tmp_path / name
+            assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
+            row = pd.read_csv(results / "results.csv").set_index("algo").loc["sft"]
+            report = (results / "report.md").read_text()
+            assert row["judge_cal_n"] == 6 and row["judge"].startswith("http:")
+            if name == "faithful":
+                assert row["judge_cal_agreement"] == 1.0 and row["judge_cal_tie_rate"] == 0.0
+                assert "not informative (agreement" not in report
+            else:
+                assert row["judge_cal_agreement"] == 0.5 and row["judge_cal_tie_rate"] == 1.0
+                assert row["judge_cal_position_bias"] == 1.0
+                assert "not informative (agreement 0.50" in report
+    finally:
+        faithful.close()
+        biased.close()
+
+
+@pytest.mark.e2e
+def test_a_suite_whose_capability_items_overlap_its_prompts_refuses_to_run(tmp_path, tiny_model_dir):
+    suite = micro_suite(tmp_path / "leak.yaml", tiny_model_dir, {"sft": {}}, seeds=(0,), capability=["prefopt_world"])
+    prompts = tmp_path / "letters.jsonl"  # a training prompt that copies a capability item verbatim
+    lines = prompts.read_text().splitlines()
+    world = [json.loads(line) for line in (Path(__file__).parents[1] / "prefopt/evaluation/capability/prefopt_world.jsonl").open()]
+    lines[0] = json.dumps({"prompt": world[3]["question"]})
+    prompts.write_text("\n".join(lines) + "\n")
+    results = tmp_path / "results"
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 2
+    assert not (results / "results.csv").exists()  # nothing trained, nothing written
