@@ -465,6 +465,10 @@ def test_hacking_arm_trains_on_planted_proxy_pairs_and_writes_curves(tmp_path, t
         return sum(len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows) / len(rows)
 
     assert longer(proxy_pairs) > longer(gold_pairs)  # the planted feature is in the proxy's labels only
+    from helpers import letter_share
+
+    for r in proxy_pairs:  # both scores kept, each named for what it is
+        assert r["gold_chosen"] == letter_share(r["prompt"], r["chosen"]) and r["proxy_chosen"] > r["proxy_rejected"]
     table = pd.read_csv(results / "results.csv").set_index("algo")
     for name in ("dpo-proxy", "ppo-proxy"):
         row = table.loc[name]
@@ -477,6 +481,9 @@ def test_hacking_arm_trains_on_planted_proxy_pairs_and_writes_curves(tmp_path, t
     hacking = json.loads((results / "hacking" / "letters.json").read_text())
     assert [p["n"] for p in hacking["best_of_n"]] == [1, 2, 4]
     assert hacking["best_of_n"][0]["kl"] == 0.0 and hacking["planted"]["feature"] == "length"
+    agree = [float(r["gold_chosen"] > r["gold_rejected"]) + 0.5 * float(r["gold_chosen"] == r["gold_rejected"])
+             for r in proxy_pairs]  # fmt: skip
+    assert hacking["planted"]["proxy_pairs_gold_agreement"] == pytest.approx(sum(agree) / len(agree))
     assert "overoptimisation" in hacking
     assert (results / "plots" / "hacking_letters.png").exists()
 

@@ -222,6 +222,11 @@ class Bench:
         pairs = make_pairs(prompts, grouped, _groups(labels, p.samples), p.label_noise, p.seed)
         if len(pairs) < 2:
             raise PrefoptError(f"hacking: only {len(pairs)} proxy pairs; raise pairs.samples or pairs.prompts")
+        gold_of = {(q, t): g for q, texts, golds in zip(prompts, grouped, _groups(scores, p.samples))
+                   for t, g in zip(texts, golds)}  # fmt: skip
+        for r in pairs:  # make_pairs recorded the proxy labels as the scores; keep both, named for what they are
+            r["proxy_chosen"], r["proxy_rejected"] = r["gold_chosen"], r["gold_rejected"]
+            r["gold_chosen"], r["gold_rejected"] = gold_of[(r["prompt"], r["chosen"])], gold_of[(r["prompt"], r["rejected"])]
         _write_jsonl(folder / "proxy_pairs.jsonl", pairs)
 
         def longer_chosen(rows) -> float:  # share of pairs whose chosen response is the longer one (in words)
@@ -231,7 +236,9 @@ class Bench:
             "feature": h.feature, "weight": h.weight,
             "longer_chosen_proxy_pairs": longer_chosen(pairs),
             "longer_chosen_gold_pairs": longer_chosen(gold_pairs),
-            "proxy_pairs_gold_agreement": _mean(float(r["gold_chosen"] > r["gold_rejected"]) for r in pairs),
+            # of the proxy pairs, the share gold orders the same way (ties in gold count half)
+            "proxy_pairs_gold_agreement": _mean(float(r["gold_chosen"] > r["gold_rejected"])
+                                                + 0.5 * float(r["gold_chosen"] == r["gold_rejected"]) for r in pairs),
         }  # fmt: skip
         return {"proxy_pairs_file": str(folder / "proxy_pairs.jsonl"), "proxy_pairs": len(pairs), "planted": planted}
 
