@@ -117,6 +117,39 @@ def test_clipped_policy_loss_by_hand():
     assert stats["clip_fraction"].item() == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("p, q", [(0.7, 0.5), (0.5, 0.7)])
+def test_approx_kl_is_unbiased_for_kl_old_new(p, q):
+    """PPO's tokens are sampled from pi_old, so approx_kl must estimate KL(old || new) = E_old[(r - 1) - log r],
+    r = pi_new / pi_old. Two outcomes, pi_old = (p, 1 - p), pi_new = (q, 1 - q):
+      p = 0.7, q = 0.5: KL(old || new) = 0.7 ln 1.4 + 0.3 ln 0.6 = 0.0822829
+      p = 0.5, q = 0.7: KL(old || new) = 0.5 ln(5/7) + 0.5 ln(5/3) = 0.0871767
+    The exact expectation weights the two outcomes by p and 1 - p (no sampling). The inverted ratio,
+    E_old[(1/r - 1) + log r] = sum old^2/new - 1 - KL = chi^2(old || new) - KL, gives 0.16 - 0.0822829 = 0.0777171
+    (5.5% low) and 0.1904762 - 0.0871767 = 0.1032995 (18.5% high) instead."""
+    kl = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    chi2 = p**2 / q + (1 - p) ** 2 / (1 - q) - 1
+    old, new = torch.tensor([p, 1 - p], dtype=torch.float64).log(), torch.tensor([q, 1 - q], dtype=torch.float64).log()
+    weights = torch.tensor([p, 1 - p], dtype=torch.float64)
+    r = (new - old).exp()
+    assert float((weights * ((r - 1) - r.log())).sum()) == pytest.approx(kl, abs=1e-6)
+    inverted = float((weights * ((1 / r - 1) + r.log())).sum())  # the formula before the fix
+    assert inverted == pytest.approx(chi2 - kl, abs=1e-6)
+    assert abs(inverted - kl) > 0.05 * kl  # 5.5% and 18.5% off
+
+    # The real function: 10 tokens drawn in exact proportion (10p of outcome 0, the rest outcome 1), plus two
+    # padding positions holding nonsense, so its masked mean is the exact expectation under pi_old.
+    n0 = round(10 * p)
+    outcome = torch.tensor([0] * n0 + [1] * (10 - n0) + [0, 0])  # (12,)
+    mask = torch.tensor([1.0] * 10 + [0.0, 0.0], dtype=torch.float64)[None]  # (1, 12)
+    old_logp = old[outcome][None].clone()
+    logp = new[outcome][None].clone()
+    logp[0, 10:], old_logp[0, 10:] = 5.0, -30.0  # padding: a huge ratio, masked out
+    advantages = torch.linspace(-1, 1, 12, dtype=torch.float64)[None]
+    _, stats = clipped_policy_loss(logp, old_logp, advantages, mask, clip=0.2)
+    assert stats["approx_kl"].item() == pytest.approx(kl, abs=1e-6)
+    assert stats["approx_kl"].item() == pytest.approx(float((weights * ((r - 1) - r.log())).sum()), abs=1e-9)
+
+
 def test_clipped_value_loss_by_hand():
     """V 1.0, old V 0.5, return 2.0, clip 0.2: V_clip 0.7; max((1 - 2)^2, (0.7 - 2)^2) = 1.69; loss 0.845."""
     loss, stats = clipped_value_loss(t([1.0]), t([0.5]), t([2.0]), t([1.0]), clip=0.2)

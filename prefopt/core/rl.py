@@ -138,7 +138,9 @@ def clipped_policy_loss(
     """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), as a loss to minimise.
 
     loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))) over response tokens.
-    Returns (loss (), stats with clip_fraction and approx_kl (k3 of old vs new), detached).
+    Returns (loss (), stats with clip_fraction and approx_kl, detached). approx_kl is the k3 estimate of
+    KL(pi_old || pi) on the tokens, which were sampled from pi_old: (r - 1) - log r with r = pi / pi_old
+    (Schulman 2020, "Approximating KL"); the inverted ratio would estimate chi^2(old || new) - KL instead.
     """
     log_ratio = logp - old_logp  # (N, G)
     ratio = torch.exp(log_ratio)
@@ -148,7 +150,7 @@ def clipped_policy_loss(
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(torch.expm1(-log_ratio) + log_ratio, mask),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),  # k3 of KL(old || new), r = new/old
         }
     return loss, stats
 
