@@ -17,8 +17,8 @@ gspo        (r - mean) / std    sequence, 3e-4 / 4e-4  per sequence
 RLOO (:mod:`prefopt.algorithms.rloo`) and REINFORCE++ (:mod:`prefopt.algorithms.reinforce_pp`) use
 the same base, :class:`GroupPolicyGradient`, with their own advantages and losses.
 
-One step: sample (the step's prompts repeated k times, groups consecutive, in one ``ctx.rollout``
-call: :meth:`GroupPolicyGradient.sample`), score, shape, compute advantages, then
+One step: sample (k completions of each of the step's prompts, groups consecutive, in one ``ctx.rollout``
+call that prefills each prompt once: :meth:`GroupPolicyGradient.sample`), score, shape, compute advantages, then
 ``updates_per_batch`` passes over ``minibatches`` random minibatches, one optimizer update each.
 The "old" log-probs of the ratio: with a single update per step they are the current ones detached
 (the ratio is exactly 1 and its gradient the policy gradient, so no extra forward is done); with more
@@ -270,17 +270,17 @@ class GroupPolicyGradient(OnlineAlgorithm):
     # ---- sampling
 
     def sample(self, ctx: OnlineContext, prompts: list[list[int]], messages: list, attempt: int = 0) -> Samples:
-        """k completions of each prompt, scored. The one place rollouts are made: each prompt is repeated k
-        times (a sampler sharing the prompt's prefill could replace this call). Attempt 0 is seeded by the
-        step, as every online rollout; a resampling attempt by (step, attempt)."""
+        """k completions of each prompt, scored. The one place rollouts are made: one ``ctx.rollout`` call with
+        num_samples=k, which prefills each prompt once and decodes its k completions from copies of its KV
+        cache (rows prompt0 x k, prompt1 x k, ...: the layout, and the draws, of the prompts repeated k times).
+        Attempt 0 is seeded by the step, as every online rollout; a resampling attempt by (step, attempt)."""
         c = self.config
         k = c.num_generations
-        ids = [p for p in prompts for _ in range(k)]
         msgs = [m for m in messages for _ in range(k)]
         step = ctx.step
         ctx.step = step + attempt * RESAMPLE_STRIDE
         try:
-            rollout, batch = ctx.rollout(ids, self.sampling())
+            rollout, batch = ctx.rollout(prompts, self.sampling(), num_samples=k)
         finally:
             ctx.step = step
         texts = rollout.texts(ctx.tokenizer)

@@ -15,6 +15,12 @@ timed calls alternating the order; tokens/s = generated tokens / wall seconds
     python benchmarks/generation_speed.py                        # batch 8 and 32, 64 new tokens, 3 reps
     python benchmarks/generation_speed.py --greedy --lora        # + identity check, + the LoRA-wrapped model
     python benchmarks/generation_speed.py --batch-sizes 2 --max-new-tokens 8 --reps 1 --out /tmp/gen_smoke
+    python benchmarks/generation_speed.py --group-sizes 4,8 --batch-sizes 8   # + group sampling, see below
+
+Group sampling (--group-sizes k,...): k responses per prompt from prefopt's sampler, each prompt's prefill
+computed once and its KV cache repeated k times (``generate(..., num_samples=k)``) vs the same prompts repeated
+k times in the prompt list (one prefill per row); same batch (all B * k rows together), same seed, same EOS
+handling and protocol. With --greedy the two outputs are compared row by row (they must be identical).
 """
 
 from __future__ import annotations
@@ -94,6 +100,70 @@ def run_hf(model, tokenizer, prompts, max_new_tokens: int, greedy: bool, seed: i
 
 
 RUNNERS = {"prefopt": run_prefopt, "hf": run_hf}
+GROUP_IMPLS = ("repeated", "prefill_once")
+
+
+def run_group(impl: str, model, tokenizer, prompts, k: int, max_new_tokens: int, greedy: bool, seed: int, amp):
+    """(B * k, max_new_tokens) ids: k samples per prompt, by repeating the prompts or from one prefill each."""
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0 if greedy else 1.0, top_p=1.0, seed=seed)
+    rows, num_samples = ([p for p in prompts for _ in range(k)], 1) if impl == "repeated" else (prompts, k)
+    with mock.patch.object(prefopt_generate, "stop_token_ids", lambda model, tokenizer: [-1]):
+        rollout = prefopt_generate.generate(model, tokenizer, rows, config, batch_size=len(prompts) * k, autocast=amp,
+                                            num_samples=num_samples)
+    return rollout.response_ids
+
+
+def bench_group(model, tokenizer, prompts, k: int, *, max_new_tokens: int, reps: int, greedy: bool, seed: int, amp,
+                device) -> dict:
+    """One warm-up per implementation, then `reps` timed calls each, alternating the order."""
+    def call(impl: str, seed: int):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        ids = run_group(impl, model, tokenizer, prompts, k, max_new_tokens, greedy, seed, amp)
+        sync(device)
+        seconds = time.perf_counter() - start
+        if tuple(ids.shape) != (len(prompts) * k, max_new_tokens):
+            raise AssertionError(f"{impl} generated {tuple(ids.shape)} tokens")
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        return seconds, ids.cpu(), peak
+
+    outputs = {impl: call(impl, seed)[1] for impl in GROUP_IMPLS}
+    calls = {impl: [] for impl in GROUP_IMPLS}
+    for rep in range(reps):
+        for impl in GROUP_IMPLS if rep % 2 == 0 else GROUP_IMPLS[::-1]:
+            seconds, _, peak = call(impl, seed + rep)
+            calls[impl].append({"seconds": seconds, "peak_cuda_mib": peak})
+    generated = len(prompts) * k * max_new_tokens
+    row = {"prompts": len(prompts), "k": k, "rows": len(prompts) * k,
+           "prompt_tokens": sum(len(p) for p in prompts), "generated_tokens_per_call": generated}
+    for impl, runs in calls.items():
+        seconds = [r["seconds"] for r in runs]
+        peaks = [r["peak_cuda_mib"] for r in runs if r["peak_cuda_mib"] is not None]
+        row[impl] = {"seconds": seconds, "seconds_median": statistics.median(seconds),
+                     "tokens_per_s_median": generated / statistics.median(seconds),
+                     "peak_cuda_mib": max(peaks) if peaks else None}
+    row["speedup_prefill_once"] = row["repeated"]["seconds_median"] / row["prefill_once"]["seconds_median"]
+    if greedy:
+        row["greedy"] = greedy_agreement(outputs["prefill_once"], outputs["repeated"])
+    return row
+
+
+def group_table(rows: list[dict]) -> str:
+    lines = ["| model | prompts x k | repeated s (tok/s) | prefill once s (tok/s) | repeated / prefill once |"
+             + (" greedy match |" if rows and "greedy" in rows[0] else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if rows and "greedy" in rows[0] else "")]
+    for row in rows:
+        cells = [row["variant"], f"{row['prompts']} x {row['k']}"]
+        for impl in GROUP_IMPLS:
+            r = row[impl]
+            cells.append(f"{r['seconds_median']:.2f} ({r['tokens_per_s_median']:.1f})")
+        cells.append(f"{row['speedup_prefill_once']:.2f}")
+        if "greedy" in row:
+            cells.append(f"{row['greedy']['prompts_identical']}/{row['greedy']['prompts']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def timed(impl: str, model, tokenizer, prompts, max_new_tokens: int, greedy: bool, seed: int, amp, device):
@@ -213,7 +283,12 @@ def markdown(record: dict) -> str:
         f"- versions: {versions}; git {record['provenance']['git']}",
         f"- {memory}",
     ]
-    return "\n".join(lines) + "\n\n" + table(record) + "\n"
+    out = "\n".join(lines) + "\n\n" + table(record) + "\n"
+    if record.get("groups"):
+        out += ("\n## Group sampling: k samples per prompt, prompts repeated vs prefilled once\n\n"
+                "median seconds per call (generated tokens/s), all rows in one batch\n\n"
+                + group_table(record["groups"]) + "\n")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -228,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-sizes", default="", help="k values: also time k samples per prompt (see docstring)")
+    parser.add_argument("--skip-hf", action="store_true", help="only the group-sampling comparison")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed"))
     args = parser.parse_args(argv)
 
@@ -244,11 +321,26 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = qa_prompts(tokenizer, max(batch_sizes))
     variants = ["full", "lora"] if args.lora else ["full"]
 
-    results = []
+    group_sizes = [int(k) for k in args.group_sizes.split(",") if k.strip()]
+    results, groups = [], []
     print(f"device {device}, precision {precision}, torch threads {torch.get_num_threads()}", flush=True)
     for variant in variants:
         model = load(args.model, variant, device)
         for b in batch_sizes:
+            for k in group_sizes:
+                row = {"variant": variant, **bench_group(
+                    model, tokenizer, prompts[:b], k, max_new_tokens=args.max_new_tokens, reps=args.reps,
+                    greedy=args.greedy, seed=args.seed, amp=amp, device=device,
+                )}
+                groups.append(row)
+                msg = (f"{variant} {b} prompts x {k}: repeated {row['repeated']['seconds_median']:.2f} s, "
+                       f"prefill once {row['prefill_once']['seconds_median']:.2f} s, "
+                       f"ratio {row['speedup_prefill_once']:.2f}")
+                if "greedy" in row:
+                    msg += f", greedy match {row['greedy']['prompts_identical']}/{row['greedy']['prompts']}"
+                print(msg, flush=True)
+            if args.skip_hf:
+                continue
             row = {"variant": variant, **bench_batch(
                 model, tokenizer, prompts[:b], max_new_tokens=args.max_new_tokens, reps=args.reps,
                 greedy=args.greedy, seed=args.seed, amp=amp, device=device,
@@ -274,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch_sizes": batch_sizes, "max_new_tokens": args.max_new_tokens, "reps": args.reps,
             "precision": args.precision, "greedy": args.greedy, "seed": args.seed, "lora": args.lora,
             "temperature": None if args.greedy else 1.0, "top_p": None if args.greedy else 1.0,
-            "hf_top_k": None if args.greedy else 0,
+            "hf_top_k": None if args.greedy else 0, "group_sizes": group_sizes,
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -284,12 +376,15 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         },
         "results": results,
+        "groups": groups,
         "provenance": provenance(),
     }
     out = Path(args.out)
     atomic_write_json(out / "generation.json", record)
     atomic_write_text(out / "generation.md", markdown(record))
     print("\n" + table(record))
+    if groups:
+        print("\n" + group_table(groups))
     print(f"wrote {out / 'generation.json'} and {out / 'generation.md'}")
     return record
 

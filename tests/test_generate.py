@@ -326,3 +326,109 @@ def test_training_after_generate_reaches_every_lora_parameter(tiny_model_dir, ti
     with torch.no_grad():
         sums = forward_logps(model, rollout.batch()).sum
     torch.testing.assert_close(sums, rollout.logprobs.sum(1), rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------- 7. groups: k samples per prompt, one prefill
+
+
+class _Recording(torch.nn.Module):
+    """A real model that records the batch size and width of every forward it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.generation_config = model.generation_config
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, input_ids, cache=None, **kwargs):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.model(input_ids=input_ids, cache=cache, **kwargs)
+
+
+def _assert_same_rollout(a: Rollout, b: Rollout, atol: float = 1e-5) -> None:
+    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "stopped"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=atol)
+
+
+def test_groups_greedy_equal_repeated_prompts_with_one_prefill(tiny_tokenizer, tiny_model):
+    """Greedy, mixed prompt lengths, EOS at different steps: the k rows of each group are token for token the
+    repeated-prompt call's, with their log-probs; the prompts are prefilled once (B rows), then decoded B * k."""
+    tok, k = tiny_tokenizer, 3
+    model = _Recording(_EosBias(_lively(tiny_model), tok.eos_token_id, bias=4.0))
+    prompts = _prompts(tok)  # 20, 13, 27, 17, 17 tokens
+    config = SamplingConfig(max_new_tokens=10, temperature=0)
+    repeated = generate(model, tok, [p for p in prompts for _ in range(k)], config, batch_size=6)
+    model.shapes.clear()
+    grouped = generate(model, tok, prompts, config, batch_size=6, num_samples=k)
+    _assert_same_rollout(grouped, repeated)
+    lengths = grouped.lengths().tolist()
+    assert len(set(lengths)) > 1 and max(lengths) > 1, lengths  # masks, padding and the cache are exercised
+    # 6 rows per micro-batch = 2 prompts x 3: prefills of 2, 2, 1 prompts, every later forward 6, 6, 3 rows
+    prefills = [s for s in model.shapes if s[1] > 1]
+    assert [s[0] for s in prefills] == [2, 2, 1]
+    assert {s[0] for s in model.shapes if s[1] == 1} <= {6, 3}
+
+
+def test_groups_layout_and_distinct_samples(tiny_tokenizer, tiny_model):
+    """Group i is rows i*k .. i*k+k-1: its prompt repeated, and sequences() starts each row with that prompt;
+    at temperature 1 the k samples of a group are not all the same."""
+    tok, k = tiny_tokenizer, 4
+    model = _lively(tiny_model)
+    prompts = _prompts(tok)
+    rollout = generate(model, tok, prompts, SamplingConfig(max_new_tokens=8, seed=5), batch_size=8, num_samples=k)
+    assert rollout.response_ids.shape[0] == len(prompts) * k and rollout.prompt_ids.shape[0] == len(prompts) * k
+    input_ids, attention_mask, loss_mask = rollout.sequences()
+    for i, p in enumerate(prompts):
+        rows = range(i * k, (i + 1) * k)
+        for row in rows:
+            assert input_ids[row, : len(p)].tolist() == p
+            assert int(attention_mask[row].sum() - loss_mask[row].sum()) == len(p)
+        group = {tuple(rollout.response_ids[row].tolist()) for row in rows}
+        assert len(group) > 1, i  # k distinct streams, not one draw copied
+
+
+def test_groups_are_seeded_and_draw_as_the_repeated_call(tiny_tokenizer, tiny_model):
+    """Same seed, same groups; another seed, other groups. One generator draws each step over the rows in order,
+    so with k dividing batch_size the draws are those of the repeated-prompt call with the same seed."""
+    tok, k = tiny_tokenizer, 2
+    model = _lively(tiny_model)
+    prompts = _prompts(tok)
+
+    def run(seed: int, **kwargs) -> Rollout:
+        return generate(model, tok, prompts, SamplingConfig(max_new_tokens=8, seed=seed), batch_size=4, **kwargs)
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = run(0, num_samples=k)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    _assert_same_rollout(run(0, num_samples=k), a, atol=0)
+    assert not torch.equal(run(1, num_samples=k).response_ids, a.response_ids)
+    repeated = generate(model, tok, [p for p in prompts for _ in range(k)], SamplingConfig(max_new_tokens=8, seed=0),
+                        batch_size=4)
+    _assert_same_rollout(a, repeated)
+
+
+def test_groups_of_one_are_the_plain_call(tiny_tokenizer, tiny_model):
+    tok = tiny_tokenizer
+    model = _lively(tiny_model)
+    config = SamplingConfig(max_new_tokens=6, seed=4, top_p=0.9)
+    plain = generate(model, tok, _prompts(tok), config, batch_size=2)
+    _assert_same_rollout(generate(model, tok, _prompts(tok), config, batch_size=2, num_samples=1), plain, atol=0)
+    with pytest.raises(PrefoptError, match="num_samples"):
+        generate(model, tok, _prompts(tok), config, num_samples=0)
+
+
+def test_group_logprobs_equal_a_teacher_forced_forward(tiny_tokenizer, tiny_model):
+    """The sampling log-probs of grouped rows (temperature 0.7) match one fresh forward over rollout.sequences()."""
+    tok, temperature = tiny_tokenizer, 0.7
+    model = _EosBias(_lively(tiny_model), tok.eos_token_id, bias=4.0)
+    config = SamplingConfig(max_new_tokens=10, temperature=temperature, seed=11)
+    rollout = generate(model, tok, _prompts(tok), config, batch_size=6, num_samples=3)
+    input_ids, attention_mask, loss_mask = rollout.sequences()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N*k, T, V)
+    logps, mask = token_logps(logits / temperature, input_ids, loss_mask)  # (N*k, T-1)
+    for row in range(len(input_ids)):
+        sampled = rollout.logprobs[row][rollout.response_mask[row].bool()]
+        torch.testing.assert_close(sampled, logps[row][mask[row].bool()], rtol=0, atol=1e-4)

@@ -17,6 +17,15 @@ changes little; learned absolute positions would change everything.)
 :meth:`Rollout.sequences` re-packs each row RIGHT-padded (prompt, response,
 pads), the layout :func:`prefopt.core.logprobs.forward_logps` and the collators
 use, where position ids are simply ``arange``.
+
+Groups. ``generate(..., num_samples=k)`` draws k responses per prompt from
+one prefill: each micro-batch of prompts is run through the model once, then
+the KV cache, the last-position logits, the attention mask and the position
+ids are repeated k times along the batch dimension
+(``repeat_interleave``: rows prompt0 x k, prompt1 x k, ...) and the k copies
+are decoded together. The rollout has the layout, the distribution and (up to
+float rounding in the prefill) the draws of a call with every prompt repeated
+k times (see :func:`generate`).
 """
 
 from __future__ import annotations
@@ -194,6 +203,25 @@ class _Chunk:
     stopped: torch.Tensor  # (B,) bool
 
 
+def _repeat_cache(cache, k: int):
+    """The KV cache with every row repeated k times along the batch (row i -> rows i*k .. i*k+k-1).
+
+    A transformers ``Cache`` (``DynamicCache`` and the others) is expanded in
+    place by its own ``batch_repeat_interleave``; the legacy layout (a tuple
+    of per-layer (key, value) tensors, batch first) gets a new tuple.
+    """
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(k)
+        return cache
+    if isinstance(cache, (tuple, list)) and all(
+        isinstance(layer, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in layer) for layer in cache
+    ):
+        return tuple(tuple(t.repeat_interleave(k, dim=0) for t in layer) for layer in cache)
+    raise PrefoptError(
+        f"num_samples > 1 needs a KV cache that can be repeated along the batch; got {type(cache).__name__}"
+    )
+
+
 def _decode(
     model,
     ids: torch.Tensor,
@@ -203,20 +231,31 @@ def _decode(
     pad_id: int,
     generator: torch.Generator,
     cache_kwarg: str,
+    num_samples: int = 1,
 ) -> _Chunk:
     """Token-by-token decoding of one left-padded micro-batch with the KV cache.
 
-    ids, mask: (B, P) on the model's device. Rows that already emitted a stop
-    token keep being fed pad_id (their outputs are masked) until every row
-    has stopped or max_new_tokens is reached.
+    ids, mask: (B, P) on the model's device. With num_samples = k > 1 the
+    prompts are prefilled once and the cache, logits, mask and positions are
+    repeated k times along the batch: the chunk has B * k rows, prompt i's
+    in rows i*k .. i*k+k-1. Rows that already emitted a stop token keep being
+    fed pad_id (their outputs are masked) until every row has stopped or
+    max_new_tokens is reached.
     """
     positions = position_ids(mask)  # (B, P)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
+    logits = out.logits[:, -1]  # (B, V)
+    cache = _returned_cache(out)
+    if num_samples > 1:  # one prefill, k continuations: B -> B * k rows
+        logits = logits.repeat_interleave(num_samples, dim=0)  # (B*k, V)
+        mask = mask.repeat_interleave(num_samples, dim=0)  # (B*k, P)
+        positions = positions.repeat_interleave(num_samples, dim=0)  # (B*k, P)
+        cache = _repeat_cache(cache, num_samples)
+    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=ids.device)  # (B*k,)
     tokens, logps, alive = [], [], []
-    next_position = positions[:, -1:] + 1  # (B, 1)
+    next_position = positions[:, -1:] + 1  # (B*k, 1)
     for step in range(config.max_new_tokens):
-        token, logp = sample_next(out.logits[:, -1], config, generator)  # (B,), (B,)
+        token, logp = sample_next(logits, config, generator)  # (B*k,), (B*k,)
         alive.append(~done)
         tokens.append(token.masked_fill(done, pad_id))
         logps.append(logp.masked_fill(done, 0.0))
@@ -230,8 +269,9 @@ def _decode(
             position_ids=next_position,
             use_cache=True,
             logits_to_keep=1,
-            **{cache_kwarg: _returned_cache(out)},
+            **{cache_kwarg: cache},
         )
+        logits, cache = out.logits[:, -1], _returned_cache(out)
         next_position = next_position + 1
     return _Chunk(torch.stack(tokens, 1), torch.stack(alive, 1).long(), torch.stack(logps, 1), done)
 
@@ -251,12 +291,33 @@ def generate(
     batch_size: int = 8,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     progress: bool = False,
+    num_samples: int = 1,
 ) -> Rollout:
-    """Sample one response per prompt (token-id lists, e.g. from render_prompt).
+    """Sample num_samples (k) responses per prompt (token-id lists, e.g. from render_prompt).
 
-    Prompts are decoded batch_size at a time, in order, from one generator
-    seeded with config.seed: the rollout depends only on the model, the
-    prompts, the config and batch_size. ``autocast`` is a zero-argument
+    The rollout has N * k rows, prompt i's k responses in rows i*k .. i*k+k-1
+    (its prompt_ids repeated alike), the layout of a call with every prompt
+    repeated k times. With k > 1 each prompt is prefilled once and its KV
+    cache repeated k times (see the module docstring) instead of being
+    recomputed k times.
+
+    batch_size counts rows decoded together (sequences, not prompts): a
+    micro-batch holds max(1, batch_size // k) prompts, in order. Randomness:
+    one ``torch.Generator`` seeded with config.seed draws every token, each
+    step one ``multinomial`` over the micro-batch's rows in row order, so the
+    k rows of a group draw from distinct parts of the stream, and the rollout
+    depends only on the model, the prompts, the config, batch_size and k. When
+    k divides batch_size the micro-batches, hence the draws, are those of the
+    repeated-prompt call with the same batch_size: same seed, same samples,
+    up to float rounding differences between prefilling B and B * k rows
+    (greedy decoding gives the same tokens). k = 1 is the plain call.
+
+    ``logprobs`` are the log-probs of the sampled tokens from the forward that
+    chose them, under softmax(logits / temperature) (T = 1 for greedy) before
+    top-p truncation: the training policy's log-probs only at temperature 1
+    (and then to float rounding of the cached, left-padded decode).
+
+    ``autocast`` is a zero-argument
     factory of a context manager, e.g.
     ``functools.partial(prefopt.core.models.autocast, "bf16", device)``.
     A QLoRA model is protected from the bitsandbytes CPU repack first
@@ -266,6 +327,8 @@ def generate(
     config.validate()
     if batch_size < 1:
         raise PrefoptError(f"batch_size must be at least 1, got {batch_size}")
+    if num_samples < 1:
+        raise PrefoptError(f"num_samples must be at least 1, got {num_samples}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise PrefoptError("generate needs at least one prompt, and no prompt may be empty")
     from tqdm.auto import tqdm
@@ -277,19 +340,21 @@ def generate(
     cache_kwarg = _cache_kwarg(model)
     disable_bnb_cpu_repack(model)
     chunks = []
-    starts = range(0, len(prompts), batch_size)
+    per_batch = max(1, batch_size // num_samples)  # prompts per micro-batch
+    starts = range(0, len(prompts), per_batch)
     with eval_mode(model), autocast():
         for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, file=sys.stderr):
-            group = prompts[start : start + batch_size]
+            group = prompts[start : start + per_batch]
             ids, mask = pad_left(group, pad_id)  # (B, P_b)
-            chunks.append(_decode(model, ids.to(device), mask.to(device), config, stop, pad_id, generator, cache_kwarg))
+            chunks.append(_decode(model, ids.to(device), mask.to(device), config, stop, pad_id, generator, cache_kwarg,
+                                  num_samples))
     prompt_ids, prompt_mask = pad_left(prompts, pad_id)  # (N, P)
     g = max(c.tokens.shape[1] for c in chunks)
     return Rollout(
-        prompt_ids=prompt_ids.to(device),
-        prompt_mask=prompt_mask.to(device),
-        response_ids=torch.cat([_widen(c.tokens, g, pad_id) for c in chunks]),  # (N, G)
-        response_mask=torch.cat([_widen(c.mask, g, 0) for c in chunks]),  # (N, G)
-        logprobs=torch.cat([_widen(c.logps, g, 0.0) for c in chunks]),  # (N, G)
-        stopped=torch.cat([c.stopped for c in chunks]),  # (N,)
+        prompt_ids=prompt_ids.repeat_interleave(num_samples, dim=0).to(device),  # (N*k, P)
+        prompt_mask=prompt_mask.repeat_interleave(num_samples, dim=0).to(device),  # (N*k, P)
+        response_ids=torch.cat([_widen(c.tokens, g, pad_id) for c in chunks]),  # (N*k, G)
+        response_mask=torch.cat([_widen(c.mask, g, 0) for c in chunks]),  # (N*k, G)
+        logprobs=torch.cat([_widen(c.logps, g, 0.0) for c in chunks]),  # (N*k, G)
+        stopped=torch.cat([c.stopped for c in chunks]),  # (N*k,)
     )

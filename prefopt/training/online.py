@@ -59,11 +59,13 @@ class OnlineContext:
     def autocast(self):
         return autocast(self.precision, self.device)
 
-    def rollout(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> tuple[Rollout, dict]:
-        """Sample responses (seeded by the step) -> (rollout, right-padded batch on the device)."""
+    def rollout(self, prompt_ids: list[list[int]], sampling: SamplingConfig,
+                num_samples: int = 1) -> tuple[Rollout, dict]:
+        """Sample num_samples responses per prompt (seeded by the step) -> (rollout, right-padded batch on the
+        device); rows prompt0 x k, prompt1 x k, ..., each prompt prefilled once (see generate)."""
         sampling = SamplingConfig(**{**asdict(sampling), "seed": self.run.seed * STEP_SEED + self.step})
-        rollout = generate(self.lm, self.tokenizer, prompt_ids, sampling, batch_size=len(prompt_ids),
-                           autocast=self.autocast)
+        rollout = generate(self.lm, self.tokenizer, prompt_ids, sampling, batch_size=len(prompt_ids) * num_samples,
+                           autocast=self.autocast, num_samples=num_samples)
         input_ids, attention_mask, loss_mask = rollout.sequences()
         self.tokens += int(attention_mask.sum())
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
