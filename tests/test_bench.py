@@ -386,6 +386,8 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     # A third run has nothing to do and leaves the table as it was.
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", work]) == 0
     assert _rows(csv) == after
+    prepared = json.loads((results / "suite.json").read_text())["prepared"]
+    assert prepared["letters"]["pairs"] >= 2  # recorded from the cache though nothing ran
 
 
 @pytest.mark.e2e

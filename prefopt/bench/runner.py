@@ -119,8 +119,11 @@ class Bench:
 
     # ---- per task
 
-    def prepare(self, task_spec) -> dict:
-        """Pairs, prompt files and the reference's measurements of one task (cached on disk)."""
+    def prepare(self, task_spec, cached_only: bool = False) -> dict | None:
+        """Pairs, prompt files and the reference's measurements of one task (cached on disk).
+
+        ``cached_only``: the cached preparation or None, never computing one (for suite.json of a finished suite).
+        """
         from prefopt.bench.custom_task import resolve_task
 
         task = resolve_task(task_spec)
@@ -134,6 +137,8 @@ class Bench:
         marker = folder / "prepared.json"
         prep = json.loads(marker.read_text()) if marker.exists() else {}
         if prep.get("key") != key:
+            if cached_only:
+                return None
             prep = self._prepare(task, folder, key)
         prep["task"] = task
         self._prepared[task.name] = prep
@@ -549,6 +554,9 @@ class Bench:
                 append_row(results, row)
             bar.update(1)
         bar.close()
+        for name in self.suite.task_names:  # a resumed suite with nothing left to run still records its tasks
+            if name not in self._prepared:
+                self.prepare(self.suite.task_spec(name), cached_only=True)
         atomic_write_json(self.results_dir / "suite.json", {
             "suite": self.suite.name, "version": self.suite.version, "file": self.suite.path,
             "prepared": {name: {k: v for k, v in prep.items() if k in PREPARED_SUMMARY}
