@@ -24,11 +24,11 @@ from prefopt.tasks.degenerate import search_constant
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "degenerate_replies.py"
 
-# The bundled starting model's sampled (T=1) mean gold on held-out prompts, measured with the gold rules before this
-# rework (results/tasks/headroom.md; qa read -0.081 in another sample). To be re-measured on the new rules; until
-# then a degenerate reply must stay MARGIN below these.
-STARTING_SAMPLED_MEAN = {"constraints": 0.180, "qa": -0.166, "tone": 0.115}
-MARGIN = 0.1
+# The bundled starting model's sampled (T=1) mean gold on held-out prompts under these rules: results/tasks/headroom.md
+# (64 prompts x 16 samples, 48 new tokens). A degenerate reply must stay MARGIN below it: about 3 standard errors of
+# the difference (the starting mean's SE over 64 prompts is ~0.02-0.04, a constant reply's over 256 prompts ~0.01).
+STARTING_SAMPLED_MEAN = {"constraints": 0.129, "qa": -0.398, "tone": -0.389}
+MARGIN = 0.05
 HELDOUT = 256  # prompts the battery is scored on
 SEARCH_PROMPTS = 96  # prompts the constant search optimises on (kept small so each task takes a few seconds)
 
