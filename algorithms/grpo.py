@@ -26,8 +26,8 @@ updates, one no-grad forward before the first update gives them. The rollout's o
 log-probs are not used: they are under softmax(logits / temperature), from a cached left-padded
 decode, so they match the training forward only at temperature 1 and only to ~1e-4.
 
-The reference model is used in training only when ``beta > 0`` (``needs_reference``); evaluation
-(``evaluate``, as PPO's) still measures KL to it on held-out samples.
+The reference model is built and used only when ``beta > 0`` (``needs_reference``); without it,
+evaluation (``evaluate``, as PPO's) reports the held-out reward and length but no KL.
 
 Per-token entropy is not logged: the fused log-prob forward never materialises the (N, K, vocab)
 logits an exact entropy needs.

@@ -45,7 +45,8 @@ class PPO(OnlineAlgorithm):
 
     @dataclass
     class Config:
-        judge: str = "gold:qa"  # scores responses: gold:<task> or reward:<run dir of --algo reward>
+        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
+        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
         gold: str = ""  # a second judge logged on every rollout ("gold" per step), never trained on: gold:<task>
         max_new_tokens: int = 32  # rollout length limit
         temperature: float = 1.0  # sampling temperature for rollouts
@@ -86,7 +87,7 @@ class PPO(OnlineAlgorithm):
     def setup(self, ctx: OnlineContext) -> None:
         from prefopt.judges import make_judge
 
-        self.judge = make_judge(self.config.judge)
+        self.judge = make_judge(self.config.judge, weights=self.config.judge_weights or None)
         self.gold = make_judge(self.config.gold) if self.config.gold else None
 
     def state_dict(self) -> dict:
@@ -109,6 +110,9 @@ class PPO(OnlineAlgorithm):
         rollout, batch = ctx.rollout(prompts, self._sampling())
         t_generated = time.perf_counter()
         score = self._score(messages, rollout, ctx)  # (N,)
+        # a weighted judge: the mean score of each part, "reward/<judge>" (the total is their weighted sum)
+        components = {f"reward/{k}": v for k, v in self.judge.component_means().items()} \
+            if hasattr(self.judge, "component_means") else {}
         first = first_response_position(batch["loss_mask"])
 
         # Experience, under no grad and with dropout off.
@@ -151,7 +155,7 @@ class PPO(OnlineAlgorithm):
         sequence_kl = float(kl.sum(-1).mean())
         kl_coef = self.kl.coef
         self.kl.update(sequence_kl, n)
-        tracked = {}
+        tracked = dict(components)
         if self.gold is not None:  # the oracle on the same rollouts: reward and gold over training, as Gao et al.
             tracked["gold"] = float(sum(self.gold.score(messages, rollout.texts(ctx.tokenizer))) / n)
         return {

@@ -186,8 +186,9 @@ def _print_summary(summary: dict) -> None:
         print(f"held-out preference accuracy: {before['eval_pref_accuracy']:.3f} -> {after['eval_pref_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs)")
     if "eval_reward" in after:
-        print(f"held-out reward of samples: {before.get('eval_reward', float('nan')):.3f} -> {after['eval_reward']:.3f}, "
-              f"KL to reference (k3) {after.get('eval_kl_k3', float('nan')):.3f} ({summary['eval_examples']} prompts)")
+        kl = f", KL to reference (k3) {after['eval_kl_k3']:.3f}" if "eval_kl_k3" in after else ""  # none without one
+        print(f"held-out reward of samples: {before.get('eval_reward', float('nan')):.3f} -> {after['eval_reward']:.3f}"
+              f"{kl} ({summary['eval_examples']} prompts)")
     trunc = summary["truncation"]
     if trunc.get("truncated_prompts") or trunc.get("truncated_responses"):
         print(f"truncated: {trunc['truncated_prompts']} prompts, {trunc['truncated_responses']} responses "

@@ -88,7 +88,9 @@ def test_each_name_trains_two_steps_end_to_end(name, reward_module, tiny_model_d
     summary = train(name, algorithm, run_config(tiny_model_dir, out))
     assert tuple(sorted(summary)) == tuple(sorted(SUMMARY_KEYS))
     assert summary["steps"] == 2 and summary["algo"] == name
-    assert {"eval_reward", "eval_kl_k3", "eval_response_length"} <= set(summary["eval_after"])
+    assert {"eval_reward", "eval_response_length"} <= set(summary["eval_after"])
+    # KL to the reference only where there is one (beta > 0: rloo, reinforce-pp)
+    assert ("eval_kl_k3" in summary["eval_after"]) == algorithm.needs_reference
     rows = step_rows(out)
     assert len(rows) == 2
     want = STEP_KEYS | EXTRA_KEYS[name] | {"gold", f"reward/{reward_module}", "reward/gold:qa"}
@@ -291,6 +293,22 @@ def test_several_updates_per_step_fix_the_old_logps_before_the_first(context):
 # ---------------------------------------------------------------- the reference only when beta > 0
 
 
+def count_reference_builds(monkeypatch) -> list:
+    """Every reference the online context builds (its mode), through the constructor online.py uses."""
+    from prefopt.training import online
+
+    built = []
+    real = online.build_reference
+
+    def counting(*args, **kwargs):
+        reference = real(*args, **kwargs)
+        built.append(reference.mode)
+        return reference
+
+    monkeypatch.setattr(online, "build_reference", counting)
+    return built
+
+
 def record_reference_calls(monkeypatch) -> list:
     steps = []
     real = OnlineContext.reference_token_logps
@@ -304,21 +322,63 @@ def record_reference_calls(monkeypatch) -> list:
 
 
 @pytest.mark.e2e
-def test_beta_0_leaves_the_reference_alone_in_training(monkeypatch, tiny_model_dir, tmp_path):
+def test_beta_0_builds_no_reference(monkeypatch, tiny_model_dir, tmp_path):
     monkeypatch.setattr(judges, "make_judge", lambda spec, **options: LetterJudge())
+    built = count_reference_builds(monkeypatch)
     steps = record_reference_calls(monkeypatch)
     algorithm = GRPO(GRPO.Config(max_new_tokens=4))
     assert algorithm.needs_reference is False
-    train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta0"))
-    assert [s for s in steps if s >= 0] == []  # only the evaluations (step -1) measure KL to the reference
+    # full fine-tuning: a reference would be a frozen copy of the whole model
+    beta0 = train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta0", adapter="full"))
+    assert built == [] and steps == []  # none built, none asked for (training or evaluation)
     assert "kl" not in step_rows(tmp_path / "beta0")[0]
+    assert beta0["reference"] is None and beta0["steps"] == 2
+    for evaluation in (beta0["eval_before"], beta0["eval_after"]):  # evaluation skips the KL, nothing else
+        assert set(evaluation) == {"eval_reward", "eval_response_length"}
 
     steps.clear()
     algorithm = GRPO(GRPO.Config(max_new_tokens=4, beta=0.1))
     assert algorithm.needs_reference is True
-    train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta01"))
+    beta01 = train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta01", adapter="full"))
+    assert built == ["copy"]  # one reference, built once
     assert [s for s in steps if s >= 0] == [0, 1]  # one reference forward per training step
     assert all(r["kl"] >= 0 for r in step_rows(tmp_path / "beta01"))
+    assert beta01["reference"] == "copy"
+    assert {"eval_kl_k1", "eval_kl_k3"} <= set(beta01["eval_after"])
+    assert tuple(sorted(beta0)) == tuple(sorted(beta01)) == tuple(sorted(SUMMARY_KEYS))  # one schema
+
+
+def test_reference_logps_without_a_reference_is_a_bug():
+    ctx = OnlineContext.__new__(OnlineContext)  # as built for an algorithm with needs_reference False
+    ctx.reference = None
+    batch = {"loss_mask": torch.ones(1, 3)}
+    with pytest.raises(PrefoptError, match="no reference model was built"):
+        ctx.reference_token_logps(batch)
+    with pytest.raises(PrefoptError, match="no reference model was built"):
+        ctx.reference_sequence_logps(batch)
+
+
+# ---------------------------------------------------------------- PPO takes the same weighted judges
+
+
+@pytest.mark.e2e
+def test_ppo_trains_on_a_weighted_judge_and_logs_its_parts(tiny_model_dir, tmp_path, monkeypatch):
+    from prefopt.algorithms.ppo import PPO
+
+    (tmp_path / "ppo_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ppo_rewards", raising=False)  # removed again after the test
+    spec = "python:ppo_rewards:letters"
+    algorithm = PPO(PPO.Config(judge=f"gold:qa,{spec}", judge_weights="1,0.5", max_new_tokens=4, ppo_epochs=1))
+    out = tmp_path / "ppo"
+    summary = train("ppo", algorithm, run_config(tiny_model_dir, out))
+    assert summary["steps"] == 2 and tuple(sorted(summary)) == tuple(sorted(SUMMARY_KEYS))
+    rows = step_rows(out)
+    assert len(rows) == 2
+    for row in rows:
+        assert {"reward/gold:qa", f"reward/{spec}"} <= set(row)
+        assert row["reward"] == pytest.approx(row["reward/gold:qa"] + 0.5 * row[f"reward/{spec}"], abs=1e-6)
+    assert any(row[f"reward/{spec}"] > 0 for row in rows)  # the python part is really scored and weighed in
 
 
 # ---------------------------------------------------------------- the loss functions, on hand-worked values

@@ -4,8 +4,10 @@ It runs in the same lifecycle as the offline loop (:mod:`prefopt.training.lifecy
 output-folder checks, typed config, AdamW with the same schedule, periodic
 evaluation, checkpoints and exact ``--resume``, ``metrics.jsonl``, the final
 adapter and ``summary.json`` written last, one schema) and, like it, knows no
-algorithm names. It uses the run's reference (adapters disabled, or a frozen
-copy); run options that mean nothing for sampled data (``grad_accum``,
+algorithm names. It builds the run's reference (adapters disabled, or a frozen
+copy) only when the algorithm's ``needs_reference`` says training uses it (GRPO and its
+successors at ``beta = 0`` do without: no frozen copy in memory, no reference forwards, and
+evaluation then logs no KL); run options that mean nothing for sampled data (``grad_accum``,
 ``reference=precomputed``, several processes) are refused before any work. Per step it hands the algorithm a batch of
 prompts and an :class:`OnlineContext` (generation, reference log-probs, one
 optimizer update); the algorithm decides how to roll out and update (PPO's
@@ -43,16 +45,22 @@ STEP_SEED = 1_000_003
 
 
 class OnlineContext:
-    """What an online algorithm may use during a step; holds no algorithm logic."""
+    """What an online algorithm may use during a step; holds no algorithm logic.
 
-    def __init__(self, run: RunConfig, model, tokenizer, device, precision):
+    ``reference`` is the run's reference when ``needs_reference`` (the algorithm's, read once it is configured),
+    else None: asking for reference log-probs then is a bug in the algorithm and raises PrefoptError.
+    """
+
+    def __init__(self, run: RunConfig, model, tokenizer, device, precision, needs_reference: bool = True):
         self.run, self.model, self.tokenizer = run, model, tokenizer
         self.device, self.precision = device, precision
         self.lm = model.lm if hasattr(model, "head") else model  # the language model under any value head
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, run)
-        # the run's reference, built before any update: adapters off (LoRA/QLoRA) or a frozen copy of the LM
-        self.reference = build_reference(run.reference, self.lm, run.adapter, autocast=self.autocast)
+        # the run's reference, built before any update: adapters off (LoRA/QLoRA) or a frozen copy of the LM;
+        # none when training never uses it (evaluation then skips its KL)
+        self.reference = (build_reference(run.reference, self.lm, run.adapter, autocast=self.autocast)
+                          if needs_reference else None)
         self.step = 0
         self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
 
@@ -73,6 +81,9 @@ class OnlineContext:
 
     def reference_token_logps(self, batch: dict) -> torch.Tensor:
         """(N, K) token log-probs of the starting model, columns as forward_token_logps."""
+        if self.reference is None:
+            raise PrefoptError("no reference model was built: the algorithm declared needs_reference=False "
+                               "but asked for reference log-probs (a bug in the algorithm)")
         return self.reference.token_logps(batch)
 
     def reference_sequence_logps(self, batch: dict) -> SequenceLogps:
@@ -127,7 +138,9 @@ class OnlineAlgorithm(Algorithm):
 def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: list, judge, sampling: SamplingConfig) -> dict[str, float]:
     """Held-out samples of the current policy: judge score, KL to the reference (k1, k3) and length.
 
-    KL is per sequence (summed over response tokens), averaged over prompts.
+    KL is per sequence (summed over response tokens), averaged over prompts. A run without a reference
+    (``ctx.reference`` None: the algorithm's training never uses one) logs no ``kl_k1``/``kl_k3`` at all,
+    every evaluation alike, rather than build a reference for evaluation only.
     """
     if not prompts:
         return {}
@@ -136,13 +149,13 @@ def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: lis
     with eval_mode(ctx.model):
         with ctx.autocast():
             logps, mask = forward_token_logps(ctx.lm, batch)  # (N, K)
-        ref_logps = ctx.reference_token_logps(batch)  # (N, K)
-    return {
-        "reward": float(sum(scores) / len(scores)),
-        "kl_k1": float(per_sequence_kl(logps, ref_logps, mask, "k1").mean()),
-        "kl_k3": float(per_sequence_kl(logps, ref_logps, mask, "k3").mean()),
-        "response_length": float(mask.sum(-1).mean()),
-    }
+        ref_logps = ctx.reference_token_logps(batch) if ctx.reference is not None else None  # (N, K)
+    metrics = {"reward": float(sum(scores) / len(scores))}
+    if ref_logps is not None:
+        metrics["kl_k1"] = float(per_sequence_kl(logps, ref_logps, mask, "k1").mean())
+        metrics["kl_k3"] = float(per_sequence_kl(logps, ref_logps, mask, "k3").mean())
+    metrics["response_length"] = float(mask.sum(-1).mean())
+    return metrics
 
 
 def _prompt_stream(n: int, batch: int, seed: int, skip: int):
@@ -225,7 +238,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         started = time.perf_counter()
         folder.write_config(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
-        ctx = OnlineContext(run, model, tokenizer, device, precision)
+        ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)
         folder.fingerprint = run_fingerprint(algo_name, run, algorithm.config, model_fingerprint(run.model),
                                              train_prompts + eval_prompts)
@@ -248,7 +261,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
             truncation=asdict(truncation),
             device=str(device),
             precision=precision,
-            reference=ctx.reference.mode,
+            reference=ctx.reference.mode if ctx.reference is not None else None,  # None: none built, as offline
             outputs=saved,
         )
         folder.finish(summary)
