@@ -51,11 +51,10 @@ from prefopt.core.advantages import (
     zero_variance_groups,
 )
 from prefopt.core.algorithm import check_at_least, check_finite, check_in_range, check_nonnegative
-from prefopt.core.generate import SamplingConfig
 from prefopt.core.logprobs import first_response_position, forward_token_logps
 from prefopt.core.rl import kl_estimate, masked_mean, per_sequence_kl
 from prefopt.errors import PrefoptError
-from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
+from prefopt.training.online import JudgedOnlineAlgorithm, OnlineContext, evaluate_samples
 
 # A resampling attempt seeds its rollout as step + attempt * RESAMPLE_STRIDE: never a training step's seed
 # (steps stay below 2**31) nor evaluation's (-1), and the same on a resumed run.
@@ -210,7 +209,7 @@ class Samples:
 # ---------------------------------------------------------------- the shared step
 
 
-class GroupPolicyGradient(OnlineAlgorithm):
+class GroupPolicyGradient(JudgedOnlineAlgorithm):
     """Base of the critic-free group methods: sample k completions per prompt, score, advantages, clipped updates.
 
     A subclass sets its Config (see :func:`check_group_options`) and implements :meth:`advantages` and
@@ -224,7 +223,6 @@ class GroupPolicyGradient(OnlineAlgorithm):
     def __init__(self, config=None):
         super().__init__(config)
         self.needs_reference = self.uses_reference()
-        self.judge = self.gold = None
         self._judge_seconds = 0.0
 
     # ---- hooks
@@ -248,20 +246,6 @@ class GroupPolicyGradient(OnlineAlgorithm):
         raise NotImplementedError
 
     # ---- OnlineAlgorithm
-
-    def reward_source(self) -> str | None:
-        return self.config.judge
-
-    def setup(self, ctx: OnlineContext) -> None:
-        from prefopt.judges import make_judge
-
-        c = self.config
-        self.judge = make_judge(c.judge, weights=c.judge_weights or None)
-        self.gold = make_judge(c.gold) if c.gold else None
-
-    def sampling(self) -> SamplingConfig:
-        c = self.config
-        return SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
 
     def evaluate(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
         """Judge score, KL to the reference (k1, k3) and length of one sample per held-out prompt (as PPO)."""

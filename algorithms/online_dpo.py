@@ -40,12 +40,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prefopt.core.algorithm import Algorithm, PairLogps, check_at_least
-from prefopt.core.generate import SamplingConfig
 from prefopt.data import TokenizedPair, collate_pairs
 from prefopt.errors import PrefoptError
 from prefopt.judges.base import TIE
 from prefopt.training.inputs import PairInputs
-from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
+from prefopt.training.online import JudgedOnlineAlgorithm, OnlineContext, evaluate_samples
 
 # ---------------------------------------------------------------- which registered losses fit
 
@@ -163,7 +162,7 @@ def check_online_dpo_options(config) -> None:
 # ---------------------------------------------------------------- the algorithm
 
 
-class OnlineDPO(OnlineAlgorithm):
+class OnlineDPO(JudgedOnlineAlgorithm):
     """Online DPO: two on-policy samples per prompt, labelled by any judge, train any registered pair loss (Guo et al. 2024)."""
 
     @dataclass
@@ -191,21 +190,6 @@ class OnlineDPO(OnlineAlgorithm):
         c = self.config
         name, options = getattr(c, self.loss_option), getattr(c, f"{self.loss_option}_options")
         self.objective = make_pair_loss(name, options, c.beta, self.loss_option)
-        self.judge = self.gold = None
-
-    def reward_source(self) -> str | None:
-        return self.config.judge
-
-    def setup(self, ctx: OnlineContext) -> None:
-        from prefopt.judges import make_judge
-
-        c = self.config
-        self.judge = make_judge(c.judge, weights=c.judge_weights or None)
-        self.gold = make_judge(c.gold) if c.gold else None
-
-    def sampling(self) -> SamplingConfig:
-        c = self.config
-        return SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
 
     def train_step(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
         from prefopt.judges import agreement, tie_rate

@@ -23,7 +23,6 @@ from typing import Literal
 import torch
 
 from prefopt.core.algorithm import check_nonnegative
-from prefopt.core.generate import SamplingConfig
 from prefopt.core.heads import policy_value_forward
 from prefopt.core.logprobs import first_response_position
 from prefopt.core.rl import (
@@ -37,10 +36,10 @@ from prefopt.core.rl import (
     whiten,
 )
 from prefopt.errors import PrefoptError
-from prefopt.training.online import OnlineAlgorithm, OnlineContext, evaluate_samples
+from prefopt.training.online import JudgedOnlineAlgorithm, OnlineContext, evaluate_samples
 
 
-class PPO(OnlineAlgorithm):
+class PPO(JudgedOnlineAlgorithm):
     """PPO-RLHF: judge-scored rollouts, per-token KL penalty, GAE, clipped policy and value losses (Ouyang et al. 2022)."""
 
     @dataclass
@@ -79,26 +78,12 @@ class PPO(OnlineAlgorithm):
     def __init__(self, config=None):
         super().__init__(config)
         self.kl = AdaptiveKLController(self.config.kl_coef, self.config.kl_target, self.config.kl_horizon)
-        self.judge = self.gold = None
-
-    def reward_source(self) -> str | None:
-        return self.config.judge
-
-    def setup(self, ctx: OnlineContext) -> None:
-        from prefopt.judges import make_judge
-
-        self.judge = make_judge(self.config.judge, weights=self.config.judge_weights or None)
-        self.gold = make_judge(self.config.gold) if self.config.gold else None
 
     def state_dict(self) -> dict:
         return {"kl_coef": self.kl.coef}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl.coef = state.get("kl_coef", self.kl.coef)
-
-    def _sampling(self) -> SamplingConfig:
-        c = self.config
-        return SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
 
     def _score(self, messages, rollout, ctx) -> torch.Tensor:
         scores = self.judge.score(messages, rollout.texts(ctx.tokenizer))
@@ -107,7 +92,7 @@ class PPO(OnlineAlgorithm):
     def train_step(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
         c = self.config
         t0 = time.perf_counter()
-        rollout, batch = ctx.rollout(prompts, self._sampling())
+        rollout, batch = ctx.rollout(prompts, self.sampling())
         t_generated = time.perf_counter()
         score = self._score(messages, rollout, ctx)  # (N,)
         # a weighted judge: the mean score of each part, "reward/<judge>" (the total is their weighted sum)
@@ -172,4 +157,4 @@ class PPO(OnlineAlgorithm):
 
     def evaluate(self, ctx: OnlineContext, prompts: list[list[int]], messages: list) -> dict[str, float]:
         """Judge score and KL to the reference of samples on held-out prompts."""
-        return evaluate_samples(ctx, prompts, messages, self.judge, self._sampling())
+        return evaluate_samples(ctx, prompts, messages, self.judge, self.sampling())

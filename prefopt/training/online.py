@@ -134,6 +134,31 @@ class OnlineAlgorithm(Algorithm):
         pass
 
 
+class JudgedOnlineAlgorithm(OnlineAlgorithm):
+    """An online algorithm trained against a judge: its Config has ``judge`` (a spec for ``make_judge``),
+    ``judge_weights`` (weights of comma-separated judges), ``gold`` (a second judge logged, never trained on)
+    and ``max_new_tokens``, ``temperature``, ``top_p`` (how it samples). One home for what PPO, online DPO and
+    the group methods share: building the judges, naming the reward source, the sampling settings."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.judge = self.gold = None
+
+    def reward_source(self) -> str | None:
+        return self.config.judge
+
+    def setup(self, ctx: OnlineContext) -> None:
+        from prefopt.judges import make_judge
+
+        c = self.config
+        self.judge = make_judge(c.judge, weights=c.judge_weights or None)
+        self.gold = make_judge(c.gold) if c.gold else None
+
+    def sampling(self) -> SamplingConfig:
+        c = self.config
+        return SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
+
+
 @torch.no_grad()
 def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: list, judge, sampling: SamplingConfig) -> dict[str, float]:
     """Held-out samples of the current policy: judge score, KL to the reference (k1, k3) and length.
