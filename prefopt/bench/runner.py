@@ -520,12 +520,12 @@ class Bench:
 
         results = self.results_dir / RESULTS
         todo_all = cells(self.suite, only)
-        done = done_cells(read_results(results), self.suite, results)
+        table = read_results(results)
+        done = done_cells(table, self.suite, results)
         todo = [c for c in todo_all if c not in done]
         self._say(f"suite {self.suite.name} v{self.suite.version}: {len(todo_all)} cells, {len(todo_all) - len(todo)} "
                   f"already in {results}, {len(todo)} to run")
         failures: list[tuple[Cell, str]] = []
-        table = read_results(results)
         with_sanity = set(table.loc[table["output_kind"] == "sanity", "task"]) if len(table) else set()
         for task in dict.fromkeys(c.task for c in todo_all):
             if task not in with_sanity and self.suite.eval.sanity:
