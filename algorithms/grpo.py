@@ -26,7 +26,8 @@ updates, one no-grad forward before the first update gives them. The rollout's o
 log-probs are not used: they are under softmax(logits / temperature), from a cached left-padded
 decode, so they match the training forward only at temperature 1 and only to ~1e-4.
 
-The reference model is built and used only when ``beta > 0`` (``needs_reference``); without it,
+The reference model is built when ``beta > 0`` or ``measure_kl`` (the default: every step logs the k3 KL
+it has spent, at the cost of one reference forward); with ``beta=0 measure_kl=false`` there is none, and
 evaluation (``evaluate``, as PPO's) reports the held-out reward and length but no KL.
 
 Per-token entropy is not logged: the fused log-prob forward never materialises the (N, K, vocab)
@@ -165,6 +166,29 @@ def check_group_options(config, min_generations: int = 2) -> None:
             check_in_range(name, getattr(config, name), 0.0, 1.0, include_high=False)
 
 
+@dataclass
+class GroupConfig:
+    """The options every group method shares; each method's Config derives from it and sets its own defaults."""
+
+    judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
+    judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
+    gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
+    num_generations: int = 4  # completions per prompt, the group size G (trl: num_generations)
+    max_new_tokens: int = 32  # rollout length limit
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling
+    updates_per_batch: int = 1  # passes over each step's samples
+    minibatches: int = 1  # optimizer updates per pass
+    beta: float = 0.0  # k3 KL-to-reference coefficient in the loss
+    mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
+    measure_kl: bool = True  # build the reference to log KL(policy || reference) even when beta is 0 (one more forward)
+
+    MIN_GENERATIONS: ClassVar[int] = 2  # a group needs two completions to compare (REINFORCE++: 1)
+
+    def __post_init__(self):
+        check_group_options(self, self.MIN_GENERATIONS)
+
+
 # ---------------------------------------------------------------- samples
 
 
@@ -216,13 +240,13 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
     :meth:`loss`; it may override :meth:`shape_rewards` and set ``dynamic_sampling`` (DAPO).
     """
 
-    min_generations: ClassVar[int] = 2
     dynamic_sampling: ClassVar[bool] = False  # drop zero-variance groups, resampling them first (DAPO)
     needs_reference = False
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.needs_reference = self.uses_reference()
+        # the reference is built when training uses it, or (measure_kl) to log the KL the run spends
+        self.needs_reference = self.uses_reference() or self.config.measure_kl
         self._judge_seconds = 0.0
 
     # ---- hooks
@@ -279,29 +303,36 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
         reward, _ = self.shape_rewards(score, lengths)
         return Samples(batch, score, reward, lengths, truncated, texts, msgs)
 
-    def _dynamic_sampling(self, ctx, prompts, messages, first: Samples) -> tuple[Samples | None, dict[str, float]]:
-        """DAPO's dynamic sampling (Yu et al. 2025, Sec. 3.2) within the step's prompts: a group whose k rewards
-        are all equal is sampled again, up to max_resample times; a group still degenerate is dropped.
-        (Refilling from further prompts would need more prompts than the step is given.)"""
+    def _dynamic_sampling(self, ctx, first: Samples) -> tuple[Samples | None, dict[str, float]]:
+        """DAPO's dynamic sampling (Yu et al. 2025, Sec. 3.2, Algorithm 1): a group whose k rewards are all equal
+        gives no gradient, so it is replaced by the group of a new prompt from the run's prompt stream
+        (``ctx.more_prompts``), up to max_resample rounds; a slot still degenerate after them is dropped.
+        Round r draws with the seed of (step, r), so a resumed run repeats the uninterrupted one."""
         k = self.config.num_generations
         degenerate = zero_variance_groups(first.reward, k).tolist()  # (B,)
         pending = [g for g, d in enumerate(degenerate) if d]
         if not pending:
             return first, {"resampled_groups": 0.0, "dropped_share": 0.0}
-        groups = [first.rows(list(range(g * k, (g + 1) * k))) for g in range(len(prompts))]
+        if ctx.more_prompts is None:
+            raise PrefoptError("dynamic sampling refills groups from the run's prompt stream, and this context has "
+                               "none (ctx.more_prompts is set by the online run loop)")
+        slots = len(degenerate)
+        groups = [first.rows(list(range(g * k, (g + 1) * k))) for g in range(slots)]
         resampled = 0
         for attempt in range(1, self.config.max_resample + 1):
             if not pending:
                 break
-            new = self.sample(ctx, [prompts[g] for g in pending], [messages[g] for g in pending], attempt)
+            ids, messages = ctx.more_prompts(len(pending))
+            new = self.sample(ctx, ids, messages, attempt)
             resampled += len(pending)
             still = zero_variance_groups(new.reward, k).tolist()
             for j, g in enumerate(pending):
                 if not still[j]:
                     groups[g] = new.rows(list(range(j * k, (j + 1) * k)))
             pending = [g for j, g in enumerate(pending) if still[j]]
-        kept = [groups[g] for g in range(len(prompts)) if g not in set(pending)]
-        metrics = {"resampled_groups": float(resampled), "dropped_share": len(pending) / len(prompts)}
+        dropped = set(pending)
+        kept = [groups[g] for g in range(slots) if g not in dropped]
+        metrics = {"resampled_groups": float(resampled), "dropped_share": len(dropped) / slots}
         pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         return (Samples.cat(kept, pad_id) if kept else None), metrics
 
@@ -328,7 +359,7 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
             metrics["zero_variance_share"] = float(zero_variance_groups(first.reward, k).float().mean())
         train = first
         if self.dynamic_sampling:
-            train, dynamic = self._dynamic_sampling(ctx, prompts, messages, first)
+            train, dynamic = self._dynamic_sampling(ctx, first)
             metrics.update(dynamic)
         t_generated = time.perf_counter()
 
@@ -350,7 +381,7 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
         empty = {"advantage_mean": 0.0, "advantage_std": 0.0, "loss": 0.0, "grad_norm": 0.0,
                  "clip_fraction_low": 0.0, "clip_fraction_high": 0.0, "ratio_mean": 1.0, "updates": 0.0}
         if samples is None:
-            if self.uses_reference():
+            if self.needs_reference:
                 batch = first_draw.batch
                 ref_logps = ctx.reference_token_logps(batch)  # (N, K)
                 with torch.no_grad(), ctx.autocast():
@@ -359,7 +390,7 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
             return empty
         batch = samples.batch
         first = first_response_position(batch["loss_mask"])
-        ref_logps = ctx.reference_token_logps(batch) if self.uses_reference() else None  # (N, K), no grad
+        ref_logps = ctx.reference_token_logps(batch) if self.needs_reference else None  # (N, K), no grad
         single = c.updates_per_batch == 1 and c.minibatches == 1
         if single:  # the old log-probs are the current ones, detached: one forward, kept for the update
             with ctx.autocast():
@@ -414,23 +445,11 @@ class GRPO(GroupPolicyGradient):
     """GRPO: k samples per prompt, group-normalised advantages, clipped token ratio, k3 KL (Shao et al. 2024)."""
 
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
-        num_generations: int = 4  # completions per prompt, the group size G (trl: num_generations)
-        max_new_tokens: int = 32  # rollout length limit
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
+    class Config(GroupConfig):
         updates_per_batch: int = 1  # passes over each step's samples (GRPO's mu; 1 in DeepSeekMath Sec. 4.2)
-        minibatches: int = 1  # optimizer updates per pass
         eps_low: float = 0.2  # ratio clip below: 1 - eps_low (Schulman et al. 2017)
         eps_high: float = 0.2  # ratio clip above: 1 + eps_high
-        beta: float = 0.0  # k3 KL-to-reference coefficient (DeepSeekMath: 0.04; trl: 0.0, no reference then)
-        mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
-
-        def __post_init__(self):
-            check_group_options(self)
+        beta: float = 0.0  # k3 KL-to-reference coefficient (DeepSeekMath: 0.04; trl: 0.0)
 
     def advantages(self, samples, old_logps, ref_logps, mask):
         return group_advantages(samples.reward, self.config.num_generations, "std"), {}
@@ -444,22 +463,9 @@ class DrGRPO(GroupPolicyGradient):
     """Dr. GRPO: GRPO without the std and 1/|o| normalisations, a constant denominator (Liu et al. 2025)."""
 
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
-        num_generations: int = 4  # completions per prompt, the group size G
+    class Config(GroupConfig):
         max_new_tokens: int = 32  # rollout length limit, also the loss's constant denominator
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
-        updates_per_batch: int = 1  # passes over each step's samples
-        minibatches: int = 1  # optimizer updates per pass
         eps: float = 0.2  # ratio clip: [1 - eps, 1 + eps]
-        beta: float = 0.0  # k3 KL-to-reference coefficient (0: no reference)
-        mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
-
-        def __post_init__(self):
-            check_group_options(self)
 
     def advantages(self, samples, old_logps, ref_logps, mask):
         return group_advantages(samples.reward, self.config.num_generations, "none"), {}
@@ -475,25 +481,17 @@ class DAPO(GroupPolicyGradient):
     dynamic_sampling = True
 
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
-        num_generations: int = 4  # completions per prompt, the group size G
+    class Config(GroupConfig):
         max_new_tokens: int = 32  # rollout length limit (L_max of the overlong shaping)
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
-        updates_per_batch: int = 1  # passes over each step's samples
-        minibatches: int = 1  # optimizer updates per pass
         eps_low: float = 0.2  # ratio clip below (DAPO Sec. 3.1: 0.2)
         eps_high: float = 0.28  # ratio clip above, Clip-Higher (DAPO Sec. 3.1: 0.28)
         beta: float = 0.0  # k3 KL-to-reference coefficient (DAPO removes the KL term, Sec. 2.3)
-        max_resample: int = 3  # times a zero-variance group is sampled again before it is dropped (Sec. 3.2)
+        max_resample: int = 3  # rounds refilling zero-variance groups with new prompts before one is dropped (Sec. 3.2)
         overlong_buffer: int = 0  # L_cache of the soft overlong punishment, in tokens (Sec. 3.4; 0: off)
         mask_truncated: bool = True  # overlong filtering: completions cut at max_new_tokens get no loss (Sec. 3.4)
 
         def __post_init__(self):
-            check_group_options(self)
+            super().__post_init__()
             check_at_least("max_resample", self.max_resample, 0)
             check_at_least("overlong_buffer", self.overlong_buffer, 0)
             if self.overlong_buffer > self.max_new_tokens:
@@ -518,23 +516,11 @@ class GSPO(GroupPolicyGradient):
     """GSPO: group advantages, a length-normalised sequence ratio clipped per sequence (Zheng et al. 2025)."""
 
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
-        num_generations: int = 4  # completions per prompt, the group size G
-        max_new_tokens: int = 32  # rollout length limit
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
-        updates_per_batch: int = 1  # passes over each step's samples
+    class Config(GroupConfig):
         minibatches: int = 4  # optimizer updates per pass (GSPO Sec. 5.1: each rollout batch in 4 minibatches)
         eps_low: float = 3e-4  # sequence-ratio clip below (GSPO Sec. 5.1: 3e-4)
         eps_high: float = 4e-4  # sequence-ratio clip above (GSPO Sec. 5.1: 4e-4)
         beta: float = 0.0  # k3 KL-to-reference coefficient (GSPO uses none)
-        mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
-
-        def __post_init__(self):
-            check_group_options(self)
 
     def advantages(self, samples, old_logps, ref_logps, mask):
         return group_advantages(samples.reward, self.config.num_generations, "std"), {}

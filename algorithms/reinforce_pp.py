@@ -15,10 +15,11 @@ The step (sampling, judge, logging) is :class:`prefopt.algorithms.grpo.GroupPoli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from prefopt.algorithms.grpo import GroupPolicyGradient, check_group_options
+from prefopt.algorithms.grpo import GroupConfig, GroupPolicyGradient
 from prefopt.core.advantages import batch_normalised_advantages, clipped_surrogate
 from prefopt.core.rl import kl_estimate, token_rewards
 
@@ -58,28 +59,14 @@ def reinforce_pp_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
 class ReinforcePP(GroupPolicyGradient):
     """REINFORCE++: token-level k1 KL in the reward, returns, batch-normalised advantages, clipped (Hu 2025)."""
 
-    min_generations = 1
-
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
+    class Config(GroupConfig):
+        MIN_GENERATIONS: ClassVar[int] = 1
+
         num_generations: int = 1  # completions per prompt (OpenRLHF n_samples_per_prompt: 1)
-        max_new_tokens: int = 32  # rollout length limit
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
-        updates_per_batch: int = 1  # passes over each step's samples
-        minibatches: int = 1  # optimizer updates per pass
         eps_low: float = 0.2  # ratio clip below (OpenRLHF eps_clip: 0.2)
         eps_high: float = 0.2  # ratio clip above
-        beta: float = 0.01  # k1 KL penalty per token in the reward (OpenRLHF init_kl_coef: 0.01; 0: no reference)
-        mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
-
-        def __post_init__(self):
-            check_group_options(self, min_generations=1)
-
-    needs_reference = True
+        beta: float = 0.01  # k1 KL penalty per token in the reward (OpenRLHF init_kl_coef: 0.01)
 
     def advantages(self, samples, old_logps, ref_logps, mask):
         return reinforce_pp_advantages(samples.reward, old_logps, ref_logps, mask, self.config.beta), {}

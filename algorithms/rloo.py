@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.algorithms.grpo import GroupPolicyGradient, check_group_options
+from prefopt.algorithms.grpo import GroupConfig, GroupPolicyGradient
 from prefopt.core.advantages import leave_one_out_advantages
 from prefopt.core.rl import kl_estimate
 from prefopt.errors import PrefoptError
@@ -84,25 +84,12 @@ class RLOO(GroupPolicyGradient):
     """RLOO: REINFORCE with a leave-one-out baseline over k samples, KL in the reward (Ahmadian et al. 2024)."""
 
     @dataclass
-    class Config:
-        judge: str = "gold:qa"  # gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, or several, comma-separated
-        judge_weights: str = ""  # weights of comma-separated judges, e.g. "1,0.5" (empty: 1 each)
-        gold: str = ""  # a second judge logged on every step's samples ("gold"), never trained on
+    class Config(GroupConfig):
         num_generations: int = 4  # completions per prompt, k (the paper: 2 and 4)
-        max_new_tokens: int = 32  # rollout length limit
-        temperature: float = 1.0  # sampling temperature
-        top_p: float = 1.0  # nucleus sampling
         updates_per_batch: int = 1  # passes over each step's samples (1: plain REINFORCE, as the paper)
-        minibatches: int = 1  # optimizer updates per pass
         eps: float = 0.2  # sequence-ratio clip, used only with more than one update per step (trl: 0.2)
-        beta: float = 0.05  # KL coefficient (trl RLOOConfig: 0.05; 0: no reference)
+        beta: float = 0.05  # KL coefficient (trl RLOOConfig: 0.05)
         kl_in_reward: bool = True  # True: r - beta * sum_t k1 (the paper); False: beta * sum_t k3 in the loss
-        mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
-
-        def __post_init__(self):
-            check_group_options(self)
-
-    needs_reference = True
 
     def advantages(self, samples, old_logps, ref_logps, mask):
         c = self.config

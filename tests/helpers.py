@@ -32,6 +32,28 @@ class LetterJudge(Judge):
         return [letter_share("", r) for r in responses]
 
 
+def write_reward_module(folder: Path, monkeypatch, name: str, source: str) -> str:
+    """folder/<name>.py holding `source` (reward functions), importable for this test: folder first on sys.path,
+    no stale copy in sys.modules. Returns the judge spec prefix, 'python:<name>'."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return f"python:{name}"
+
+
+def online_run_config(model_dir: Path, out: Path, **overrides):
+    """A RunConfig for an online method on the tiny model: builtin:qa prompts, 2 steps, LoRA r 8, fp32."""
+    from prefopt.training.config import RunConfig
+
+    options = {"model": str(model_dir), "data": "builtin:qa", "output_dir": str(out), "precision": "fp32",
+               "progress": False, "max_length": 64, "max_prompt_length": 48, "batch_size": 2, "eval_size": 4,
+               "steps": 2, "lora_r": 8, "lora_alpha": 16}
+    return RunConfig(**{**options, **overrides})
+
+
 def write_prompts(path: Path, n: int) -> Path:
     """A prompt-only data file of n distinct prompts, for online methods."""
     path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(n)))

@@ -8,11 +8,10 @@ the qa gold rule as the judge).
 
 import json
 import math
-import sys
 
 import pytest
 import torch
-from helpers import read_metrics, run_cli, tiny_run_args
+from helpers import online_run_config, read_metrics, run_cli, tiny_run_args, write_reward_module
 
 from prefopt import judges
 from prefopt.algorithms.grpo import DAPO, GRPO, GSPO, DrGRPO, Samples, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss
@@ -22,7 +21,6 @@ from prefopt.core import registry
 from prefopt.core.advantages import group_advantages, leave_one_out_advantages
 from prefopt.errors import PrefoptError
 from prefopt.judges import Judge
-from prefopt.training.config import RunConfig
 from prefopt.training.lifecycle import SUMMARY_KEYS
 from prefopt.training.online import OnlineContext
 from prefopt.training.runner import train
@@ -37,18 +35,11 @@ def letters(prompts, completions, **kwargs):
 
 @pytest.fixture
 def reward_module(tmp_path, monkeypatch):
-    """./grl_rewards.py with a reward function, found by judge=python:grl_rewards:letters."""
-    (tmp_path / "grl_rewards.py").write_text(REWARDS)
-    monkeypatch.chdir(tmp_path)
-    yield "python:grl_rewards:letters"
-    sys.modules.pop("grl_rewards", None)
+    """grl_rewards.py with a reward function, found by judge=python:grl_rewards:letters."""
+    return write_reward_module(tmp_path / "judge_module", monkeypatch, "grl_rewards", REWARDS) + ":letters"
 
 
-def run_config(model_dir, out, **overrides) -> RunConfig:
-    options = {"model": str(model_dir), "data": "builtin:qa", "output_dir": str(out), "precision": "fp32",
-               "progress": False, "max_length": 64, "max_prompt_length": 48, "batch_size": 2, "eval_size": 4,
-               "steps": 2, "lora_r": 8, "lora_alpha": 16}
-    return RunConfig(**{**options, **overrides})
+run_config = online_run_config
 
 
 def step_rows(out):
@@ -61,10 +52,10 @@ STEP_KEYS = {"reward", "advantage_mean", "advantage_std", "clip_fraction_low", "
              "loss", "grad_norm", "updates", "response_length", "truncated_share", "generation_seconds",
              "judge_seconds", "update_seconds", "lr", "tokens", "seconds", "step"}
 EXTRA_KEYS = {
-    "grpo": {"zero_variance_share"},
-    "dr-grpo": {"zero_variance_share"},
-    "dapo": {"zero_variance_share", "resampled_groups", "dropped_share"},
-    "gspo": {"zero_variance_share"},
+    "grpo": {"zero_variance_share", "kl"},
+    "dr-grpo": {"zero_variance_share", "kl"},
+    "dapo": {"zero_variance_share", "kl", "resampled_groups", "dropped_share"},
+    "gspo": {"zero_variance_share", "kl"},
     "rloo": {"zero_variance_share", "kl", "kl_penalty"},  # beta 0.05, KL in the reward
     "reinforce-pp": {"kl"},  # beta 0.01; one completion per prompt, so no groups to have zero variance
 }
@@ -74,7 +65,9 @@ def test_every_name_is_registered_as_an_online_algorithm():
     for name, cls in NAMES.items():
         assert registry.get(name) is cls
         assert cls.online and cls.inputs == "prompts" and cls.description()
-    assert [registry.get(n)().needs_reference for n in NAMES] == [False, False, False, False, True, True]
+    assert all(registry.get(n)().needs_reference for n in NAMES)  # measure_kl: the KL spent is logged by default
+    without = [cls(cls.Config(measure_kl=False)).needs_reference for cls in NAMES.values()]
+    assert without == [False, False, False, False, True, True]  # rloo and reinforce-pp train with their KL
 
 
 @pytest.mark.e2e
@@ -89,8 +82,7 @@ def test_each_name_trains_two_steps_end_to_end(name, reward_module, tiny_model_d
     assert tuple(sorted(summary)) == tuple(sorted(SUMMARY_KEYS))
     assert summary["steps"] == 2 and summary["algo"] == name
     assert {"eval_reward", "eval_response_length"} <= set(summary["eval_after"])
-    # KL to the reference only where there is one (beta > 0: rloo, reinforce-pp)
-    assert ("eval_kl_k3" in summary["eval_after"]) == algorithm.needs_reference
+    assert algorithm.needs_reference and "eval_kl_k3" in summary["eval_after"]  # measure_kl by default
     rows = step_rows(out)
     assert len(rows) == 2
     want = STEP_KEYS | EXTRA_KEYS[name] | {"gold", f"reward/{reward_module}", "reward/gold:qa"}
@@ -154,16 +146,29 @@ def test_dapo_drops_zero_variance_groups_without_an_update(monkeypatch, tiny_mod
 
 
 @pytest.mark.e2e
-def test_dapo_replaces_a_zero_variance_group_by_its_resample(monkeypatch, tiny_model_dir, tmp_path):
+def test_dapo_replaces_a_zero_variance_group_by_the_group_of_a_new_prompt(monkeypatch, tiny_model_dir, tmp_path):
     monkeypatch.setattr(judges, "make_judge", lambda spec, **options: FirstDrawConstantJudge())
     updates = count_updates(monkeypatch)
+    trained = []
+    real_update = DAPO._update
+
+    def capturing(self, ctx, samples, first_draw):
+        trained.append((samples, first_draw))
+        return real_update(self, ctx, samples, first_draw)
+
+    monkeypatch.setattr(DAPO, "_update", capturing)
     out = tmp_path / "dapo"
     run = run_config(tiny_model_dir, out, steps=1)
     train("dapo", DAPO(DAPO.Config(max_new_tokens=6, max_resample=2, mask_truncated=False)), run)
     (row,) = step_rows(out)
     assert row["zero_variance_share"] == 1.0  # the first draw: every group constant
-    assert row["resampled_groups"] == 2.0  # resampled once; unless both new groups tie on length, kept
+    assert row["resampled_groups"] == 2.0  # refilled once; unless both new groups tie on length, kept
     assert row["dropped_share"] < 1.0 and row["updates"] == 1.0 and len(updates) == 1
+    ((samples, first),) = trained
+    step_prompts = {m[-1]["content"] for m in first.messages}
+    new_prompts = {m[-1]["content"] for m in samples.messages}
+    assert len(step_prompts) == 2 and new_prompts and not new_prompts & step_prompts  # new prompts, not resamples
+    assert len(samples) % 4 == 0 and len(samples) < len(first) + 1
 
 
 @pytest.mark.e2e
@@ -326,7 +331,7 @@ def test_beta_0_builds_no_reference(monkeypatch, tiny_model_dir, tmp_path):
     monkeypatch.setattr(judges, "make_judge", lambda spec, **options: LetterJudge())
     built = count_reference_builds(monkeypatch)
     steps = record_reference_calls(monkeypatch)
-    algorithm = GRPO(GRPO.Config(max_new_tokens=4))
+    algorithm = GRPO(GRPO.Config(max_new_tokens=4, measure_kl=False))
     assert algorithm.needs_reference is False
     # full fine-tuning: a reference would be a frozen copy of the whole model
     beta0 = train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta0", adapter="full"))
@@ -337,7 +342,7 @@ def test_beta_0_builds_no_reference(monkeypatch, tiny_model_dir, tmp_path):
         assert set(evaluation) == {"eval_reward", "eval_response_length"}
 
     steps.clear()
-    algorithm = GRPO(GRPO.Config(max_new_tokens=4, beta=0.1))
+    algorithm = GRPO(GRPO.Config(max_new_tokens=4, beta=0.1, measure_kl=False))
     assert algorithm.needs_reference is True
     beta01 = train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "beta01", adapter="full"))
     assert built == ["copy"]  # one reference, built once
@@ -346,6 +351,16 @@ def test_beta_0_builds_no_reference(monkeypatch, tiny_model_dir, tmp_path):
     assert beta01["reference"] == "copy"
     assert {"eval_kl_k1", "eval_kl_k3"} <= set(beta01["eval_after"])
     assert tuple(sorted(beta0)) == tuple(sorted(beta01)) == tuple(sorted(SUMMARY_KEYS))  # one schema
+
+    # measure_kl (the default): the reference is built to log the KL spent; training is unchanged by it
+    algorithm = GRPO(GRPO.Config(max_new_tokens=4))
+    assert algorithm.needs_reference is True
+    measured = train("grpo", algorithm, run_config(tiny_model_dir, tmp_path / "measured", adapter="full"))
+    plain, logged = step_rows(tmp_path / "beta0"), step_rows(tmp_path / "measured")
+    assert all(r["kl"] >= 0 for r in logged) and {"eval_kl_k1", "eval_kl_k3"} <= set(measured["eval_after"])
+    for a, b in zip(plain, logged, strict=True):
+        assert (a["reward"], a["response_length"]) == (b["reward"], b["response_length"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
 
 
 def test_reference_logps_without_a_reference_is_a_bug():
@@ -365,10 +380,7 @@ def test_reference_logps_without_a_reference_is_a_bug():
 def test_ppo_trains_on_a_weighted_judge_and_logs_its_parts(tiny_model_dir, tmp_path, monkeypatch):
     from prefopt.algorithms.ppo import PPO
 
-    (tmp_path / "ppo_rewards.py").write_text(REWARDS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "ppo_rewards", raising=False)  # removed again after the test
-    spec = "python:ppo_rewards:letters"
+    spec = write_reward_module(tmp_path / "judge_module", monkeypatch, "ppo_rewards", REWARDS) + ":letters"
     algorithm = PPO(PPO.Config(judge=f"gold:qa,{spec}", judge_weights="1,0.5", max_new_tokens=4, ppo_epochs=1))
     out = tmp_path / "ppo"
     summary = train("ppo", algorithm, run_config(tiny_model_dir, out))

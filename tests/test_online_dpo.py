@@ -10,7 +10,7 @@ DPO -log sigmoid(0) = log 2, IPO (0 - 1/(2 beta))^2 = 1 at beta 0.5.
 import math
 
 import pytest
-from helpers import read_metrics
+from helpers import online_run_config, read_metrics, write_reward_module
 
 from prefopt.algorithms.online_dpo import (
     JudgedSamples,
@@ -24,7 +24,6 @@ from prefopt.algorithms.rlaif import RLAIF
 from prefopt.core import registry
 from prefopt.errors import PrefoptError
 from prefopt.judges import Judge, make_judge
-from prefopt.training.config import RunConfig
 from prefopt.training.lifecycle import SUMMARY_KEYS
 from prefopt.training.online import OnlineContext
 from prefopt.training.runner import train
@@ -44,20 +43,12 @@ def flat(prompts, completions, **kwargs):
 
 @pytest.fixture
 def rewards(tmp_path, monkeypatch):
-    """odpo_rewards.py in tmp_path, first on sys.path: judge=python:odpo_rewards:tidy finds it."""
-    folder = tmp_path / "judge_module"
-    folder.mkdir()
-    (folder / "odpo_rewards.py").write_text(REWARDS)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delitem(__import__("sys").modules, "odpo_rewards", raising=False)
-    return "python:odpo_rewards"
+    """odpo_rewards.py, importable: judge=python:odpo_rewards:tidy finds it."""
+    return write_reward_module(tmp_path / "judge_module", monkeypatch, "odpo_rewards", REWARDS)
 
 
-def run_config(model_dir, out, **overrides) -> RunConfig:
-    options = {"model": str(model_dir), "data": "builtin:qa", "output_dir": str(out), "precision": "fp32",
-               "progress": False, "max_length": 64, "max_prompt_length": 48, "batch_size": 4, "eval_size": 4,
-               "steps": 2, "lora_r": 8, "lora_alpha": 16}
-    return RunConfig(**{**options, **overrides})
+def run_config(model_dir, out, **overrides):
+    return online_run_config(model_dir, out, **{"batch_size": 4, **overrides})
 
 
 def step_rows(out):

@@ -266,3 +266,35 @@ def test_specs_split_only_before_a_judge_kind():
     assert split_specs("reward:runs/a,b", kinds) == ["reward:runs/a,b"]
     assert split_specs("http:https://x.example/v1?tags=a,b,lmx", kinds) == ["http:https://x.example/v1?tags=a,b,lmx"]
     assert split_specs("gold:qa", kinds) == ["gold:qa"]
+
+
+# ---------------------------------------------------------------- the built-in gold rules as reward functions
+
+
+@pytest.mark.parametrize("task", ["qa", "constraints", "tone"])
+def test_builtin_reward_functions_are_the_tasks_gold_rules(task, monkeypatch):
+    from prefopt import tasks
+
+    # a stand-in rule whose scores identify the (prompt, response) each was asked about
+    monkeypatch.setattr(type(tasks.get_task(task)), "gold", lambda self, prompt, response: len(prompt) + 0.5 * len(response))
+    prompts = [[{"role": "user", "content": "abc"}], "defgh"]
+    assert make_judge(f"python:prefopt.tasks.rewards:{task}").score(prompts, ["xy", ""]) == [3 + 1.0, 5 + 0.0]
+
+
+def test_the_qa_reward_function_scores_the_builtin_pairs_as_the_gold_judge():
+    from prefopt.tasks import load_dataset
+
+    records = load_dataset("builtin:qa", "paired")[:6]
+    prompts = [r.prompt for r in records] * 2  # chat messages, as a training loop passes them
+    replies = [r.chosen for r in records] + [r.rejected for r in records]
+    as_function = make_judge("python:prefopt.tasks.rewards:qa").score(prompts, replies)
+    assert as_function == make_judge("gold:qa").score(prompts, replies)
+    assert sum(as_function[:6]) > sum(as_function[6:])  # chosen above rejected: real scores, not a constant
+
+
+def test_builtin_reward_function_takes_trl_conversational_completions():
+    from prefopt.tasks.rewards import qa
+
+    prompt = [{"role": "user", "content": "What is 26 + 47?"}]
+    chat = [[{"role": "assistant", "content": "26 + 47 = 73."}], [{"role": "assistant", "content": "73"}]]
+    assert qa([prompt, prompt], chat) == qa(["What is 26 + 47?"] * 2, ["26 + 47 = 73.", "73"]) == [1.0, -0.5]

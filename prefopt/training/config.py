@@ -271,16 +271,20 @@ def describe_options(cls: type) -> list[tuple[str, str, str]]:
     """(name, default, comment) for each field of a config dataclass, read from its source.
 
     The one-line comment after each field is its documentation, so help text
-    and code cannot drift apart.
+    and code cannot drift apart; a field a subclass redeclares takes its comment.
     """
     import inspect
     import re
 
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        source = ""
-    comments = dict(re.findall(r"^\s*(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a base config's comments first, a subclass's override them
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments.update(re.findall(r"^\s*(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
     out = []
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else "(required)"

@@ -20,6 +20,7 @@ exactly the rollouts the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -63,6 +64,9 @@ class OnlineContext:
                           if needs_reference else None)
         self.step = 0
         self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
+        # the run's prompt stream: more_prompts(n) -> (token ids, messages) of the next n training prompts
+        # (set by the run loop; DAPO refills dropped groups from it)
+        self.more_prompts: Callable[[int], tuple[list[list[int]], list]] | None = None
 
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -183,14 +187,15 @@ def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: lis
     return metrics
 
 
-def _prompt_stream(n: int, batch: int, seed: int, skip: int):
-    """Endless batches of prompt indices; each epoch a fresh permutation of (seed, epoch)."""
+def _prompt_indices(n: int, batch: int, seed: int, skip: int):
+    """Endless training-prompt indices, the first `skip` left out. Each epoch is a fresh permutation of
+    (seed, epoch) cut to whole batches (a last partial batch is left out, so every step sees batch prompts)."""
     epoch, served = 0, 0
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * STEP_SEED + epoch)).tolist()
-        for start in range(0, n - batch + 1, batch):
+        for index in order[: n - n % batch]:
             if served >= skip:
-                yield order[start : start + batch]
+                yield index
             served += 1
         epoch += 1
 
@@ -212,21 +217,29 @@ class OnlineSteps:
     """What the run loop drives: one batch of prompts per step, rolled out and learnt from by the algorithm."""
 
     def __init__(self, algorithm: OnlineAlgorithm, ctx: OnlineContext, train_prompts: list, train_records: list,
-                 eval_prompts: list, eval_records: list, seed: int, start_step: int):
+                 eval_prompts: list, eval_records: list, seed: int, prompt_position: int):
         self.algorithm, self.ctx = algorithm, ctx
         self.train_ids = [p.prompt_ids for p in train_prompts]
         self.train_messages = [r.prompt for r in train_records]
         self.eval_ids = [p.prompt_ids for p in eval_prompts]
         self.eval_messages = [r.prompt for r in eval_records]
-        self.stream = _prompt_stream(len(train_prompts), ctx.run.batch_size, seed, skip=start_step)
+        # where the stream stands: a step takes batch_size prompts, and DAPO's refills take more (ctx.more_prompts)
+        self.position = prompt_position
+        self.stream = _prompt_indices(len(train_prompts), ctx.run.batch_size, seed, skip=prompt_position)
+        ctx.more_prompts = self.draw
+
+    def draw(self, n: int) -> tuple[list[list[int]], list]:
+        """The stream's next n training prompts: (token ids, chat messages)."""
+        ids = [next(self.stream) for _ in range(n)]
+        self.position += n
+        return [self.train_ids[i] for i in ids], [self.train_messages[i] for i in ids]
 
     def update(self, step: int) -> dict[str, float]:
-        ids = next(self.stream)
         ctx = self.ctx
         ctx.step = step
         ctx.model.train()
         tokens_before = ctx.tokens
-        row = self.algorithm.train_step(ctx, [self.train_ids[i] for i in ids], [self.train_messages[i] for i in ids])
+        row = self.algorithm.train_step(ctx, *self.draw(ctx.run.batch_size))
         lr = ctx.scheduler.get_last_lr()[0]
         ctx.scheduler.step()
         return {**row, "lr": lr, "tokens": ctx.tokens - tokens_before}
@@ -237,7 +250,7 @@ class OnlineSteps:
         return {f"eval_{k}": v for k, v in metrics.items()}
 
     def checkpoint_state(self) -> dict:
-        return {"algorithm": self.algorithm.state_dict()}
+        return {"algorithm": self.algorithm.state_dict(), "prompt_position": self.position}
 
 
 def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out: Path, resume: bool) -> dict:
@@ -269,8 +282,10 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
                                              train_prompts + eval_prompts)
         state = folder.restore(model, ctx.optimizer, ctx.scheduler)
         algorithm.load_state_dict(state.get("algorithm", {}))
+        # a checkpoint from before refills were counted: each step took batch_size prompts
+        position = state.get("prompt_position", state["step"] * run.batch_size)
         steps = OnlineSteps(algorithm, ctx, train_prompts, train_records, eval_prompts, eval_records, run.seed,
-                            state["step"])
+                            position)
         loop = train_loop(folder, algo_name, run, steps, state, model, ctx.optimizer, ctx.scheduler,
                           show_progress=run.progress)
         if loop.eval_after:
