@@ -1,6 +1,6 @@
 """Real online runs on the default model and a built-in task, with their curves.
 
-Runs `prefopt run --algo <name>` on builtin:qa with the bundled model for each name given,
+Runs `prefopt run --algo <name>` on a built-in task (--data, default builtin:qa) with the bundled model for each name given,
 then writes results/online/<name>.json (settings, summary, per-step rows, medians of
 generation, judge and update seconds) and results/online/<name>_curves.png (reward, KL
 to the reference and response length per step). A name whose json exists is skipped,
@@ -59,7 +59,8 @@ def run_one(algo: str, name: str, args) -> None:
         return
     run_dir = ROOT / "runs" / "online" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    options = [f"steps={args.steps}", f"batch_size={args.batch_size}", f"seed={args.seed}", "eval_size=32", *args.options]
+    options = [f"data={args.data}", f"steps={args.steps}", f"batch_size={args.batch_size}", f"seed={args.seed}",
+               "eval_size=32", *args.options]
     cmd = [sys.executable, "-m", "prefopt", "run", "--algo", algo, "--output-dir", str(run_dir), *options]
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -68,7 +69,7 @@ def run_one(algo: str, name: str, args) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     if train_rows:
-        plot(train_rows, f"{algo} on builtin:qa, smollm2-135m-instruct, {' '.join(options)}", out / f"{name}_curves.png")
+        plot(train_rows, f"{algo}, smollm2-135m-instruct, {' '.join(options)}", out / f"{name}_curves.png")
     median = lambda key: statistics.median(r[key] for r in train_rows if key in r) if any(key in r for r in train_rows) else None
     atomic_write_json(out / f"{name}.json", {
         "command": " ".join(["python", *sys.argv]),
@@ -94,6 +95,7 @@ def main() -> None:
     online = sorted(n for n in registry.discover() if getattr(registry.get(n), "online", False))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", nargs="+", default=["ppo"], choices=online)
+    parser.add_argument("--data", default="builtin:qa", help="the prompts (a built-in task or a prompts file)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
