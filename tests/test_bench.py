@@ -549,3 +549,19 @@ def test_a_suite_whose_capability_items_overlap_its_prompts_refuses_to_run(tmp_p
     results = tmp_path / "results"
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 2
     assert not (results / "results.csv").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_the_shipped_suites_load(name):
+    suite = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.yaml")
+    assert suite.name == name
+
+
+def test_the_full_suite_has_every_registered_algorithm_and_the_online_zoo_trains_on_gold():
+    from prefopt.core import registry
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "full.yaml").read_text())
+    algorithms = raw["algorithms"]
+    assert set(registry.discover()) <= {spec.get("algo", name) for name, spec in algorithms.items()}
+    for name in ("grpo", "dr-grpo", "dapo", "gspo", "rloo", "reinforce-pp", "online-dpo"):
+        assert algorithms[name]["judge"] == "gold:{task}"  # the same reward source as the offline arms' labels

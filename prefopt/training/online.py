@@ -20,8 +20,8 @@ exactly the rollouts the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
