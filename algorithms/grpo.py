@@ -30,8 +30,8 @@ The reference model is built when ``beta > 0`` or ``measure_kl`` (the default: e
 it has spent, at the cost of one reference forward); with ``beta=0 measure_kl=false`` there is none, and
 evaluation (``evaluate``, as PPO's) reports the held-out reward and length but no KL.
 
-Per-token entropy is not logged: the fused log-prob forward never materialises the (N, K, vocab)
-logits an exact entropy needs.
+The policy's entropy per response token comes from the same forward as the old log-probs: the fused
+log-prob function makes it from each chunk of logits as it goes (no logits are stored).
 """
 
 from __future__ import annotations
@@ -380,12 +380,13 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
         c = self.config
         empty = {"advantage_mean": 0.0, "advantage_std": 0.0, "loss": 0.0, "grad_norm": 0.0,
                  "clip_fraction_low": 0.0, "clip_fraction_high": 0.0, "ratio_mean": 1.0, "updates": 0.0}
-        if samples is None:
+        if samples is None:  # the entropy (and KL) of the policy on the step's first draw
+            batch = first_draw.batch
+            with torch.no_grad(), ctx.autocast():
+                logps, mask, entropy = forward_token_logps(ctx.lm, batch, return_entropy=True)  # (N, K) x 3
+            empty["entropy"] = float(masked_mean(entropy, mask))
             if self.needs_reference:
-                batch = first_draw.batch
                 ref_logps = ctx.reference_token_logps(batch)  # (N, K)
-                with torch.no_grad(), ctx.autocast():
-                    logps, mask = forward_token_logps(ctx.lm, batch)  # (N, K)
                 empty["kl"] = float(per_sequence_kl(logps, ref_logps, mask, "k3").mean())
             return empty
         batch = samples.batch
@@ -394,12 +395,13 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
         single = c.updates_per_batch == 1 and c.minibatches == 1
         if single:  # the old log-probs are the current ones, detached: one forward, kept for the update
             with ctx.autocast():
-                logps, response_mask = forward_token_logps(ctx.lm, batch, first)  # (N, K)
-            old_logps = logps.detach()
+                logps, response_mask, entropy = forward_token_logps(ctx.lm, batch, first, return_entropy=True)
+            old_logps = logps.detach()  # (N, K)
         else:  # fixed before the first update
             with torch.no_grad(), ctx.autocast():
-                old_logps, response_mask = forward_token_logps(ctx.lm, batch, first)  # (N, K)
-        metrics: dict[str, float] = {}
+                old_logps, response_mask, entropy = forward_token_logps(ctx.lm, batch, first, return_entropy=True)
+        # the sampling policy's mean next-token entropy over response tokens (a collapse shows here first)
+        metrics: dict[str, float] = {"entropy": float(masked_mean(entropy, response_mask))}
         if ref_logps is not None:  # per sequence, summed over its tokens, as the evaluation's kl_k3
             metrics["kl"] = float(per_sequence_kl(old_logps, ref_logps, response_mask, "k3").mean())
         with torch.no_grad():

@@ -48,7 +48,7 @@ def step_rows(out):
 
 # ---------------------------------------------------------------- registration and end to end
 
-STEP_KEYS = {"reward", "advantage_mean", "advantage_std", "clip_fraction_low", "clip_fraction_high", "ratio_mean",
+STEP_KEYS = {"reward", "entropy", "advantage_mean", "advantage_std", "clip_fraction_low", "clip_fraction_high", "ratio_mean",
              "loss", "grad_norm", "updates", "response_length", "truncated_share", "generation_seconds",
              "judge_seconds", "update_seconds", "lr", "tokens", "seconds", "step"}
 EXTRA_KEYS = {
@@ -92,6 +92,7 @@ def test_each_name_trains_two_steps_end_to_end(name, reward_module, tiny_model_d
         assert row["reward"] == pytest.approx(row[f"reward/{reward_module}"] + 0.5 * row["reward/gold:qa"], abs=1e-6)
         assert row["gold"] == pytest.approx(row["reward/gold:qa"])
         assert 0 <= row["truncated_share"] <= 1 and 1 <= row["response_length"] <= 6
+        assert 0 < row["entropy"] <= math.log(32000)  # a near-uniform tiny model: high, never above log V
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
     assert rows[0]["tokens"] > 0 and summary["train_examples"] > 0
     if name == "gspo":  # four minibatches per step (the paper's split)

@@ -106,6 +106,39 @@ def test_linear_log_softmax_by_hand():
     assert_close(hidden.grad, torch.tensor([[0.5 * math.log(2.0)]]))
 
 
+def test_entropy_by_hand_and_it_leaves_the_log_probs_and_gradients_alone(monkeypatch):
+    # row 1: logits [0, 0, ln 2] -> p = [1/4, 1/4, 1/2], H = 2 * (1/4) ln 4 + (1/2) ln 2 = 1.5 ln 2
+    # row 2: logits [0, 0, 0] -> uniform over 3, H = ln 3
+    monkeypatch.setattr(logprobs, "_CHUNK_ROWS", 1)  # one row per chunk
+    hidden = torch.tensor([[1.0], [0.0]], requires_grad=True)
+    weight = torch.tensor([[0.0], [0.0], [math.log(2.0)]], requires_grad=True)
+    labels = torch.tensor([2, 0])
+    logps, entropy = logprobs.linear_log_softmax(hidden, weight, labels, return_entropy=True)
+    assert_close(entropy, torch.tensor([1.5 * math.log(2.0), math.log(3.0)]))
+    assert not entropy.requires_grad
+    plain = logprobs.linear_log_softmax(hidden, weight, labels)
+    assert_close(logps, plain)
+    (grad_with,) = torch.autograd.grad(logps.sum(), weight)
+    (grad_without,) = torch.autograd.grad(plain.sum(), weight)
+    assert_close(grad_with, grad_without)
+    assert_close(logprobs.chunked_entropy(torch.tensor([[0.0, 0.0, math.log(2.0)], [0.0, 0.0, 0.0]])),
+                 torch.tensor([1.5 * math.log(2.0), math.log(3.0)]))
+
+
+def test_fused_and_model_logits_entropies_agree_and_are_0_off_the_mask(tiny_model):
+    batch = _ragged_batch(5)
+    with torch.no_grad():
+        fused = logprobs.forward_token_logps(tiny_model, batch, fused=True, return_entropy=True)
+        plain = logprobs.forward_token_logps(tiny_model, batch, fused=False, return_entropy=True)
+    (fused_logps, mask, fused_entropy), (plain_logps, _, plain_entropy) = fused, plain
+    assert fused_entropy.shape == mask.shape == (3, 9)
+    assert_close(fused_entropy, plain_entropy, rtol=1e-5, atol=1e-5)
+    assert (fused_entropy[mask == 0] == 0).all()
+    vocab = tiny_model.config.vocab_size
+    on = fused_entropy[mask > 0]
+    assert ((on > 0) & (on <= math.log(vocab) + 1e-4)).all()  # between 0 and the uniform distribution's
+
+
 def _ragged_batch(seed: int):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 300, (3, 12), generator=g)

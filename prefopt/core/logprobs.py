@@ -53,6 +53,19 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return out.reshape(labels.shape)
 
 
+def chunked_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, -sum p log p = logsumexp(z) - sum softmax(z) z, over row chunks.
+
+    logits: (..., V). Returns (...) float32, no grad."""
+    flat = logits.detach().reshape(-1, logits.shape[-1])  # (R, V)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], _CHUNK_ROWS):
+        chunk = flat[start : start + _CHUNK_ROWS].float()  # (r, V)
+        lse = torch.logsumexp(chunk, dim=-1, keepdim=True)  # (r, 1)
+        out[start : start + _CHUNK_ROWS] = lse.squeeze(-1) - (torch.exp(chunk - lse) * chunk).sum(-1)
+    return out.reshape(logits.shape[:-1])
+
+
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the next tokens, masked.
 
@@ -81,8 +94,11 @@ def forward_logps(model, batch: dict) -> SequenceLogps:
     return SequenceLogps(sum=logps.sum(-1), tokens=mask.sum(-1))
 
 
-def forward_token_logps(model, batch: dict, first: int | None = None, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token response log-probs from one forward: (logps (N, K), mask (N, K)).
+def forward_token_logps(model, batch: dict, first: int | None = None, fused: bool = True,
+                        return_entropy: bool = False):
+    """Per-token response log-probs from one forward: (logps (N, K), mask (N, K)), and with ``return_entropy``
+    the entropy of the policy's next-token distribution at each response token, (N, K) float32, no grad,
+    0 off the mask (made from the same logits chunks: no extra forward, no stored logits).
 
     Only response tokens reach the vocabulary projection. With ``fused`` (and a
     model whose output layer is a plain projection, see ``fused_head``) the
@@ -103,16 +119,26 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
             input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep
         ).logits  # (N, keep, V)
         # Drop the prompt columns that can never carry a response token.
-        return token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])
+        logps, mask = token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])
+        if not return_entropy:
+            return logps, mask
+        return logps, mask, chunked_entropy(logits[:, :-1]) * mask
     backbone, head = parts
     hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
     labels = input_ids[:, first:]  # (N, K)
     mask = loss_mask[:, first:].float()  # (N, K)
     rows = mask.bool()  # (N, K)
-    picked = linear_log_softmax(hidden[rows], head.weight, labels[rows])  # (R,) float32
-    logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(rows, picked)  # (N, K)
-    return logps, mask
+    if not return_entropy:
+        picked = linear_log_softmax(hidden[rows], head.weight, labels[rows])  # (R,) float32
+        return _scatter(picked, rows), mask
+    picked, entropy = linear_log_softmax(hidden[rows], head.weight, labels[rows], return_entropy=True)  # (R,) x 2
+    return _scatter(picked, rows), mask, _scatter(entropy, rows)
+
+
+def _scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(R,) values of the True cells of rows (N, K) -> (N, K), 0 elsewhere."""
+    return torch.zeros(rows.shape, dtype=values.dtype, device=values.device).masked_scatter(rows, values)
 
 
 # Architectures whose logits are exactly `lm_head(final hidden state)`: no soft-capping, scaling or bias.
@@ -135,10 +161,12 @@ def fused_head(model):
     return backbone, head
 
 
-def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       return_entropy: bool = False):
     """log softmax(hidden @ weight.T)[label] per row, without storing the (R, V) logits.
 
-    hidden: (R, H); weight: (V, H); labels: (R,) int64. Returns (R,) float32 (float64 for float64 inputs).
+    hidden: (R, H); weight: (V, H); labels: (R,) int64. Returns (R,) float32 (float64 for float64 inputs),
+    and with ``return_entropy`` also each row's softmax entropy, (R,), not differentiable.
     The projection runs in the autocast dtype when autocast is on (as the
     model's own head would), else in the weight's dtype; the softmax in float32.
     """
@@ -147,7 +175,8 @@ def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         dtype = torch.get_autocast_dtype(device_type)
     else:
         dtype = weight.dtype
-    return _LinearLogSoftmax.apply(hidden, weight, labels, dtype)
+    logps, entropy = _LinearLogSoftmax.apply(hidden, weight, labels, dtype, return_entropy)
+    return (logps, entropy) if return_entropy else logps
 
 
 class _LinearLogSoftmax(torch.autograd.Function):
@@ -155,23 +184,27 @@ class _LinearLogSoftmax(torch.autograd.Function):
     instead of R x V (bf16 logits plus their float32 copy), for one more projection matmul."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, dtype):
+    def forward(ctx, hidden, weight, labels, dtype, with_entropy):
         acc = torch.promote_types(dtype, torch.float32)  # softmax dtype: float32 (float64 for float64 inputs)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)  # (V, H)
             out = torch.empty(labels.shape, dtype=acc, device=hidden.device)  # (R,)
             lse = torch.empty_like(out)  # (R,)
+            entropy = torch.empty_like(out) if with_entropy else out.new_empty(0)  # (R,) or unused
             for start in range(0, labels.shape[0], _CHUNK_ROWS):
                 end = start + _CHUNK_ROWS
                 logits = (hidden[start:end].to(dtype) @ w.T).to(acc)  # (r, V)
                 lse[start:end] = torch.logsumexp(logits, dim=-1)
                 out[start:end] = logits.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
+                if with_entropy:  # -sum p log p = lse - sum p z: one exp over the chunk, beside its projection
+                    entropy[start:end] = lse[start:end] - (torch.exp(logits - lse[start:end, None]) * logits).sum(-1)
         ctx.dtype = dtype
         ctx.save_for_backward(hidden, weight, labels, lse)
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out):  # grad_out: (R,)
+    def backward(ctx, grad_out, _grad_entropy):  # grad_out: (R,); the entropy has no gradient
         hidden, weight, labels, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -189,7 +222,7 @@ class _LinearLogSoftmax(torch.autograd.Function):
                     grad_hidden[start:end] = grad_logits @ w  # (r, H)
                 if need_weight:
                     grad_weight += (grad_logits.T @ h).to(lse.dtype)  # (V, H)
-        return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None
+        return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None, None
 
 
 def first_response_position(loss_mask: torch.Tensor) -> int:
