@@ -131,6 +131,7 @@ def test_fused_and_model_logits_entropies_agree_and_are_0_off_the_mask(tiny_mode
         fused = logprobs.forward_token_logps(tiny_model, batch, fused=True, return_entropy=True)
         plain = logprobs.forward_token_logps(tiny_model, batch, fused=False, return_entropy=True)
     (fused_logps, mask, fused_entropy), (plain_logps, _, plain_entropy) = fused, plain
+    assert_close(fused_logps, plain_logps, rtol=1e-5, atol=1e-5)
     assert fused_entropy.shape == mask.shape == (3, 9)
     assert_close(fused_entropy, plain_entropy, rtol=1e-5, atol=1e-5)
     assert (fused_entropy[mask == 0] == 0).all()
