@@ -15,7 +15,9 @@ The same for both:
     num_iterations=1; so neither does an extra forward for the old log-probs), AdamW at a constant lr,
     clipping at 1.0;
   - reward: the same Python function, prefopt.tasks.rewards:qa;
-  - precision: fp32 on a CPU without bf16 (--precision bf16 where it has).
+  - precision: fp32 on a CPU without bf16 (--precision bf16 where it has);
+  - gradient checkpointing: on for both with --gradient-checkpointing, else off for both (trl's GRPOConfig
+    turns it on by default; --trl-default-checkpointing leaves trl at its default and prefopt at its own, off).
 
 What is timed. prefopt: the generation_seconds (sampling, the judge) and update_seconds it logs per step.
 trl: a TrainerCallback times each step from on_step_begin to on_step_end; generation is the time inside
@@ -24,6 +26,7 @@ is the sum of both. Memory: the process's peak RSS (ru_maxrss) at the end, and w
 above the RSS after the model was loaded.
 
     python benchmarks/grpo_speed_vs_trl.py                     # 4 prompts x 4, 32 tokens, 2 x (1 + 3) steps each
+    python benchmarks/grpo_speed_vs_trl.py --gradient-checkpointing --out results/speed/cpu_grpo_vs_trl_checkpointing
     python benchmarks/grpo_speed_vs_trl.py --model /tmp/tiny --steps 1 --warmup 1 --reps 1 --out /tmp/smoke
 """
 
@@ -77,7 +80,7 @@ def run_prefopt(args, workdir: Path) -> dict:
     run = RunConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), precision=args.precision,
                     progress=False, steps=steps, batch_size=args.prompts, eval_size=0, lr=args.lr,
                     schedule="constant", warmup_ratio=0.0, max_length=512, max_prompt_length=256,
-                    max_grad_norm=1.0, seed=0)
+                    max_grad_norm=1.0, seed=0, gradient_checkpointing=args.gradient_checkpointing)
     algorithm = GRPO(GRPO.Config(judge=f"python:{REWARD}", num_generations=args.k, max_new_tokens=args.max_new_tokens,
                                  temperature=1.0, top_p=1.0, beta=0.0, measure_kl=False))
     loaded = {}
@@ -92,6 +95,7 @@ def run_prefopt(args, workdir: Path) -> dict:
     rows = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "generation_seconds" in r][args.warmup :]
     return {
+        "gradient_checkpointing": run.gradient_checkpointing,
         "generation_seconds": [r["generation_seconds"] + r["judge_seconds"] for r in rows],
         "update_seconds": [r["update_seconds"] for r in rows],
         "completion_tokens": [r["response_length"] * args.prompts * args.k for r in rows],
@@ -122,6 +126,7 @@ def run_trl(args, workdir: Path) -> dict:
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
         max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
         bf16=args.precision == "bf16", seed=0, shuffle_dataset=False, disable_tqdm=True,
+        **({} if args.trl_default_checkpointing else {"gradient_checkpointing": args.gradient_checkpointing}),
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[qa], args=config, train_dataset=Dataset.from_list(rows),
@@ -150,6 +155,7 @@ def run_trl(args, workdir: Path) -> dict:
     lengths = [r["completions/mean_length"] for r in trainer.state.log_history if "completions/mean_length" in r]
     w = args.warmup
     return {
+        "gradient_checkpointing": config.gradient_checkpointing,
         "generation_seconds": generation[w:steps],
         "update_seconds": [t - g for t, g in zip(total[w:steps], generation[w:steps])],
         "completion_tokens": [n * args.prompts * args.k for n in lengths[w:steps]],
@@ -172,6 +178,7 @@ def summarise(runs: list[dict]) -> dict:
         "update_seconds_median": statistics.median(upd),
         "steps_per_second": 1 / statistics.median(tot),
         "completion_tokens_per_step_mean": statistics.mean(x for r in runs for x in r["completion_tokens"]),
+        "gradient_checkpointing": runs[0].get("gradient_checkpointing"),
         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
         "steps_added_rss_mb_max": max(r["peak_rss_mb"] - r["loaded_rss_mb"] for r in runs),
     }
@@ -185,6 +192,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both trainers")
+    parser.add_argument("--trl-default-checkpointing", action="store_true",
+                        help="leave trl's gradient checkpointing at its GRPOConfig default (on)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--reps", type=int, default=2, help="alternating prefopt/trl runs")
@@ -204,7 +214,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {"prefopt": [], "trl": []}
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "result", "out")]
+    flags = ("gradient_checkpointing", "trl_default_checkpointing")
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                   if k not in ("worker", "result", "out", *flags)]
+    passthrough += [f"--{k.replace('_', '-')}" for k in flags if getattr(args, k)]
     for rep in range(args.reps):
         for who in ("prefopt", "trl"):
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
