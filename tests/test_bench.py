@@ -565,3 +565,33 @@ def test_the_full_suite_has_every_registered_algorithm_and_the_online_zoo_trains
     assert set(registry.discover()) <= {spec.get("algo", name) for name, spec in algorithms.items()}
     for name in ("grpo", "dr-grpo", "dapo", "gspo", "rloo", "reinforce-pp", "online-dpo"):
         assert algorithms[name]["judge"] == "gold:{task}"  # the same reward source as the offline arms' labels
+
+
+def test_a_resumed_suite_refuses_rows_of_another_code_version(tmp_path):
+    suite = load_suite(write_suite(tmp_path / "a.yaml", name="x", algorithms={"dpo": {}}))
+    row = {"task": "qa", "algo": "dpo", "seed": 0, "config_hash": config_hash(suite, Cell("qa", "dpo", 0)),
+           "git": "0123e45"}
+    table = pd.DataFrame([row])
+    assert done_cells(table, suite, Path("r.csv"), code_version="0123e45") == {Cell("qa", "dpo", 0)}
+    with pytest.raises(PrefoptError, match=r"r.csv row 1: qa/dpo/seed0 was run by code version 0123e45, this is "
+                                           r"89abcde; a suite is not resumed across versions"):
+        done_cells(table, suite, Path("r.csv"), code_version="89abcde")
+    # outside a git checkout there is no version to compare: the row counts as done
+    assert done_cells(table, suite, Path("r.csv"), code_version=None) == {Cell("qa", "dpo", 0)}
+
+
+@pytest.mark.e2e
+def test_bench_refuses_to_resume_a_results_folder_of_another_code_version(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "git_hash", lambda: "89abcde")
+    suite_path = write_suite(tmp_path / "a.yaml", name="x", algorithms={"dpo": {}})
+    suite = load_suite(suite_path)
+    out = tmp_path / "results"
+    out.mkdir()
+    row = {"suite": "x", "suite_version": 1, "task": "qa", "algo": "dpo", "seed": 0,
+           "config_hash": config_hash(suite, Cell("qa", "dpo", 0)), "output_kind": "model", "git": "0123e45"}
+    results_table.append_row(out / "results.csv", row)
+    before = (out / "results.csv").read_text()
+    code = run_cli(["bench", "--suite", suite_path, "--results", out, "--work-dir", tmp_path / "work"])
+    assert code == 2
+    assert "was run by code version 0123e45, this is 89abcde" in capsys.readouterr().err
+    assert (out / "results.csv").read_text() == before  # nothing run, nothing written

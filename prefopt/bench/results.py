@@ -153,8 +153,10 @@ def append_row(path: Path, row: dict) -> None:
     atomic_write_text(path, table.to_csv(index=False))
 
 
-def done_cells(table, suite: Suite, path: Path) -> set[Cell]:
-    """Cells with a row; a row whose config hash differs from the suite's is an error."""
+def done_cells(table, suite: Suite, path: Path, code_version: str | None = None) -> set[Cell]:
+    """Cells with a row. A row whose config hash differs from the suite's is an error, and so is, when
+    code_version (the running code's git id) is given, a row written by another code version: a resumed
+    suite never mixes the numbers of two versions."""
     done = set()
     if not len(table):
         return done
@@ -165,6 +167,13 @@ def done_cells(table, suite: Suite, path: Path) -> set[Cell]:
             raise PrefoptError(
                 f"{path} row {i}: {cell.task}/{cell.algo}/seed{cell.seed} was run with another configuration "
                 f"(config_hash {row.get('config_hash')}); use a new results folder or --restart"
+            )
+        written_by = row.get("git")
+        if code_version and isinstance(written_by, str) and written_by and written_by != code_version:
+            raise PrefoptError(
+                f"{path} row {i}: {cell.task}/{cell.algo}/seed{cell.seed} was run by code version {written_by}, "
+                f"this is {code_version}; a suite is not resumed across versions: use a new results folder, "
+                f"--restart, or check out {written_by}"
             )
         done.add(cell)
     return done

@@ -58,7 +58,7 @@ from prefopt.bench.suite import (
     load_suite,
 )
 from prefopt.errors import PrefoptError
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.io import atomic_write_json, atomic_write_text, git_hash, provenance
 from prefopt.judges.http import mask_url
 from prefopt.judges.registry import split_spec
 
@@ -521,7 +521,7 @@ class Bench:
         results = self.results_dir / RESULTS
         todo_all = cells(self.suite, only)
         table = read_results(results)
-        done = done_cells(table, self.suite, results)
+        done = done_cells(table, self.suite, results, code_version=git_hash())
         todo = [c for c in todo_all if c not in done]
         self._say(f"suite {self.suite.name} v{self.suite.version}: {len(todo_all)} cells, {len(todo_all) - len(todo)} "
                   f"already in {results}, {len(todo)} to run")
