@@ -241,7 +241,6 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
     """
 
     dynamic_sampling: ClassVar[bool] = False  # drop zero-variance groups, resampling them first (DAPO)
-    needs_reference = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -344,11 +343,10 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
         self._judge_seconds = 0.0
         t0 = time.perf_counter()
         first = self.sample(ctx, prompts, messages)
-        components = self.judge.component_means() if hasattr(self.judge, "component_means") else {}
         _, shaping = self.shape_rewards(first.score, first.lengths)
         metrics: dict[str, float] = {
             "reward": float(first.score.mean()),
-            **{f"reward/{name}": value for name, value in components.items()},
+            **self.reward_parts(),
             **shaping,
         }
         if self.gold is not None:  # the oracle on the same samples, never trained on

@@ -205,8 +205,7 @@ class OnlineDPO(JudgedOnlineAlgorithm):
         row: dict[str, float] = {"tie_share": tie_rate(verdicts.decisions)}
         if verdicts.scores is not None:
             row["reward"] = sum(verdicts.scores) / len(verdicts.scores)
-            if hasattr(self.judge, "component_means"):
-                row.update({f"reward/{k}": v for k, v in self.judge.component_means().items()})
+            row.update(self.reward_parts())
         if self.gold is not None:  # the oracle on the same samples, never trained on
             gold = judge_samples(self.gold, messages, texts)
             if gold.scores is not None:

@@ -95,9 +95,7 @@ class PPO(JudgedOnlineAlgorithm):
         rollout, batch = ctx.rollout(prompts, self.sampling())
         t_generated = time.perf_counter()
         score = self._score(messages, rollout, ctx)  # (N,)
-        # a weighted judge: the mean score of each part, "reward/<judge>" (the total is their weighted sum)
-        components = {f"reward/{k}": v for k, v in self.judge.component_means().items()} \
-            if hasattr(self.judge, "component_means") else {}
+        components = self.reward_parts()  # "reward/<judge>" of a weighted judge, for these scores
         first = first_response_position(batch["loss_mask"])
 
         # Experience, under no grad and with dropout off.

@@ -570,3 +570,4 @@ def test_config_json_round_trip_of_every_default():
     for cls in NAMES.values():
         config = cls.Config()
         assert json.loads(json.dumps(vars(config))) == vars(config)
+

@@ -53,16 +53,19 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return out.reshape(labels.shape)
 
 
-def chunked_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per row, -sum p log p = logsumexp(z) - sum softmax(z) z, over row chunks.
+def _entropy(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """-sum p log p of softmax(logits) per row, as lse - sum softmax(z) z. logits: (r, V); lse: (r,) their
+    logsumexp. Returns (r,)."""
+    return lse - (torch.exp(logits - lse[:, None]) * logits).sum(-1)
 
-    logits: (..., V). Returns (...) float32, no grad."""
+
+def chunked_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, over row chunks. logits: (..., V). Returns (...) float32, no grad."""
     flat = logits.detach().reshape(-1, logits.shape[-1])  # (R, V)
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, flat.shape[0], _CHUNK_ROWS):
         chunk = flat[start : start + _CHUNK_ROWS].float()  # (r, V)
-        lse = torch.logsumexp(chunk, dim=-1, keepdim=True)  # (r, 1)
-        out[start : start + _CHUNK_ROWS] = lse.squeeze(-1) - (torch.exp(chunk - lse) * chunk).sum(-1)
+        out[start : start + _CHUNK_ROWS] = _entropy(chunk, torch.logsumexp(chunk, dim=-1))
     return out.reshape(logits.shape[:-1])
 
 
@@ -196,8 +199,8 @@ class _LinearLogSoftmax(torch.autograd.Function):
                 logits = (hidden[start:end].to(dtype) @ w.T).to(acc)  # (r, V)
                 lse[start:end] = torch.logsumexp(logits, dim=-1)
                 out[start:end] = logits.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
-                if with_entropy:  # -sum p log p = lse - sum p z: one exp over the chunk, beside its projection
-                    entropy[start:end] = lse[start:end] - (torch.exp(logits - lse[start:end, None]) * logits).sum(-1)
+                if with_entropy:  # one exp over the chunk, beside its projection
+                    entropy[start:end] = _entropy(logits, lse[start:end])
         ctx.dtype = dtype
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.mark_non_differentiable(entropy)

@@ -5,8 +5,8 @@ output-folder checks, typed config, AdamW with the same schedule, periodic
 evaluation, checkpoints and exact ``--resume``, ``metrics.jsonl``, the final
 adapter and ``summary.json`` written last, one schema) and, like it, knows no
 algorithm names. It builds the run's reference (adapters disabled, or a frozen
-copy) only when the algorithm's ``needs_reference`` says training uses it (GRPO and its
-successors at ``beta = 0`` do without: no frozen copy in memory, no reference forwards, and
+copy) only when the algorithm's ``needs_reference`` asks for it (the group methods at ``beta = 0``
+with ``measure_kl=false`` do without: no frozen copy in memory, no reference forwards, and
 evaluation then logs no KL); run options that mean nothing for sampled data (``grad_accum``,
 ``reference=precomputed``, several processes) are refused before any work. Per step it hands the algorithm a batch of
 prompts and an :class:`OnlineContext` (generation, reference log-probs, one
@@ -161,6 +161,12 @@ class JudgedOnlineAlgorithm(OnlineAlgorithm):
     def sampling(self) -> SamplingConfig:
         c = self.config
         return SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
+
+    def reward_parts(self) -> dict[str, float]:
+        """A weighted judge's mean score of each part on its last call, as "reward/<judge>" (the total is their
+        weighted sum); {} for a single judge."""
+        means = self.judge.component_means() if hasattr(self.judge, "component_means") else {}
+        return {f"reward/{name}": value for name, value in means.items()}
 
 
 @torch.no_grad()
