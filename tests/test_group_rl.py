@@ -571,3 +571,44 @@ def test_config_json_round_trip_of_every_default():
         config = cls.Config()
         assert json.loads(json.dumps(vars(config))) == vars(config)
 
+
+# ---------------------------------------------------------------- the prompt stream
+
+
+def test_the_prompt_stream_jumps_to_a_resume_position_as_if_it_had_stepped_there():
+    from itertools import islice
+
+    from prefopt.training.online import _prompt_indices
+
+    n, batch, seed = 10, 4, 3  # 8 prompts per epoch (the last partial batch of 2 left out)
+    straight = list(islice(_prompt_indices(n, batch, seed, skip=0), 40))
+    for epoch in range(5):  # each epoch a permutation, cut to whole batches
+        part = straight[8 * epoch : 8 * epoch + 8]
+        assert len(set(part)) == 8 and set(part) <= set(range(n))
+    assert straight[:8] != straight[8:16]  # a fresh order each epoch
+    for skip in (0, 1, 7, 8, 9, 17, 24):
+        assert list(islice(_prompt_indices(n, batch, seed, skip=skip), 40 - skip)) == straight[skip:]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("position", [-1, 2.5, "8", True])
+def test_a_corrupt_prompt_position_in_a_checkpoint_is_a_one_line_error(position, tiny_model_dir, tmp_path, capsys):
+    from helpers import interrupt_on_call
+
+    from prefopt.training.checkpoint import CHECKPOINTS
+
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, "builtin:qa", out, "steps=4", "save_every=2", "batch_size=2",
+                         "eval_size=4", "max_new_tokens=4", "--algo", "grpo")
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_on_call(mp, GRPO, "train_step", 3)
+        assert run_cli(args) == 130
+    (state_file,) = (out / CHECKPOINTS).glob("*/state.json")
+    state = json.loads(state_file.read_text())
+    assert state["prompt_position"] == 4  # two steps of two prompts
+    state_file.write_text(json.dumps({**state, "prompt_position": position}))
+    capsys.readouterr()
+    assert run_cli(["run", "--resume", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err  # one line after the model-loading progress bars
+    assert err.splitlines()[-1].endswith(f"the checkpoint's prompt_position must be a whole number >= 0, got {position!r}")

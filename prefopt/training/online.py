@@ -196,14 +196,12 @@ def evaluate_samples(ctx: OnlineContext, prompts: list[list[int]], messages: lis
 def _prompt_indices(n: int, batch: int, seed: int, skip: int):
     """Endless training-prompt indices, the first `skip` left out. Each epoch is a fresh permutation of
     (seed, epoch) cut to whole batches (a last partial batch is left out, so every step sees batch prompts)."""
-    epoch, served = 0, 0
+    per_epoch = n - n % batch
+    epoch, offset = divmod(skip, per_epoch)  # straight to where a resumed run left off
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * STEP_SEED + epoch)).tolist()
-        for index in order[: n - n % batch]:
-            if served >= skip:
-                yield index
-            served += 1
-        epoch += 1
+        yield from order[offset:per_epoch]
+        epoch, offset = epoch + 1, 0
 
 
 def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
@@ -290,6 +288,8 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         algorithm.load_state_dict(state.get("algorithm", {}))
         # a checkpoint from before refills were counted: each step took batch_size prompts
         position = state.get("prompt_position", state["step"] * run.batch_size)
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise PrefoptError(f"{out}: the checkpoint's prompt_position must be a whole number >= 0, got {position!r}")
         steps = OnlineSteps(algorithm, ctx, train_prompts, train_records, eval_prompts, eval_records, run.seed,
                             position)
         loop = train_loop(folder, algo_name, run, steps, state, model, ctx.optimizer, ctx.scheduler,
