@@ -183,7 +183,10 @@ class OnlineDPO(JudgedOnlineAlgorithm):
             check_online_dpo_options(self)
 
     needs_reference = True
-    loss_option = "loss"  # the Config field naming the pair loss; its options are in "<loss_option>_options"
+    loss_option = "loss"
+
+    def completions_per_prompt(self) -> int:
+        return 2  # a pair  # the Config field naming the pair loss; its options are in "<loss_option>_options"
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -374,7 +374,7 @@ def test_micro_suite_killed_midway_resumes_with_each_cell_once(tmp_path, tiny_mo
     sanity = table[table["output_kind"] == "sanity"].set_index("algo")
     assert sorted(sanity.index) == ["sanity-best-of-4", "sanity-constant", "sanity-empty", "sanity-reference"]
     assert sanity["win_rate_gold"].between(0, 1).all()
-    assert (results / "samples" / "letters" / "dpo" / "seed0.jsonl").exists()
+    assert (results / "samples" / "letters" / "dpo" / "seed0.jsonl.gz").exists()
     assert (results / "curves" / "letters" / "sft" / "seed1.jsonl").exists()
     policies = table[table["output_kind"] == "policy"]
     assert ((policies["win_rate_gold"] >= 0) & (policies["win_rate_gold"] <= 1)).all()
@@ -551,7 +551,7 @@ def test_a_suite_whose_capability_items_overlap_its_prompts_refuses_to_run(tmp_p
     assert not (results / "results.csv").exists()  # nothing trained, nothing written
 
 
-@pytest.mark.parametrize("name", ["quick", "full"])
+@pytest.mark.parametrize("name", ["quick", "standard", "full"])
 def test_the_shipped_suites_load(name):
     suite = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.yaml")
     assert suite.name == name
@@ -595,3 +595,91 @@ def test_bench_refuses_to_resume_a_results_folder_of_another_code_version(tmp_pa
     assert code == 2
     assert "was run by code version 0123e45, this is 89abcde" in capsys.readouterr().err
     assert (out / "results.csv").read_text() == before  # nothing run, nothing written
+
+
+# ---------------------------------------------------------------- sweeps, tuning, per-prompt records
+
+
+def test_a_sweep_expands_into_one_entry_per_strength_of_one_arm(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", name="s", algorithms={"dpo": {"sweep": {"beta": [0.3, 0.03, 0.1]}},
+                                                                  "sft": {}})  # fmt: skip
+    suite = load_suite(path)
+    assert list(suite.algorithms) == ["dpo_beta0.03", "dpo_beta0.1", "dpo_beta0.3", "sft"]
+    assert suite.algorithms["dpo_beta0.1"]["beta"] == 0.1 and suite.arm("dpo_beta0.1") == "dpo"
+    assert suite.strength("dpo_beta0.3") == ("beta", 0.3) and suite.strength("sft") is None
+    assert suite.arm_entries("dpo") == ["dpo_beta0.03", "dpo_beta0.1", "dpo_beta0.3"]
+    assert suite.tuning_entry("dpo") == "dpo_beta0.1" and suite.tuning_entry("sft") == "sft"
+    assert [c.algo for c in cells(suite, ["dpo"])] == ["dpo_beta0.03", "dpo_beta0.1", "dpo_beta0.3"] * 1
+    assert not suite.tuned("dpo")  # no tune section
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"sweep": {"beta": []}}, "non-empty list"),
+    ({"sweep": {"beta": [0.1, "x"]}}, "expected numbers"),
+    ({"sweep": {"beta": [0.1], "lr": [1]}}, "one option"),
+    ({"sweep": {"beta": [0.1]}, "beta": 0.2}, "cannot sweep 'beta'"),
+    ({"arm": "x"}, "set by a sweep"),
+])  # fmt: skip
+def test_sweep_errors_name_the_file_and_entry(tmp_path, entry, message):
+    path = write_suite(tmp_path / "s.yaml", name="s", algorithms={"dpo": entry})
+    with pytest.raises(PrefoptError, match=rf"s\.yaml: algorithms\.dpo.*{message}"):
+        load_suite(path)
+
+
+def test_tune_section_errors_name_the_file_and_key(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", name="s", algorithms={"dpo": {}}, tune={"values": []})
+    with pytest.raises(PrefoptError, match=r"s\.yaml: tune\.values"):
+        load_suite(path)
+    path = write_suite(tmp_path / "s.yaml", name="s", algorithms={"dpo": {}}, eval={"reference_samples": 0})
+    with pytest.raises(PrefoptError, match=r"s\.yaml: eval\.reference_samples"):
+        load_suite(path)
+
+
+def test_an_entry_that_sets_the_tuned_option_is_not_tuned(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", name="s", tune={"values": [1e-4, 1e-3]},
+                       algorithms={"dpo": {"sweep": {"beta": [0.1, 0.3]}}, "sft": {"lr": 1e-4}})  # fmt: skip
+    suite = load_suite(path)
+    assert suite.tuned("dpo") and not suite.tuned("sft")
+
+
+def test_gold_win_rates_average_the_decisions_against_every_reference_reply():
+    # 0.5 vs (0.2, 0.5, 0.9): win, tie, loss -> 0.5; 1.0 vs (0.0,) -> 1
+    assert runner.gold_win_rates([0.5, 1.0], [[0.2, 0.5, 0.9], [0.0]]) == [0.5, 1.0]
+
+
+@pytest.mark.e2e
+def test_a_tuned_sweep_records_its_search_strengths_and_per_prompt_kl(tmp_path, tiny_model_dir):
+    suite = micro_suite(tmp_path / "sweep.yaml", tiny_model_dir, {"dpo": {"sweep": {"beta": [0.1, 0.5]}}},
+                        seeds=(0,), reference_samples=2, sanity=False, probes=0)  # fmt: skip
+    raw = yaml.safe_load(suite.read_text())
+    raw["tune"] = {"values": [1e-5, 1e-3], "dev_prompts": 4, "seed": 0}
+    suite.write_text(yaml.safe_dump(raw))
+    results = tmp_path / "results"
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
+    tuning = pd.read_csv(results / "tuning.csv")
+    assert sorted(tuning["value"]) == [1e-5, 1e-3] and (tuning["entry"] == "dpo_beta0.1").all()
+    assert tuning["win_rate_gold_dev"].between(0, 1).all() and (tuning["dev_prompts"] == 4).all()
+    best = tuning.sort_values("value").iloc[tuning.sort_values("value")["win_rate_gold_dev"].to_numpy().argmax()]
+    table = pd.read_csv(results / "results.csv")
+    assert _unknown_columns(table) == []
+    assert sorted(table["algo"]) == ["dpo_beta0.1", "dpo_beta0.5"] and (table["arm"] == "dpo").all()
+    assert sorted(table["strength"]) == [0.1, 0.5] and (table["strength_option"] == "beta").all()
+    assert (table["tuned_lr"] == best["value"]).all()
+    assert (table["comparisons_seen"] == table["steps"] * table["global_batch"]).all()
+    from prefopt.bench.results import read_records, reference_samples_path, samples_path
+
+    reference = read_records(reference_samples_path(results, "letters"))
+    assert len(reference) == 4 and all(len(r["more"]) == 1 for r in reference)
+    for row in table.to_dict("records"):
+        records = read_records(samples_path(results, "letters", row["algo"], 0))
+        assert len(records) == 4
+        assert sum(r["kl_k1"] for r in records) / 4 == pytest.approx(row["kl_k1"], abs=1e-5)
+        assert sum(r["win_gold"] for r in records) / 4 == pytest.approx(row["win_rate_gold"])
+        for r, ref in zip(records, reference):
+            golds = [ref["gold"], ref["more"][0]["gold"]]
+            assert r["win_gold"] == sum(1.0 if r["gold"] > g else 0.0 if r["gold"] < g else 0.5 for g in golds) / 2
+            assert r["kl_k1"] == pytest.approx(r["logp"] - r["ref_logp"], abs=1e-4)
+    # resumed: nothing trains again, the search included
+    before = (results / "tuning.csv").read_text()
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
+    assert (results / "tuning.csv").read_text() == before

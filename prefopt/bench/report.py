@@ -15,9 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from prefopt.bench.results import (
     curve_path,
     hacking_path,
     is_numeric,
+    read_records,
     reference_column,
     reference_samples_path,
     samples_path,
@@ -48,7 +47,7 @@ from prefopt.bench.results import (
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.length_control import LCWinRate, length_controlled_win_rates
 from prefopt.evaluation.stats import mean_ci
-from prefopt.io import atomic_write_text
+from prefopt.io import atomic_write_bytes, atomic_write_text
 
 PLOT_PREFIXES = ("frontier_", "winrates_", "sycophancy_", "length_", "curves_", "hacking_")
 DASH = "–"
@@ -219,25 +218,6 @@ def _is_sanity(algo: str) -> bool:
 # The files beside results.csv (all optional)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a .jsonl file, skipping lines that are not; [] when it is missing or unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return []
-    out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -264,12 +244,12 @@ class Samples:
 
 
 def _load_samples(folder: Path, task: str, rows: pd.DataFrame) -> Samples:
-    samples = Samples(_by_index(_read_jsonl(reference_samples_path(folder, task))))
+    samples = Samples(_by_index(read_records(reference_samples_path(folder, task))))
     if not samples.reference:
         return samples
     cells = rows[rows["output_kind"].isin(("policy", "sanity"))]
     for algo, seed in sorted({(str(a), int(s)) for a, s in zip(cells["algo"], cells["seed"]) if np.isfinite(s)}):
-        records = _by_index(_read_jsonl(samples_path(folder, task, algo, seed)))
+        records = _by_index(read_records(samples_path(folder, task, algo, seed)))
         if records:
             samples.cells[(algo, seed)] = records
     return samples
@@ -332,7 +312,7 @@ def _load_curves(folder: Path, task: str, policy: pd.DataFrame, order: list[str]
     out = {}
     for algo in order:
         seeds = sorted({int(s) for s in policy.loc[policy["algo"] == algo, "seed"] if np.isfinite(s)})
-        runs = [lines for lines in (_read_jsonl(curve_path(folder, task, algo, s)) for s in seeds) if lines]
+        runs = [lines for lines in (read_records(curve_path(folder, task, algo, s)) for s in seeds) if lines]
         if runs:
             out[algo] = runs
     return out
@@ -1179,22 +1159,6 @@ def _plot_hacking(policy: pd.DataFrame, order: list[str], styles: dict, hack: di
     return _png(fig), caption
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes atomically: a temp file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_inside(path.parent, Path(tmp))
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The report
 
@@ -1265,7 +1229,7 @@ def _figure(doc: Doc, ctx: _Context, kind: str, slug: str, made) -> None:
     png, caption = made
     name = f"{kind}_{slug}"
     path = ctx.plots_dir / f"{name}.png"
-    _write_bytes(path, png)
+    atomic_write_bytes(path, png)
     ctx.written[name] = path
     doc.figure(name, f"plots/{name}.png", png, caption)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefopt.bench.suite import SANITY_PREFIX, Cell, Suite, config_hash
 from prefopt.errors import PrefoptError
-from prefopt.io import atomic_write_text
+from prefopt.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = "results.csv"
 
@@ -27,7 +27,8 @@ ROW_KEY = ("task", "algo", "seed", "output_kind")  # one cell; of repeated rows,
 PROVENANCE = ("git", "python", "torch", "transformers", "peft", "device", "precision")
 
 # Read back as text: a config hash such as "040305344283" or a git id such as "0123e45" is not a number.
-TEXT_COLUMNS = ("suite", "suite_version", "task", "algo", "config_hash", "output_kind", "judge", "proxy", *PROVENANCE,
+TEXT_COLUMNS = ("suite", "suite_version", "task", "algo", "config_hash", "output_kind", "arm", "strength_option",
+                "judge", "proxy", *PROVENANCE,
                 "command", "finished_at")  # fmt: skip
 
 # Policy (or sanity reply) vs the reference's samples on held-out prompts (policy and sanity rows). The
@@ -55,15 +56,21 @@ SIDE_METRICS = ("mwe_matching_rate",)
 # hacking_gap = proxy_gain_z - gold_gain_z with a 95% paired bootstrap interval over prompts.
 PROXY_METRICS = ("proxy_reward", "proxy_reward_ref", "proxy_gain_z", "gold_gain_z", "proxy_win_rate", "hacking_gap",
                  "hacking_gap_low", "hacking_gap_high")  # fmt: skip
-# Training and its cost.
-RUN_METRICS = ("pref_accuracy", "steps", "global_batch", "train_pairs", "train_seconds", "seconds_per_step",
-               "peak_rss_mb", "tokens_processed", "eval_seconds", "cpu_count")  # fmt: skip
+# A swept entry's arm (the entry's name before the sweep; an unswept entry is its own arm), the swept option
+# and its value (strength), and tuned_<option>: the value the arm's search on dev prompts chose.
+SWEEP = ("strength",)
+TUNED_PREFIX = "tuned_"
+# Training and its cost. The budget: comparisons_seen (offline: labelled comparisons, steps x global batch, halved
+# for an unpaired objective) or reward_queries (online: completions scored).
+RUN_METRICS = ("pref_accuracy", "steps", "global_batch", "train_pairs", "comparisons_seen", "reward_queries",
+               "train_seconds", "seconds_per_step", "peak_rss_mb", "tokens_processed", "eval_seconds",
+               "cpu_count")  # fmt: skip
 CAPABILITY_PREFIX = "cap_"  # cap_<task>: the policy's lm-eval accuracy; cap_ref_<task>: the reference's
 # capdelta_<task>, capdelta_low_<task>, capdelta_high_<task>: policy - reference accuracy on the same items with a
 # paired 95% interval; capn_<task>: the items scored.
 CAPABILITY_DELTA_PREFIX = "capdelta_"
 CAPABILITY_N_PREFIX = "capn_"
-NUMERIC_PREFIXES = (CAPABILITY_PREFIX, CAPABILITY_DELTA_PREFIX, CAPABILITY_N_PREFIX, SYCOPHANCY_PREFIX)
+NUMERIC_PREFIXES = (CAPABILITY_PREFIX, CAPABILITY_DELTA_PREFIX, CAPABILITY_N_PREFIX, SYCOPHANCY_PREFIX, TUNED_PREFIX)
 
 
 def is_sanity(algo: str) -> bool:
@@ -78,7 +85,7 @@ def reference_column(name: str) -> str:
     return f"{name}_ref"
 
 
-NUMERIC_COLUMNS = ("seed", *SAMPLE_METRICS, *JUDGE_CALIBRATION, *SIDE_METRICS, *map(reference_column, SIDE_METRICS),
+NUMERIC_COLUMNS = ("seed", *SWEEP, *SAMPLE_METRICS, *JUDGE_CALIBRATION, *SIDE_METRICS, *map(reference_column, SIDE_METRICS),
                    *PROXY_METRICS, *RUN_METRICS)  # fmt: skip
 
 
@@ -93,18 +100,71 @@ SAMPLES_DIR, CURVES_DIR, HACKING_DIR = "samples", "curves", "hacking"
 
 
 def samples_path(results_dir: Path, task: str, algo: str, seed: int) -> Path:
-    """One line per held-out prompt: {"i", "prompt", "reply", "length", "gold", "judge", "judge_proba"}.
+    """One line per held-out prompt (gzip-compressed JSON lines; read with :func:`read_records`):
+    {"i", "prompt", "reply", "length", "gold", "win_gold", "judge", "judge_proba"} and, for a policy,
+    {"logp", "ref_logp", "kl_k1", "kl_k3"}.
 
-    ``i`` indexes the task's held-out prompts (the same i in every file of a task); ``judge`` is the judge's decision
-    against the reference's reply to prompt i (1 = this reply better, 0 = worse, 0.5 = tie; null without a judge)
-    and ``judge_proba`` its averaged probability (null for a judge without probabilities).
+    ``i`` indexes the task's held-out prompts (the same i in every file of a task); ``win_gold`` is the reply's gold
+    decision against each of the reference's replies to prompt i (1 better, 0 worse, 1/2 tie), averaged;
+    ``judge`` is the judge's decision against the reference's first reply (null without a judge) and
+    ``judge_proba`` its averaged probability (null for a judge without probabilities); ``logp`` and ``ref_logp``
+    are the reply's summed log-probs under the policy and the reference, ``kl_k1`` and ``kl_k3`` its sequence KL
+    estimates (their means over prompts are the row's kl_k1 and kl_k3).
     """
-    return Path(results_dir) / SAMPLES_DIR / task / algo / f"seed{seed}.jsonl"
+    return Path(results_dir) / SAMPLES_DIR / task / algo / f"seed{seed}.jsonl.gz"
 
 
 def reference_samples_path(results_dir: Path, task: str) -> Path:
-    """The reference's replies to the task's held-out prompts: {"i", "prompt", "reply", "length", "gold"} per line."""
-    return Path(results_dir) / SAMPLES_DIR / task / "reference.jsonl"
+    """The reference's replies to the task's held-out prompts, one line per prompt (gzip JSON lines):
+    {"i", "prompt", "reply", "length", "gold"} for its first reply and "more": [{"reply", "length", "gold"}] for
+    the others (eval.reference_samples - 1 of them)."""
+    return Path(results_dir) / SAMPLES_DIR / task / "reference.jsonl.gz"
+
+
+def tuning_path(results_dir: Path) -> Path:
+    """The learning-rate (or other option) search on the dev prompts: one row per (task, arm, value)."""
+    return Path(results_dir) / "tuning.csv"
+
+
+def write_records(path: Path, rows) -> None:
+    """JSON lines, gzip-compressed when the name ends in .gz (byte-for-byte reproducible: no name, mtime 0);
+    written atomically."""
+    import gzip
+    import json
+
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if str(path).endswith(".gz"):
+        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+    else:
+        atomic_write_text(path, text)
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (gzip or plain; for a .gz name missing on disk, the plain file of
+    older results), skipping lines that are not objects; [] when it is missing or unreadable."""
+    import gzip
+    import json
+    import zlib
+
+    path = Path(path)
+    if str(path).endswith(".gz") and not path.exists():
+        path = path.with_suffix("")
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile):
+        return []
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def curve_path(results_dir: Path, task: str, algo: str, seed: int) -> Path:

@@ -45,6 +45,8 @@ from prefopt.bench.results import (
     reference_column,
     reference_samples_path,
     samples_path,
+    tuning_path,
+    write_records,
 )
 from prefopt.bench.suite import (
     Cell,
@@ -58,7 +60,7 @@ from prefopt.bench.suite import (
     load_suite,
 )
 from prefopt.errors import PrefoptError
-from prefopt.io import atomic_write_json, atomic_write_text, git_hash, provenance
+from prefopt.io import atomic_write_json, git_hash, provenance
 from prefopt.judges.http import mask_url
 from prefopt.judges.registry import split_spec
 
@@ -132,7 +134,8 @@ class Bench:
         folder = self.work / task.name / "prep"
         key = hashlib.sha256(json.dumps(
             {"model": self.suite.model, "task": task_spec, "pairs": asdict(self.suite.pairs),
-             "eval": asdict(self.suite.eval), "hacking": self.suite.hacking and asdict(self.suite.hacking)},
+             "eval": asdict(self.suite.eval), "hacking": self.suite.hacking and asdict(self.suite.hacking),
+             **({"dev_prompts": self.suite.tune.dev_prompts} if self.suite.tune else {})},
             sort_keys=True, default=str).encode()).hexdigest()[:12]  # fmt: skip
         marker = folder / "prepared.json"
         prep = json.loads(marker.read_text()) if marker.exists() else {}
@@ -169,8 +172,8 @@ class Bench:
             skipped = f" ({empty} empty samples skipped)" if empty else ""
             raise PrefoptError(f"task {task.name}: only {len(pairs)} of {len(train_prompts)} prompts gave two samples "
                                f"with different gold scores{skipped}; raise pairs.samples or pairs.prompts")
-        _write_jsonl(folder / "pairs.jsonl", pairs)
-        _write_jsonl(folder / "prompts.jsonl", [{"prompt": q} for q in train_prompts])
+        write_records(folder / "pairs.jsonl", pairs)
+        write_records(folder / "prompts.jsonl", [{"prompt": q} for q in train_prompts])
         prep: dict[str, Any] = {"key": key, "pairs_file": str(folder / "pairs.jsonl"),
                                 "prompts_file": str(folder / "prompts.jsonl"), "pairs": len(pairs)}  # fmt: skip
         if self.suite.hacking is not None:
@@ -188,6 +191,13 @@ class Bench:
             "ref_lengths": ref_lengths,
             "ref_gold": task.gold_scores(heldout, ref_texts),
         })  # fmt: skip
+        more = self._more_reference(task, ref, heldout, e.reference_samples - 1, e.reference_seed + 3)
+        prep["ref_more"] = more
+        prep["ref_golds"] = [[g, *(m["gold"] for m in extra)] for g, extra in zip(prep["ref_gold"], more)]
+        if self.suite.tune is not None:  # dev prompts: train-split prompts no pair was sampled from
+            dev = task.prompts("train", p.prompts + self.suite.tune.dev_prompts)[p.prompts:]
+            dev_ref = self._more_reference(task, ref, dev, e.reference_samples, e.reference_seed + 4)
+            prep["dev"], prep["dev_ref_golds"] = dev, [[m["gold"] for m in refs] for refs in dev_ref]
         if e.sanity:
             prep.update(self._sanity_samples(task, ref, heldout, train_prompts, texts))
         if self.judge() is not None and e.calibration_pairs:
@@ -196,10 +206,24 @@ class Bench:
         prep["ref"], prep["ref_capability_items"] = measured, items
         prep["seconds"] = time.perf_counter() - started
         atomic_write_json(folder / "prepared.json", prep)
-        _write_jsonl(reference_samples_path(self.results_dir, task.name), [
-            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g}
-            for i, (q, t, n, g) in enumerate(zip(heldout, ref_texts, ref_lengths, prep["ref_gold"]))])  # fmt: skip
+        write_records(reference_samples_path(self.results_dir, task.name), [
+            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g, "more": m}
+            for i, (q, t, n, g, m) in enumerate(zip(heldout, ref_texts, ref_lengths, prep["ref_gold"], more))])  # fmt: skip
         return prep
+
+    def _more_reference(self, task, ref, prompts: list[str], n: int, seed: int) -> list[list[dict]]:
+        """n more reference replies per prompt, each {"reply", "length", "gold"} ([] per prompt for n = 0)."""
+        from prefopt.core.generate import SamplingConfig
+
+        if n < 1:
+            return [[] for _ in prompts]
+        e = self.suite.eval
+        asked = [q for q in prompts for _ in range(n)]
+        sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=seed)
+        _, texts, lengths = ref.sample([user_turn(q) for q in asked], sampling, progress=self.progress)
+        gold = task.gold_scores(asked, texts)
+        replies = [{"reply": t, "length": n_, "gold": g} for t, n_, g in zip(texts, lengths, gold)]
+        return _groups(replies, n)
 
     def _check_contamination(self, task_name: str, train_prompts: list[str], heldout: list[str]) -> None:
         """Capability items and sycophancy probes must share no long n-gram with a train or held-out prompt."""
@@ -232,7 +256,7 @@ class Bench:
         for r in pairs:  # make_pairs recorded the proxy labels as the scores; keep both, named for what they are
             r["proxy_chosen"], r["proxy_rejected"] = r["gold_chosen"], r["gold_rejected"]
             r["gold_chosen"], r["gold_rejected"] = gold_of[(r["prompt"], r["chosen"])], gold_of[(r["prompt"], r["rejected"])]
-        _write_jsonl(folder / "proxy_pairs.jsonl", pairs)
+        write_records(folder / "proxy_pairs.jsonl", pairs)
 
         def longer_chosen(rows) -> float:  # share of pairs whose chosen response is the longer one (in words)
             return _mean(float(len(r["chosen"].split()) > len(r["rejected"].split())) for r in rows)
@@ -309,17 +333,21 @@ class Bench:
 
     # ---- scoring replies against the reference (cells and sanity rows alike)
 
-    def _score_replies(self, prep: dict, texts: list[str], lengths: list[float], where: Path) -> dict:
-        """Gold and judge columns of replies to the held-out prompts; writes the per-prompt samples file."""
+    def _score_replies(self, prep: dict, texts: list[str], lengths: list[float], where: Path,
+                       per_prompt: dict[str, list] | None = None) -> dict:  # fmt: skip
+        """Gold and judge columns of replies to the held-out prompts; writes the per-prompt samples file (with the
+        ``per_prompt`` lists, such as log-probs and KL, beside each reply)."""
         from prefopt.evaluation.judge_protocol import judge_pairs
         from prefopt.evaluation.metrics import score_decisions, win_rate
         from prefopt.judges import agreement
 
         task, heldout, ref_texts = prep["task"], prep["heldout"], prep["ref_texts"]
         gold = task.gold_scores(heldout, texts)
-        gold_decisions = score_decisions(gold, prep["ref_gold"])
-        out: dict[str, Any] = {"gold_reward": _mean(gold), "gold_reward_ref": _mean(prep["ref_gold"])}
-        out["win_rate_gold"], out["win_rate_gold_se"] = win_rate(gold_decisions)
+        gold_decisions = score_decisions(gold, prep["ref_gold"])  # against the first reference reply (the judge's)
+        wins = gold_win_rates(gold, prep["ref_golds"])  # against every reference reply
+        all_ref = [g for golds in prep["ref_golds"] for g in golds]
+        out: dict[str, Any] = {"gold_reward": _mean(gold), "gold_reward_ref": _mean(all_ref)}
+        out["win_rate_gold"], out["win_rate_gold_se"] = win_rate(wins)
         out["length"], out["length_ref"] = _mean(lengths), _mean(prep["ref_lengths"])
         judge = self.judge()
         out["judge"] = _shown_spec(self.suite.eval.judge)
@@ -334,9 +362,11 @@ class Bench:
             bias = verdicts.position_bias_rate
             out["judge_position_bias"] = math.nan if bias is None else bias
         out.update(_calibration_columns(prep.get("judge_calibration")))
-        _write_jsonl(where, [
-            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g, "judge": d, "judge_proba": pr}
-            for i, (q, t, n, g, d, pr) in enumerate(zip(heldout, texts, lengths, gold, decisions, proba))])  # fmt: skip
+        extra = per_prompt or {}
+        write_records(where, [
+            {"i": i, "prompt": q, "reply": t, "length": n, "gold": g, "win_gold": w, "judge": d, "judge_proba": pr,
+             **{k: v[i] for k, v in extra.items()}}
+            for i, (q, t, n, g, w, d, pr) in enumerate(zip(heldout, texts, lengths, gold, wins, decisions, proba))])  # fmt: skip
         out["_gold"] = gold  # for the proxy metrics; not a column
         return out
 
@@ -373,26 +403,91 @@ class Bench:
 
     # ---- per cell
 
-    def run_cell(self, cell: Cell) -> dict:
-        """Train one cell (a normal training run) and evaluate it; returns its results row."""
+    def _train(self, cell: Cell, prep: dict, tuned: dict, output_dir: Path | None = None):
+        """One training run of a cell (into output_dir instead of its folder when given).
+
+        Returns (summary, algorithm class, its config, run options, registered name)."""
         from prefopt.core import registry
         from prefopt.training.config import split_options
         from prefopt.training.lifecycle import reset_peak_rss
         from prefopt.training.runner import train
 
-        prep = self.prepare(self.suite.task_spec(cell.task))
         algo_name = self.suite.algo(cell.algo)
         algo_cls = registry.get(algo_name)
         if algo_cls.online:
             data = prep["prompts_file"]
         else:
             data = prep["proxy_pairs_file"] if self.suite.pair_kind(cell.algo) == "proxy" else prep["pairs_file"]
-        options = cell_options(self.suite, cell, self.work, data)
-        run, algo_config = split_options(dict(options), algo_cls.Config, f"{self.suite.path}: algorithms.{cell.algo}")
+        options = cell_options(self.suite, cell, self.work, data, tuned)
         out = cell.folder(self.work)
+        if output_dir is not None:
+            options["output_dir"], out = str(output_dir), output_dir
+        run, algo_config = split_options(dict(options), algo_cls.Config, f"{self.suite.path}: algorithms.{cell.algo}")
         remove_inside(self.work, out)  # an interrupted cell starts over
         reset_peak_rss()
         summary = train(algo_name, algo_cls(algo_config), run)
+        return summary, algo_cls, algo_config, options, algo_name
+
+    # ---- the per-arm search of tune.option on dev prompts
+
+    def tuned_options(self, task: str, arm: str) -> dict:
+        """{tune.option: the value chosen for this task and arm}, searching first where not yet done ({} when
+        the arm is not tuned)."""
+        from prefopt.core import registry
+
+        entry = self.suite.tuning_entry(arm)
+        if not self.suite.tuned(arm) or registry.get(self.suite.algo(entry)).produces != "policy":
+            return {}
+        t = self.suite.tune
+        path = tuning_path(self.results_dir)
+        table = read_results(path)
+        key = config_hash(self.suite, Cell(task, entry, t.seed))
+        code = git_hash()
+        rows = {}
+        for row in table.to_dict("records") if len(table) else []:
+            if (str(row["task"]), str(row["arm"]), str(row["config_hash"]), str(row["git"])) == (task, arm, key, code):
+                rows[float(row["value"])] = row
+        for value in t.values:
+            if float(value) not in rows:
+                rows[float(value)] = self._tuning_row(task, arm, entry, value, key)
+                append_row(path, rows[float(value)])
+        scores = [(rows[float(v)]["win_rate_gold_dev"], -i, v) for i, v in enumerate(t.values)]
+        best = max(scores, key=lambda x: (x[0] if math.isfinite(x[0]) else -math.inf, x[1]))[2]
+        return {t.option: best}
+
+    def _tuning_row(self, task: str, arm: str, entry: str, value, key: str) -> dict:
+        """Train the arm's middle strength with one value of tune.option and score it on the dev prompts."""
+        from prefopt.core.generate import SamplingConfig
+        from prefopt.core.models import load_trained
+        from prefopt.evaluation.metrics import batched_kl
+
+        t, e = self.suite.tune, self.suite.eval
+        prep = self.prepare(self.suite.task_spec(task))
+        self._say(f"{task}/{arm}: tuning {t.option}={value:g} on {len(prep['dev'])} dev prompts")
+        folder = self.work / task / "prep" / "tune" / arm / f"{t.option}{value:g}"
+        summary, *_ = self._train(Cell(task, entry, t.seed), prep, {t.option: value}, output_dir=folder)
+        policy = load_trained(summary["outputs"], self.suite.model, self.device)
+        pol = self.sampler(policy)
+        dev = prep["dev"]
+        rollout, texts, _ = pol.sample([user_turn(q) for q in dev], SamplingConfig(
+            max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=t.seed))  # fmt: skip
+        gold = prep["task"].gold_scores(dev, texts)
+        kl = batched_kl(pol, self.sampler(self.reference()[0]), rollout)
+        del policy, pol
+        gc.collect()
+        return {"task": task, "arm": arm, "entry": entry, "option": t.option, "value": float(value), "seed": t.seed,
+                "win_rate_gold_dev": _mean(gold_win_rates(gold, prep["dev_ref_golds"])),
+                "gold_reward_dev": _mean(gold), "kl_k1_dev": kl["kl_k1"], "dev_prompts": len(dev),
+                "config_hash": key, "git": git_hash(), "train_seconds": summary["seconds_total"],
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+
+    # ---- per cell
+
+    def run_cell(self, cell: Cell) -> dict:
+        """Train one cell (a normal training run) and evaluate it; returns its results row."""
+        prep = self.prepare(self.suite.task_spec(cell.task))
+        tuned = self.tuned_options(cell.task, self.suite.arm(cell.algo))
+        summary, algo_cls, algo_config, options, algo_name = self._train(cell, prep, tuned)
         started = time.perf_counter()
         proxy = cell_proxy(self.suite, cell, self.work) or _proxy_spec(algo_cls(algo_config))
         entry = self.suite.algorithms[cell.algo]
@@ -402,6 +497,7 @@ class Bench:
             self._best_of_n_hacking(cell, prep, summary)
         run_dir = Path(summary["output_dir"])
         _copy_curve(run_dir / "metrics.jsonl", curve_path(self.results_dir, cell.task, cell.algo, cell.seed))
+        strength = self.suite.strength(cell.algo)
         row = {
             "suite": self.suite.name,
             "suite_version": self.suite.version,
@@ -410,11 +506,16 @@ class Bench:
             "seed": cell.seed,
             "config_hash": config_hash(self.suite, cell),
             "output_kind": algo_cls.produces,
+            "arm": self.suite.arm(cell.algo),
+            "strength_option": strength[0] if strength else None,
+            "strength": strength[1] if strength else math.nan,
+            **{f"tuned_{k}": v for k, v in tuned.items()},
             "pref_accuracy": summary["eval_after"].get("eval_pref_accuracy", math.nan),
             **metrics,
             "steps": summary["steps"],
             "global_batch": summary["global_batch"],
             "train_pairs": summary.get("train_examples", summary.get("train_prompts")),
+            **_budget(algo_cls, algo_config, summary),
             "train_seconds": summary["seconds_total"],
             "seconds_per_step": summary["seconds_per_step_median"],
             "peak_rss_mb": summary["peak_rss_mb"],
@@ -424,7 +525,7 @@ class Bench:
             "command": command_line(options, algo_name),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        atomic_write_json(out / "bench_row.json", row)
+        atomic_write_json(cell.folder(self.work) / "bench_row.json", row)
         return row
 
     def evaluate_cell(self, cell: Cell, prep: dict, algo_cls, summary: dict, proxy: str | None,
@@ -433,7 +534,7 @@ class Bench:
         from prefopt.core.generate import SamplingConfig
         from prefopt.core.models import load_trained
         from prefopt.evaluation.capability import paired_accuracy_delta
-        from prefopt.evaluation.metrics import batched_kl
+        from prefopt.evaluation.metrics import rollout_logps
 
         if algo_cls.produces != "policy":  # a reward model has no samples to compare
             return {}
@@ -445,9 +546,11 @@ class Bench:
         rollout, texts, lengths = pol.sample(
             [user_turn(q) for q in heldout],
             SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=cell.seed))
-        out = self._score_replies(prep, texts, lengths, samples_path(self.results_dir, task.name, cell.algo, cell.seed))
+        kl, per_prompt = rollout_logps(pol, self.sampler(ref_model), rollout)
+        out = self._score_replies(prep, texts, lengths, samples_path(self.results_dir, task.name, cell.algo, cell.seed),
+                                  per_prompt)  # fmt: skip
         gold = out.pop("_gold")
-        out.update(batched_kl(pol, self.sampler(ref_model), rollout))
+        out.update(kl)
         out["proxy"] = _shown_spec(shown_proxy or proxy or "")
         if proxy:
             out.update(self._proxy_metrics(proxy, heldout, texts, prep["ref_texts"], gold, prep["ref_gold"]))
@@ -570,6 +673,11 @@ class Bench:
             print(text, file=sys.stderr, flush=True)
 
 
+def gold_win_rates(gold: list[float], reference_golds: list[list[float]]) -> list[float]:
+    """Per prompt: the reply's gold decision against each reference reply (1 better, 0 worse, 1/2 tie), averaged."""
+    return [_mean(1.0 if g > r else 0.0 if g < r else 0.5 for r in refs) for g, refs in zip(gold, reference_golds)]
+
+
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else math.nan
@@ -578,10 +686,6 @@ def _mean(values) -> float:
 def _groups(values: list, size: int) -> list[list]:
     """Consecutive groups of `size` (the samples of one prompt)."""
     return [values[i : i + size] for i in range(0, len(values), size)]
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _copy_curve(source: Path, target: Path) -> None:
@@ -595,7 +699,7 @@ def _copy_curve(source: Path, target: Path) -> None:
                 continue
             if isinstance(row, dict):
                 rows.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    _write_jsonl(target, rows)
+    write_records(target, rows)
 
 
 def _calibration_columns(calibration: dict | None) -> dict:
@@ -624,6 +728,19 @@ def _proxy_spec(algorithm) -> str | None:
     if not spec or str(spec).startswith("gold"):
         return None
     return str(spec)
+
+
+def _budget(algo_cls, algo_config, summary: dict) -> dict:
+    """What a cell's training consumed, comparable across algorithms: for an offline objective the labelled
+    comparisons it saw (optimizer steps x global batch, halved for an unpaired objective, whose batch holds the two
+    halves of a pair as two examples); for an online one the reward queries, one per sampled completion: steps x
+    prompts per step x the algorithm's completions_per_prompt(). A group
+    method's refills (DAPO's dynamic sampling) are not counted."""
+    steps, batch = summary.get("steps", math.nan), summary.get("global_batch", math.nan)
+    if algo_cls.online:
+        return {"reward_queries": steps * batch * algo_cls(algo_config).completions_per_prompt()}
+    per_comparison = 2 if getattr(algo_cls, "inputs", "pairs") == "unpaired" else 1
+    return {"comparisons_seen": steps * batch / per_comparison}
 
 
 def _tokens(run_dir: Path) -> float:

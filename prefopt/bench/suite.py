@@ -15,18 +15,26 @@ A suite is a versioned YAML file (see ``benchmarks/quick.yaml``)::
     pairs: {...}           # how preference data is sampled (PairSettings)
     eval: {...}            # how policies are evaluated (EvalSettings)
     hacking: {...}         # the planted-feature proxy labels (HackingSettings); needed by `pairs: proxy`
+    tune: {...}            # a per-algorithm search of one option (the learning rate) on dev prompts (TuneSettings)
 
 A cell is one (task, entry, seed): one training run into ``<work>/<task>/<name>/seed<seed>``. An entry's name is
 its registered algorithm unless it says ``algo:``; ``pairs: proxy`` trains it on the proxy-labelled pairs (the same
 samples labelled with a planted spurious feature, see :mod:`prefopt.evaluation.hacking`) instead of the gold-labelled
 ones; ``proxy:`` names the proxy reward a policy is measured against for reward hacking (online algorithms
 default to the reward they were trained on). These three keys are the bench's, not run options.
+
+An entry may sweep one option, its strength (``dpo: {sweep: {beta: [0.03, 0.1, 0.3]}}``): it becomes one entry per
+value, named ``<name>_<option><value>`` (``dpo_beta0.03`` ...), whose cells form the *arm* ``dpo``; the report
+compares arms along their gold-vs-KL frontiers (:mod:`prefopt.evaluation.frontier`). With a ``tune`` section each
+arm's learning rate (``tune.option``) is chosen first, per task, on dev prompts disjoint from the held-out ones
+(see :class:`TuneSettings`), and every cell of the arm trains with the chosen value.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -40,8 +48,9 @@ from prefopt.errors import PrefoptError
 from prefopt.training.config import coerce
 
 TOP_LEVEL_KEYS = {"name", "version", "description", "model", "seeds", "tasks", "algorithms", "train", "pairs", "eval",
-                  "hacking"}  # fmt: skip
-BENCH_KEYS = ("algo", "pairs", "proxy")  # an entry's options that the bench reads (not passed to the run)
+                  "hacking", "tune"}  # fmt: skip
+# An entry's options that the bench reads (not passed to the run); "arm" and "strength" are set by a sweep.
+BENCH_KEYS = ("algo", "pairs", "proxy", "sweep", "arm", "strength")
 PAIR_KINDS = ("gold", "proxy")
 SANITY_PREFIX = "sanity-"  # reserved: the report's sanity rows (sanity-empty, sanity-constant, ...)
 
@@ -76,6 +85,7 @@ class EvalSettings:
     capability_limit: int = 0  # items per lm-eval task (0: all)
     side_seeds: list = field(default_factory=list)  # seeds whose cells measure sycophancy and capability ([]: all)
     contamination_ngram: int = 8  # a capability item or probe sharing this many tokens with a prompt stops the suite
+    reference_samples: int = 1  # reference replies per held-out prompt; a reply's gold win rate is against all
     sanity: bool = True  # the sanity rows: empty reply, best constant reply, a second reference sample, best-of-n
     best_of: int = 16  # n of the best-of-n row (reference samples per held-out prompt; also the hacking curve's)
     batch_size: int = 16  # generation / forward batch
@@ -90,6 +100,22 @@ class HackingSettings:
 
 
 @dataclass
+class TuneSettings:
+    """Per task and arm, one option (the learning rate) chosen on dev prompts before the arm's cells run.
+
+    Each value trains one cell at the arm's middle strength with seed ``seed``; its replies to ``dev_prompts``
+    prompts of the task's train split that no pair was sampled from (so disjoint from the held-out prompts) are
+    scored by gold against ``eval.reference_samples`` reference replies each, and the value with the highest gold
+    win rate (the first of equals) is the arm's.
+    """
+
+    option: str = "lr"  # the run option searched
+    values: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])  # its candidate values
+    dev_prompts: int = 64  # dev prompts per task
+    seed: int = 0  # the training seed of the search's cells
+
+
+@dataclass
 class Suite:
     name: str
     version: int
@@ -101,7 +127,30 @@ class Suite:
     pairs: PairSettings
     eval: EvalSettings
     hacking: HackingSettings | None = None
+    tune: TuneSettings | None = None
     path: str = ""
+
+    def arm(self, name: str) -> str:
+        """The arm an entry belongs to: the swept entry's name, or the entry's own."""
+        return str(self.algorithms[name].get("arm", name))
+
+    def strength(self, name: str) -> tuple[str, Any] | None:
+        """(option, value) of a swept entry, None for an entry that is not part of a sweep."""
+        strength = self.algorithms[name].get("strength")
+        return (str(strength[0]), strength[1]) if strength else None
+
+    def arm_entries(self, arm: str) -> list[str]:
+        """An arm's entries, in the order of their sweep values."""
+        return [n for n in self.algorithms if self.arm(n) == arm]
+
+    def tuning_entry(self, arm: str) -> str:
+        """The entry a tuning search trains: the arm's middle strength (the lower middle of an even count)."""
+        entries = self.arm_entries(arm)
+        return entries[(len(entries) - 1) // 2]
+
+    def tuned(self, arm: str) -> bool:
+        """Whether an arm's tune.option is searched (not for online algorithms' proxies or an entry setting it)."""
+        return self.tune is not None and not any(self.tune.option in self.algorithms[n] for n in self.arm_entries(arm))
 
     def algo(self, name: str) -> str:
         """The registered algorithm of an entry."""
@@ -157,6 +206,7 @@ def load_suite(path: str | Path) -> Suite:
     algorithms = {str(k): dict(v or {}) for k, v in algorithms.items()}
     for algo, options in algorithms.items():
         _check_bench_keys(path, algo, options)
+    algorithms = _expand_sweeps(path, algorithms)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise PrefoptError(f"{path}: 'seeds' must be a non-empty list of integers")
@@ -185,6 +235,7 @@ def load_suite(path: str | Path) -> Suite:
         pairs=_typed(PairSettings, raw.get("pairs"), path, "pairs"),
         eval=_typed(EvalSettings, raw.get("eval"), path, "eval"),
         hacking=_typed(HackingSettings, raw["hacking"], path, "hacking") if "hacking" in raw else None,
+        tune=_typed(TuneSettings, raw["tune"], path, "tune") if "tune" in raw else None,
         path=str(path),
     )
     _check_references(suite)
@@ -194,6 +245,21 @@ def load_suite(path: str | Path) -> Suite:
 
 def _check_bench_keys(path: Path, name: str, options: dict) -> None:
     where = f"{path}: algorithms.{name}"
+    for key in ("arm", "strength"):
+        if key in options:
+            raise PrefoptError(f"{where}.{key}: set by a sweep, not in a suite file (use sweep: {{option: [values]}})")
+    if "sweep" in options:
+        sweep = options["sweep"]
+        if not isinstance(sweep, dict) or len(sweep) != 1:
+            raise PrefoptError(f"{where}.sweep: expected one option and its values, such as {{beta: [0.03, 0.1, 0.3]}}")
+        (option, values), = sweep.items()
+        if option in BENCH_KEYS or option in options:
+            raise PrefoptError(f"{where}.sweep: cannot sweep '{option}' (a bench key, or also set in the entry)")
+        if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
+            raise PrefoptError(f"{where}.sweep.{option}: expected a non-empty list of distinct values, got {values!r}")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise PrefoptError(f"{where}.sweep.{option}: expected numbers, got {value!r}")
     if "algo" in options:
         check_name(options["algo"], f"{where}.algo")
     if options.get("pairs", "gold") not in PAIR_KINDS:
@@ -202,8 +268,35 @@ def _check_bench_keys(path: Path, name: str, options: dict) -> None:
         raise PrefoptError(f"{where}.proxy: expected a judge spec such as reward:{{cell:reward-proxy}}")
 
 
+def _expand_sweeps(path: Path, algorithms: dict) -> dict:
+    """Each swept entry becomes one entry per value (<name>_<option><value>), in suite order."""
+    out: dict[str, dict] = {}
+    for name, options in algorithms.items():
+        if "sweep" not in options:
+            out[name] = options
+            continue
+        (option, values), = options["sweep"].items()
+        base = {k: v for k, v in options.items() if k != "sweep"}
+        for value in sorted(values):
+            expanded = check_name(f"{name}_{option}{value:g}", f"{path}: algorithms.{name}.sweep")
+            if expanded in algorithms or expanded in out:
+                raise PrefoptError(f"{path}: algorithms.{name}.sweep makes the entry '{expanded}', which exists")
+            out[expanded] = {"algo": name, **base, option: value, "arm": name, "strength": [option, value]}
+    return out
+
+
 def _check_settings(suite: Suite) -> None:
     e = suite.eval
+    if e.reference_samples < 1:
+        raise PrefoptError(f"{suite.path}: eval.reference_samples: must be >= 1, got {e.reference_samples}")
+    t = suite.tune
+    if t is not None:
+        if not t.values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in t.values):
+            raise PrefoptError(f"{suite.path}: tune.values: expected a non-empty list of numbers, got {t.values!r}")
+        if t.dev_prompts < 1:
+            raise PrefoptError(f"{suite.path}: tune.dev_prompts: must be >= 1, got {t.dev_prompts}")
+        if t.option in BENCH_KEYS:
+            raise PrefoptError(f"{suite.path}: tune.option: '{t.option}' is a bench key, not a run option")
     for name in ("calibration_pairs", "probes", "capability_limit", "best_of", "prompts"):
         if getattr(e, name) < 0:
             raise PrefoptError(f"{suite.path}: eval.{name}: must be >= 0, got {getattr(e, name)}")
@@ -297,6 +390,7 @@ def cells(suite: Suite, only: list[str] | None = None) -> list[Cell]:
     """Seeds outermost (a partial benchmark already has every algorithm), then tasks, then algorithms."""
     order = algorithm_order(suite)
     if only:
+        only = [e for a in only for e in (suite.arm_entries(a) if a not in suite.algorithms else [a]) or [a]]
         unknown = [a for a in only if a not in suite.algorithms]
         if unknown:
             raise PrefoptError(f"--algos: {', '.join(unknown)} not in the suite ({', '.join(suite.algorithms)})")
@@ -316,10 +410,11 @@ def _substitute(value: Any, cell: Cell, work: Path) -> Any:
     return text
 
 
-def cell_options(suite: Suite, cell: Cell, work: Path, data: str) -> dict:
-    """The `prefopt run` options of one cell: suite train options < algorithm options < cell identity."""
+def cell_options(suite: Suite, cell: Cell, work: Path, data: str, tuned: dict | None = None) -> dict:
+    """The `prefopt run` options of one cell: suite train options < tuned options < algorithm options < cell
+    identity. ``tuned``: the options the arm's tuning chose (tune.option: value)."""
     entry = {k: v for k, v in suite.algorithms[cell.algo].items() if k not in BENCH_KEYS}
-    values = {**suite.train, **entry}
+    values = {**suite.train, **(tuned or {}), **entry}
     values = {k: _substitute(v, cell, work) for k, v in values.items()}
     values.update(model=suite.model, data=data, seed=cell.seed, output_dir=str(cell.folder(work)), progress=False)
     return values
@@ -343,6 +438,8 @@ def config_hash(suite: Suite, cell: Cell) -> str:
         "eval": asdict(suite.eval),
         "hacking": asdict(suite.hacking) if suite.hacking is not None else None,
     }
+    if suite.tune is not None:  # only then: the hashes of suites without one stay as they were
+        payload["tune"] = asdict(suite.tune)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -209,8 +209,9 @@ class Sampler:
         return float(logps.sum())
 
 
-def batched_kl(policy: Sampler, reference: Sampler, rollout) -> dict[str, float]:
-    """KL estimates on a policy rollout; forwards in chunks of the policy sampler's batch size."""
+def _rollout_token_logps(policy: Sampler, reference: Sampler, rollout):
+    """(policy (N, K), reference (N, K), mask (N, K)) token log-probs of a rollout's response tokens; forwards in
+    chunks of the policy sampler's batch size."""
     input_ids, attention_mask, loss_mask = rollout.sequences()  # (N, T) each
     first = first_response_position(loss_mask)  # one column layout for every chunk
     pol, ref, masks = [], [], []
@@ -221,4 +222,23 @@ def batched_kl(policy: Sampler, reference: Sampler, rollout) -> dict[str, float]
         pol.append(logps)
         ref.append(reference.token_logps(batch, first)[0])
         masks.append(mask)
-    return sequence_kl(torch.cat(pol), torch.cat(ref), torch.cat(masks))
+    return torch.cat(pol), torch.cat(ref), torch.cat(masks)
+
+
+def batched_kl(policy: Sampler, reference: Sampler, rollout) -> dict[str, float]:
+    """KL estimates on a policy rollout: means over samples and their standard errors (k1 and k3)."""
+    return sequence_kl(*_rollout_token_logps(policy, reference, rollout))
+
+
+def rollout_logps(policy: Sampler, reference: Sampler, rollout) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """batched_kl's means, and per sample: its summed log-prob under the policy (logp) and the reference
+    (ref_logp) and the sequence's KL estimates k1 and k3 (what the per-prompt samples files keep)."""
+    pol, ref, mask = _rollout_token_logps(policy, reference, rollout)  # (N, K) each
+    weights = mask.to(pol.dtype)
+    per_sample = {
+        "logp": (pol * weights).sum(-1).tolist(),
+        "ref_logp": (ref * weights).sum(-1).tolist(),
+        "kl_k1": per_sequence_kl(pol, ref, mask, "k1").tolist(),
+        "kl_k3": per_sequence_kl(pol, ref, mask, "k3").tolist(),
+    }
+    return sequence_kl(pol, ref, mask), per_sample

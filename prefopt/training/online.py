@@ -117,6 +117,10 @@ class OnlineAlgorithm(Algorithm):
     online = True
     inputs = "prompts"
 
+    def completions_per_prompt(self) -> int:
+        """Completions sampled (and scored) per prompt per step: a step's reward queries per prompt."""
+        return int(getattr(self.config, "num_generations", 1))
+
     def setup(self, ctx: OnlineContext) -> None:
         """Called once before training (e.g. build the judge)."""
 
