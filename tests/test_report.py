@@ -196,6 +196,11 @@ def test_noise_line_names_the_algorithm_covering_half(rendered):
     assert "CI contains 0.5 (not distinguishable from the reference): beta." in noise
     assert "CI entirely above 0.5 (better than the reference): alpha." in noise
     assert "overlap" in noise
+    ses = [np.std(np.asarray(v, float)[np.isfinite(v)], ddof=1) / math.sqrt(np.isfinite(v).sum())
+           for v in (ALPHA_WR, BETA_WR)]  # fmt: skip
+    se = float(np.median(ses))  # the minimum detectable difference, by hand: (z_0.975 + z_0.8) * SE
+    assert f"departure from parity (0.5) of {(1.959964 + 0.841621) * se:.3f} is detectable" in noise
+    assert f"a difference of {(1.959964 + 0.841621) * se * math.sqrt(2):.3f} between two algorithms" in noise
 
 
 def test_reward_model_table(rendered):

@@ -46,7 +46,7 @@ from prefopt.bench.results import (
 )
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.length_control import LCWinRate, length_controlled_win_rates
-from prefopt.evaluation.stats import mean_ci
+from prefopt.evaluation.stats import mean_ci, min_detectable_difference, standard_error
 from prefopt.io import atomic_write_bytes, atomic_write_text
 
 PLOT_PREFIXES = ("frontier_", "winrates_", "sycophancy_", "length_", "curves_", "hacking_")
@@ -56,6 +56,7 @@ NAN = float("nan")
 SYC_BEHAVIOURS = ("answer", "are_you_sure", "feedback", "mimicry")
 JUDGE_THRESHOLD = 0.6  # judge_protocol.Calibration.informative's default, when a row has no judge_cal_threshold
 LC_BOOTSTRAP = 200  # resamples of the prompts for the LC win rates' intervals
+CROSSED_BOOTSTRAP = 2000  # replicates of the crossed seed x prompt bootstrap (gold win rate intervals, paired tests)
 EXAMPLES, REPLY_CHARS = 3, 200  # example prompts per task; characters of a reply shown
 MAX_COLUMNS = 9  # per table, the row label and the seed count included: a table fits a normal screen
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -446,11 +447,58 @@ def _with_se(rows: pd.DataFrame, col: str) -> str:
     return f"{_fmt(mean)} ± {_fmt(se)} SE" if np.isfinite(se) else _fmt(mean)
 
 
-def _gold_columns(lc_gold: dict[str, LCWinRate]) -> list[Column]:
+def per_prompt_wins(samples: Samples, algos: list[str]) -> tuple[dict[str, np.ndarray], list[int], list[int]]:
+    """({algo: (S, P) per-prompt gold win rates}, seeds, prompts): the seeds every one of `algos` has in the samples
+    files and the prompts with a win rate in all of those cells, so that the arrays are paired; ({}, [], []) when
+    there are none."""
+    from prefopt.bench.matched_kl import _win
+
+    seeds = sorted(set.intersection(*({s for (a, s) in samples.cells if a == algo} for algo in algos))) if algos else []
+    if not seeds:
+        return {}, [], []
+    prompts = None
+    for algo in algos:
+        for seed in seeds:
+            records = samples.cells[(algo, seed)]
+            ok = {i for i, r in records.items() if np.isfinite(_win(r, samples.reference.get(i)))}
+            prompts = ok if prompts is None else prompts & ok
+    prompts = sorted(prompts or ())
+    if not prompts:
+        return {}, [], []
+    wins = {algo: np.array([[_win(samples.cells[(algo, s)][i], samples.reference.get(i)) for i in prompts]
+                            for s in seeds]) for algo in algos}  # fmt: skip
+    return wins, seeds, prompts
+
+
+def _win_interval(samples: Samples, rows: pd.DataFrame) -> tuple[float, float, float, int, bool, float]:
+    """(mean, low, high, n seeds, crossed, se) of an algorithm's gold win rate: a crossed seed x prompt bootstrap
+    interval and SE from the per-prompt files (crossed True), or without them the Student-t interval over seeds
+    and the seeds' standard error."""
+    from prefopt.evaluation.frontier import paired_difference
+
+    algo = str(rows["algo"].iloc[0])
+    wins, seeds, _ = per_prompt_wins(samples, [algo])
+    if not wins or len(seeds) < len(rows):  # a seed's file is missing: the rows' own numbers
+        return (*mean_ci(rows["win_rate_gold"]), False, standard_error(rows["win_rate_gold"]))
+    d = paired_difference(wins[algo], np.full_like(wins[algo], 0.5), CROSSED_BOOTSTRAP)
+    return d["diff"] + 0.5, d["low"] + 0.5, d["high"] + 0.5, len(seeds), True, d["se"]
+
+
+def _win_ci_cell(samples: Samples):
+    def cell(rows: pd.DataFrame) -> str:
+        mean, low, high, _, crossed, _ = _win_interval(samples, rows)
+        if not crossed:
+            return _fmt_ci(rows["win_rate_gold"])
+        return _fmt_interval(mean, low, high) + " ‡"
+
+    return cell
+
+
+def _gold_columns(lc_gold: dict[str, LCWinRate], samples: Samples) -> list[Column]:
     return [
         Column("Δ gold reward", ("gold_reward", "gold_reward_ref"),
                lambda r: _fmt(_mean(r["gold_reward"] - r["gold_reward_ref"]), signed=True)),
-        Column("gold win rate [95% CI]", ("win_rate_gold",), lambda r: _fmt_ci(r["win_rate_gold"])),
+        Column("gold win rate [95% CI]", ("win_rate_gold",), _win_ci_cell(samples)),
         Column("LC win rate (gold) [95% CI]", (), lambda r: _lc_cell(lc_gold, r["algo"].iloc[0]),
                present=bool(lc_gold)),
         Column("KL k3 (nats)", ("kl_k3",), _kl_cell),
@@ -458,16 +506,32 @@ def _gold_columns(lc_gold: dict[str, LCWinRate]) -> list[Column]:
     ]  # fmt: skip
 
 
-def _noise_line(policy: pd.DataFrame, order: list[str]) -> str:
+def _best_vs_second(samples: Samples, best: str, second: str) -> str | None:
+    """The paired test of the two best algorithms on the same seeds and prompts (None without per-prompt files)."""
+    from prefopt.evaluation.frontier import paired_difference
+
+    wins, seeds, prompts = per_prompt_wins(samples, [best, second])
+    if not wins:
+        return None
+    d = paired_difference(wins[best], wins[second], CROSSED_BOOTSTRAP)
+    said = "these seeds and prompts do not establish their order" if d["p"] >= 0.05 else "the difference is real"
+    return (f"Best ({best}) − second best ({second}), paired over {len(seeds)} seeds x {len(prompts)} prompts: "
+            f"{_fmt_interval(d['diff'], d['low'], d['high'], signed=True)}, bootstrap p = {_fmt(d['p'])}: {said} "
+            f"(one comparison chosen after ranking, so read it as optimistic).")
+
+
+def _noise_line(policy: pd.DataFrame, order: list[str], samples: Samples) -> str:
     if not _has(policy, "win_rate_gold"):
         return "Noise: no gold win rate in these rows, so no check against the reference."
-    inside, above, below, few, cis = [], [], [], [], {}
+    inside, above, below, few, cis, crossed, ses = [], [], [], [], {}, False, []
     for a in order:
-        mean, low, high, n = mean_ci(policy.loc[policy["algo"] == a, "win_rate_gold"])
+        mean, low, high, n, by_prompt, se = _win_interval(samples, policy[policy["algo"] == a])
         if n == 0:
             continue
         cis[a] = (mean, low, high, n)
-        if n < 2:
+        crossed = crossed or by_prompt
+        ses.append(se)
+        if n < 2 and not by_prompt:
             few.append(a)
         elif low <= 0.5 <= high:
             inside.append(a)
@@ -475,7 +539,8 @@ def _noise_line(policy: pd.DataFrame, order: list[str]) -> str:
             above.append(a)
         else:
             below.append(a)
-    parts = ["Noise (gold win rate, 95% t-interval over seeds):"]
+    how = "crossed seed x prompt bootstrap ‡" if crossed else "t-interval over seeds"
+    parts = [f"Noise (gold win rate, 95% {how}):"]
     if inside:
         parts.append(f"CI contains 0.5 (not distinguishable from the reference): {_join(inside)}.")
     if above:
@@ -485,7 +550,10 @@ def _noise_line(policy: pd.DataFrame, order: list[str]) -> str:
     if few:
         parts.append(f"Fewer than 2 seeds, no CI: {_join(few)}.")
     ranked = [a for a in order if a in cis]
-    if len(ranked) >= 2:
+    paired = _best_vs_second(samples, ranked[0], ranked[1]) if len(ranked) >= 2 else None
+    if paired:
+        parts.append(paired)
+    elif len(ranked) >= 2:
         best, second = ranked[0], ranked[1]
         b, s = cis[best], cis[second]
         names = f"best ({best}, {_fmt(b[0])}) and second best ({second}, {_fmt(s[0])})"
@@ -495,6 +563,13 @@ def _noise_line(policy: pd.DataFrame, order: list[str]) -> str:
             parts.append(f"The CIs of the {names} overlap: these seeds do not establish their order.")
         else:
             parts.append(f"The CIs of the {names} do not overlap.")
+    finite = [se for se in ses if np.isfinite(se)]
+    if finite:
+        se = float(np.median(finite))
+        parts.append(f"At this size an algorithm's departure from parity (0.5) of {min_detectable_difference(se):.3f} "
+                     f"is detectable with 80% power (two-sided α = 0.05; median SE {se:.3f}), and a difference of "
+                     f"{min_detectable_difference(se * math.sqrt(2)):.3f} between two algorithms (unpaired SEs; a "
+                     "paired comparison can do better); smaller ones may be missed.")  # fmt: skip
     return " ".join(parts)
 
 
@@ -1202,7 +1277,9 @@ def _overview(doc: Doc, df: pd.DataFrame, caps: list[str]) -> None:
     doc.para(text)
 
     legend = ("How to read the tables: win rates are policy vs reference sample on held-out prompts (ties count "
-              "half); [low, high] is a 95% Student-t interval over seeds; the LC win rate (length-controlled, "
+              "half); [low, high] is a 95% Student-t interval over seeds, except a gold win rate marked ‡: a 95% "
+              "percentile interval of a crossed bootstrap over seeds and prompts from the per-prompt files (it "
+              "counts the prompts as a sample too, which the t-interval over seeds leaves out); the LC win rate (length-controlled, "
               "AlpacaEval 2 LC), when the per-prompt samples files are there, comes from one joint logistic fit "
               "per task over every algorithm's per-prompt decisions (an algorithm's seeds pooled), the win rate at equal length, with a 95% bootstrap interval "
               "over prompts; Δ gold reward is the policy's mean gold score minus the reference's; KL is "
@@ -1256,12 +1333,13 @@ def _task_section(doc: Doc, df: pd.DataFrame, task: str, heading: bool, ctx: _Co
     lc_judge = _lc(samples, "judge") if judge.show else {}
 
     if order:
+        _matched_kl_section(doc, ctx, policy, samples, task, slug)
         doc.heading(3, "Gold rule")
-        _emit_tables(doc, "algorithm", _groups(policy, order), _gold_columns(lc_gold))
+        _emit_tables(doc, "algorithm", _groups(policy, order), _gold_columns(lc_gold, samples))
         ref = _reference_line(rows)
         if ref:
             doc.para(ref)
-        doc.para(_noise_line(policy, order))
+        doc.para(_noise_line(policy, order, samples))
     else:
         doc.para("No policy rows for this task.")
     if len(sanity):
@@ -1282,6 +1360,84 @@ def _task_section(doc: Doc, df: pd.DataFrame, task: str, heading: bool, ctx: _Co
         _cost_section(doc, policy, order)
         _figure(doc, ctx, "curves", slug, _plot_curves(curves, order, styles, task))
         _examples_section(doc, samples, order)
+
+
+def _matched_kl_section(doc: Doc, ctx: _Context, policy: pd.DataFrame, samples: Samples, task: str,
+                        slug: str) -> None:  # fmt: skip
+    """The headline when the suite swept strengths: arms compared at common KL budgets (see .matched_kl)."""
+    from prefopt.bench import matched_kl as mk
+
+    result = mk.analyse(policy, samples.cells, samples.reference) if samples.reference else None
+    if result is None or not any(len(a.entries) > 1 for a in result.arms):
+        return
+    c = result.comparison
+    refs = sorted({1 + len(r.get("more") or []) for r in samples.reference.values()})
+    doc.heading(3, "Matched-KL comparison (the headline)")
+    doc.para(
+        f"Each arm is one algorithm at several strengths. A point is one strength: its mean KL(policy ‖ reference) "
+        f"(k3, nats per sequence) and mean gold win rate against the reference over the held-out prompts, where "
+        f"each policy reply is scored against {'/'.join(map(str, refs))} reference replies to its prompt (ties "
+        f"count half). An arm's frontier joins its points, per seed, and the reference itself at (0, 0.5); arms are "
+        f"compared where every arm's every seed reaches the same KL. {len(result.seeds)} seeds "
+        f"({', '.join(map(str, result.seeds))}) x {result.prompts} prompts, the same for every arm. Intervals are 95% "
+        f"percentile intervals of a crossed bootstrap over seeds and prompts ({mk.REPLICATES} replicates, the same "
+        f"draws for every arm, so comparisons are paired); p-values are bootstrap p-values, Holm-corrected over "
+        f"the pairs at each budget.")  # fmt: skip
+    if result.dropped:
+        doc.para(f"Left out (not every entry has them): {', '.join(result.dropped)}.")
+    doc.table(["arm", "strength", "tuned", "KL [95% CI]", "gold win rate [95% CI]", "p (vs 0.5)", "trained on"],
+              mk.point_rows(result))  # fmt: skip
+    if c is None:
+        doc.para("The arms' KL ranges do not overlap, so they cannot be compared at a common KL.")
+    else:
+        headers = ["arm"] + [f"win rate at KL {b:g} [95% CI]" for b in c.budgets] + [
+            f"rank at KL {b:g} (95% interval)" for b in c.budgets]  # fmt: skip
+        rows = []
+        for a, name in enumerate(c.names):
+            rows.append([name] + [mk._interval(c.value[j, a], c.low[j, a], c.high[j, a]) for j in range(len(c.budgets))]
+                        + [mk._rank(c.rank[j, a], c.rank_low[j, a], c.rank_high[j, a]) for j in range(len(c.budgets))])
+        doc.table(headers, rows)
+        doc.table(["KL budget", "A − B", "difference [95% CI]", "p", "p (Holm)", "verdict"],
+                  [[f"{p['budget']:g}", f"{p['a']} − {p['b']}", mk._interval(p["diff"], p["low"], p["high"], True),
+                    mk._p(p["p"]), mk._p(p["p_holm"]), mk.verdict(p)] for p in c.pairs])  # fmt: skip
+        n_pairs = max(1, len(c.names) * (len(c.names) - 1) // 2)
+        doc.para(
+            f"What this study can detect (80% power, two-sided α = {c.alpha:g}): a difference of {c.mde:.3f} in gold "
+            f"win rate between two arms at one budget, {c.mde_holm:.3f} after Holm's correction over the {n_pairs} "
+            f"pairs (from the median bootstrap SE of a pairwise difference, {c.se_diff:.3f}); a departure of "
+            f"{mk.parity_mde(result):.3f} from parity (0.5) for one point. \"Cannot tell apart\" means a smaller "
+            f"difference may exist.")  # fmt: skip
+    for line in mk.published_lines(result):
+        doc.para(("b", "Published finding. "), line)
+    _figure(doc, ctx, "matched_kl", slug, _plot_matched_kl(result, task))
+
+
+def _plot_matched_kl(result, task: str) -> tuple[bytes, str] | None:
+    """Each arm's frontier (seed-mean points joined in strength order) and the common budgets."""
+    fig, ax = _new_fig((7.5, 4.5))
+    styles = plot_styles([a.name for a in result.arms])
+    ax.scatter([0.0], [0.5], marker="*", s=180, color="black", zorder=3, label="reference")
+    for a in result.arms:
+        x = a.arm.kl.mean(axis=(1, 2))  # (K,)
+        y = a.arm.score.mean(axis=(1, 2))  # (K,)
+        seeds_x, seeds_y = a.arm.kl.mean(axis=2), a.arm.score.mean(axis=2)  # (K, S)
+        color, marker = styles[a.name]
+        order = np.argsort(x)
+        ax.plot(np.r_[0.0, x[order]], np.r_[0.5, y[order]], color=color, linewidth=1.2)
+        ax.scatter(seeds_x.ravel(), seeds_y.ravel(), s=14, alpha=0.35, color=color, marker=marker)
+        ax.scatter(x, y, s=60, color=color, marker=marker, edgecolor="black", linewidth=0.6, zorder=3, label=a.name)
+    if result.comparison is not None:
+        for b in result.comparison.budgets:
+            ax.axvline(b, color="grey", linewidth=0.6, linestyle="--")
+    ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("KL(policy ‖ reference), k3 estimator [nats / sequence]")
+    ax.set_ylabel("gold win rate vs reference")
+    ax.set_title(f"{task}: gold win rate vs KL, one line per arm", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, len(result.arms) + 1)
+    caption = (f"Each arm's frontier on {task}: large marks are its strengths (means over seeds), small marks "
+               "single seeds, the star the reference; dashed lines are the KL budgets of the matched-KL tables.")
+    return _png(fig), caption
 
 
 def _reward_model_section(doc: Doc, df: pd.DataFrame) -> None:
