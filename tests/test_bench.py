@@ -683,3 +683,30 @@ def test_a_tuned_sweep_records_its_search_strengths_and_per_prompt_kl(tmp_path, 
     before = (results / "tuning.csv").read_text()
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
     assert (results / "tuning.csv").read_text() == before
+
+
+@pytest.mark.parametrize("name", ["standard", "full"])
+def test_the_matched_kl_suites_give_every_arm_three_strengths_and_equal_budgets(name):
+    """Offline arms: the same steps and labelled comparisons a step (an unpaired objective's batch holds each pair
+    twice); online arms: the same steps and reward queries a step; every arm with a strength is swept over three of them."""
+    from prefopt.core import registry
+    from prefopt.training.config import split_options
+
+    suite = load_suite(ROOT / "benchmarks" / f"{name}.yaml")
+    assert suite.tune is not None and suite.eval.reference_samples >= 2
+    per_step: dict[str, set] = {"offline": set(), "online": set()}
+    for entry, options in suite.algorithms.items():
+        cls = registry.get(suite.algo(entry))
+        run_options = {**suite.train, **{k: v for k, v in options.items() if k not in ("algo", "pairs", "proxy",
+                                                                                      "sweep", "arm", "strength")}}
+        run, config = split_options(dict(run_options, model="m", data="d"), cls.Config, entry)
+        if cls.produces != "policy":
+            continue
+        if cls.online:
+            per_step["online"].add((run.steps, run.batch_size * cls(config).completions_per_prompt()))
+        else:
+            per_step["offline"].add((run.steps, run.batch_size / (2 if cls.inputs == "unpaired" else 1)))
+        if suite.strength(entry) is not None:
+            assert len(suite.arm_entries(suite.arm(entry))) == 3, entry
+    assert len(per_step["offline"]) == 1, per_step
+    assert len(per_step["online"]) <= 1, per_step
