@@ -837,6 +837,8 @@ def _hacking_section(doc: Doc, policy: pd.DataFrame, order: list[str], hack: dic
 def _cost_section(doc: Doc, policy: pd.DataFrame, order: list[str]) -> None:
     columns = [
         Column("steps", ("steps",), lambda r: _fmt(_mean(r["steps"]), 0)),
+        Column("comparisons seen", ("comparisons_seen",), lambda r: _fmt(_mean(r["comparisons_seen"]), 0)),
+        Column("reward queries", ("reward_queries",), lambda r: _fmt(_mean(r["reward_queries"]), 0)),
         Column("pref. accuracy", ("pref_accuracy",), lambda r: _fmt(_mean(r["pref_accuracy"]))),
         Column("train s", ("train_seconds",), lambda r: _fmt(_mean(r["train_seconds"]), 1)),
         Column("s/step", ("seconds_per_step",), lambda r: _fmt(_mean(r["seconds_per_step"]), 2)),
@@ -847,8 +849,9 @@ def _cost_section(doc: Doc, policy: pd.DataFrame, order: list[str]) -> None:
     if not any(_has(policy, *c.needs) for c in columns):
         return
     doc.heading(3, "Training and cost")
-    doc.para("Means over seeds (peak MB: the largest); pref. accuracy is the training run's held-out preference "
-             "accuracy.")
+    doc.para("Means over seeds (peak MB: the largest); the budget is the labelled comparisons an offline objective "
+             "saw (steps x global batch, halved for an unpaired one such as KTO) or the reward queries of an online "
+             "one (completions scored); pref. accuracy is the training run's held-out preference accuracy.")
     _emit_tables(doc, "algorithm", _groups(policy, order), columns)
 
 
