@@ -164,3 +164,12 @@ def test_the_report_re_renders_the_same_from_the_committed_files(tmp_path):
     assert render(tmp_path)["md"].read_text() == first
     assert "| algorithm | n seeds | comparisons seen |" in first  # the scripted rows have no other cost column
     assert "| good_beta0.1 | 3 | 128 |" in first
+
+
+def test_with_one_seed_the_report_says_its_intervals_cover_prompts_only(tmp_path):
+    _study(tmp_path)
+    table = pd.read_csv(tmp_path / "results.csv")
+    table[table["seed"] == 0].to_csv(tmp_path / "results.csv", index=False)
+    text = render(tmp_path)["md"].read_text()
+    assert "With one seed all of this covers the prompts only" in text
+    assert "With one seed the intervals and these sizes cover the prompts only" in text

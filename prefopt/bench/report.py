@@ -570,6 +570,10 @@ def _noise_line(policy: pd.DataFrame, order: list[str], samples: Samples) -> str
                      f"is detectable with 80% power (two-sided α = 0.05; median SE {se:.3f}), and a difference of "
                      f"{min_detectable_difference(se * math.sqrt(2)):.3f} between two algorithms (unpaired SEs; a "
                      "paired comparison can do better); smaller ones may be missed.")  # fmt: skip
+        seeds = policy["seed"].nunique()
+        if seeds < 2:
+            parts.append("With one seed the intervals and these sizes cover the prompts only: how much another "
+                         "training seed would move a number is not measured.")  # fmt: skip
     return " ".join(parts)
 
 
@@ -1409,7 +1413,9 @@ def _matched_kl_section(doc: Doc, ctx: _Context, policy: pd.DataFrame, samples: 
             f"win rate between two arms at one budget, {c.mde_holm:.3f} after Holm's correction over the {n_pairs} "
             f"pairs (from the median bootstrap SE of a pairwise difference, {c.se_diff:.3f}); a departure of "
             f"{mk.parity_mde(result):.3f} from parity (0.5) for one point. \"Cannot tell apart\" means a smaller "
-            f"difference may exist.")  # fmt: skip
+            f"difference may exist."
+            + (" With one seed all of this covers the prompts only: seed-to-seed variation of training is not "
+               "measured." if len(result.seeds) < 2 else ""))  # fmt: skip
     for line in mk.published_lines(result):
         doc.para(("b", "Published finding. "), line)
     _figure(doc, ctx, "matched_kl", slug, _plot_matched_kl(result, task))
