@@ -27,7 +27,8 @@ def _true_win(kl: float, lift: float) -> float:
     return 0.5 + 0.05 * kl + lift * min(1.0, kl / 0.5)
 
 
-def _study(folder, seed: int = 0) -> None:
+def _study(folder, seed: int = 0, kl_scale: dict | None = None) -> None:
+    """kl_scale: arm -> factor on its KLs (to move an arm's measured KL range away from the others')."""
     rng = np.random.default_rng(seed)
     rows = []
     write_records(reference_samples_path(folder, "qa"),
@@ -37,7 +38,7 @@ def _study(folder, seed: int = 0) -> None:
         for strength in STRENGTHS:
             entry = f"{arm}_beta{strength:g}"
             for s in SEEDS:
-                seed_kl = KL_OF[strength] * rng.uniform(0.9, 1.1)  # seeds drift by different amounts
+                seed_kl = KL_OF[strength] * rng.uniform(0.9, 1.1) * (kl_scale or {}).get(arm, 1.0)  # seeds differ
                 kl = rng.gamma(4.0, seed_kl / 4.0, PROMPTS)  # (P,) per-prompt KL around the seed's mean
                 win = (rng.random(PROMPTS) < _true_win(seed_kl, lift)).astype(float)  # (P,) one outcome per prompt
                 write_records(samples_path(folder, "qa", entry, s), [
@@ -173,3 +174,22 @@ def test_with_one_seed_the_report_says_its_intervals_cover_prompts_only(tmp_path
     text = render(tmp_path)["md"].read_text()
     assert "With one seed all of this covers the prompts only" in text
     assert "With one seed the intervals and these sizes cover the prompts only" in text
+
+
+def test_arms_whose_measured_kl_ranges_do_not_overlap_are_said_not_to_be_compared_at_a_measured_kl(tmp_path):
+    _study(tmp_path, kl_scale={"good": 10.0})  # good's points at KL 10-40, the others' at 1-4
+    result = _analysis(tmp_path)
+    assert result.from_anchor and all(b < result.measured_ranges()["good"][0] for b in result.comparison.budgets)
+    for arm, new in zip(result.arms, ("dpo", "ipo", "hinge")):
+        arm.name = new
+    (line,) = matched_kl.published_lines(result)
+    assert "Here: not tested: the arms' measured KL ranges do not overlap (dpo " in line
+    text = render(tmp_path)["md"].read_text()
+    assert "The arms were not measured at a common KL." in text
+
+
+def test_overlapping_arms_are_compared_inside_their_measured_ranges(tmp_path):
+    _study(tmp_path)
+    result = _analysis(tmp_path)
+    low = max(lo for lo, _ in result.measured_ranges().values())
+    assert not result.from_anchor and all(b >= low for b in result.comparison.budgets)

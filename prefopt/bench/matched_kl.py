@@ -59,6 +59,15 @@ class MatchedKL:
     prompts: int
     comparison: Comparison | None
     dropped: list[str] = field(default_factory=list)  # entries left out, with why
+    from_anchor: bool = False  # the arms' measured KL ranges do not overlap: budgets lie on the reference segment
+
+    def measured_ranges(self) -> dict[str, tuple[float, float]]:
+        """Each arm's (lowest, highest) mean KL over its strengths (seed means averaged)."""
+        out = {}
+        for a in self.arms:
+            points = a.arm.kl.mean(axis=(1, 2))  # (K,)
+            out[a.name] = (float(points.min()), float(points.max()))
+        return out
 
 
 def _win(record: dict, reference: dict | None) -> float:
@@ -118,9 +127,14 @@ def analyse(policy: pd.DataFrame, cells: dict, reference: dict, replicates: int 
                  for c in rows.columns if c.startswith("tuned_")}  # fmt: skip
         out.append(ArmPoints(name, [e for _, e in points], [s for s, _ in points], option[name],
                              Arm(name, kl, win), {k: v for k, v in tuned.items() if v}, _budget_text(rows)))  # fmt: skip
-    budgets = common_budgets([a.arm for a in out], BUDGETS, anchor=ANCHOR)
+    # budgets inside every arm's measured points first; only when those ranges do not overlap, budgets on the
+    # segments from the reference (0, 1/2) to each arm's points, which assume the frontier is straight there
+    budgets = common_budgets([a.arm for a in out], BUDGETS, anchor=None)
+    from_anchor = not budgets
+    if from_anchor:
+        budgets = common_budgets([a.arm for a in out], BUDGETS, anchor=ANCHOR)
     comparison = compare_at_budgets([a.arm for a in out], budgets, ANCHOR, replicates=replicates) if budgets else None
-    return MatchedKL(out, seeds, len(order), comparison, dropped)
+    return MatchedKL(out, seeds, len(order), comparison, dropped, from_anchor)
 
 
 def _budget_text(rows: pd.DataFrame) -> str:
@@ -179,6 +193,10 @@ def parity_mde(result: MatchedKL, replicates: int = REPLICATES) -> float:
     return min_detectable_difference(float(np.median(ses))) if ses else math.nan
 
 
+def ranges_text(result: MatchedKL) -> str:
+    return ", ".join(f"{name} {lo:.2f}–{hi:.2f}" for name, (lo, hi) in result.measured_ranges().items())
+
+
 def verdict(pair: dict) -> str:
     if not np.isfinite(pair["p_holm"]):
         return "not measured"
@@ -197,7 +215,10 @@ def published_lines(result: MatchedKL) -> list[str]:
         if not set(arms) <= names:
             continue
         ours = "not comparable: the arms share no KL budget"
-        if c is not None:
+        if c is not None and result.from_anchor:
+            ours = (f"not tested: the arms' measured KL ranges do not overlap ({ranges_text(result)}), so they "
+                    "meet only on the straight segments from the reference, which no strength measured")  # fmt: skip
+        elif c is not None:
             pairs = [p for p in c.pairs if p["a"] in arms and p["b"] in arms]
             apart = [p for p in pairs if p["significant"]]
             gaps = [abs(p["diff"]) for p in pairs]

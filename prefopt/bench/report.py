@@ -1397,6 +1397,12 @@ def _matched_kl_section(doc: Doc, ctx: _Context, policy: pd.DataFrame, samples: 
     if c is None:
         doc.para("The arms' KL ranges do not overlap, so they cannot be compared at a common KL.")
     else:
+        if result.from_anchor:
+            doc.para(("b", "The arms were not measured at a common KL. "),
+                     f"Their measured KL ranges do not overlap ({mk.ranges_text(result)}), so the budgets below lie "
+                     "between the reference and some arm's lowest-KL point: there each frontier is the straight line "
+                     "from the reference to that point, an assumption, and the comparison is one of slopes. Sweep "
+                     "strengths (or learning rates) that reach a shared KL range to compare measured frontiers.")  # fmt: skip
         headers = ["arm"] + [f"win rate at KL {b:g} [95% CI]" for b in c.budgets] + [
             f"rank at KL {b:g} (95% interval)" for b in c.budgets]  # fmt: skip
         rows = []
