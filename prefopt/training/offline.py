@@ -29,7 +29,7 @@ from prefopt.core.reference import build_reference, resolve_reference_mode, star
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig
+from prefopt.training.config import RunConfig, steps_for_epochs
 from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
 from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
@@ -250,6 +250,7 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
             tokenizer = load_tokenizer(run.model)
         data = prepare_data(run, inputs, tokenizer)
         global_batch = run.batch_size * run.grad_accum
+        run = steps_for_epochs(run, len(data.train_ids), global_batch)
         if dist.sharded:
             check_even_shares(global_batch, dist.world)
         device = dist.device if dist.distributed else pick_device()

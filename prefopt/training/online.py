@@ -36,7 +36,7 @@ from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig
+from prefopt.training.config import RunConfig, steps_for_epochs
 from prefopt.training.distributed import context
 from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
@@ -276,6 +276,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     train_prompts, truncation = tokenize_prompts(train_records, tokenizer, run.max_length, run.max_prompt_length,
                                                  run.data)
     eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    run = steps_for_epochs(run, len(train_prompts), run.batch_size)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
 
