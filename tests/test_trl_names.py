@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from helpers import run_cli, write_learnable_pairs
@@ -119,7 +120,7 @@ def test_in_memory_data_becomes_one_content_addressed_file(tmp_path, monkeypatch
     monkeypatch.setenv("PREFOPT_HOME", str(tmp_path))
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d", "chosen": "e", "rejected": "f"}]
     path = data_source(rows)
-    assert [json.loads(line) for line in open(path)] == rows
+    assert [json.loads(line) for line in Path(path).read_text().splitlines()] == rows
     assert data_source(datasets.Dataset.from_list(rows)) == path  # the same rows, the same file
     assert data_source(datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})) == path
     assert data_source(tmp_path / "x.jsonl") == str(tmp_path / "x.jsonl")

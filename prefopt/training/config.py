@@ -30,6 +30,8 @@ class RunConfig:
 
     model: str = "smollm2-135m-instruct"  # hub id, local HF folder, .gguf file, or the bundled default
     data: str = "builtin:qa"  # data file/folder, builtin:<task>, or a hub dataset name
+    eval_data: str = ""  # your own held-out data (same kinds as data); replaces the eval_size split
+    columns: str = ""  # rename data columns first, e.g. question:prompt,response_j:chosen,response_k:rejected
     output_dir: str = ""  # empty: runs/<algo>-<date>-<time>
     adapter: Literal["lora", "qlora", "full"] = "lora"  # lora | qlora (4-bit base + LoRA) | full
     lora_r: int = 16  # LoRA rank

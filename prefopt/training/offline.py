@@ -52,10 +52,13 @@ class Prepared:
 
 def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
-    records = load_dataset(run.data, "native")
-    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    records = load_dataset(run.data, "native", run.columns)
+    if run.eval_data:  # the user's own held-out rows instead of a random split
+        train_records, eval_records = records, load_dataset(run.eval_data, "native", run.columns)
+    else:
+        train_records, eval_records = split_records(records, run.eval_size, run.data)
     train_items = as_kind(train_records, inputs.data_kind, run.data)
-    eval_items = as_kind(eval_records, inputs.data_kind, run.data)
+    eval_items = as_kind(eval_records, inputs.data_kind, run.eval_data or run.data)
     if not train_items:
         raise PrefoptError(f"{run.data}: no training examples of the kind this algorithm needs ({inputs.data_kind})")
     examples, truncation = inputs.tokenize(

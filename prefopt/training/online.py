@@ -269,8 +269,11 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     random.seed(run.seed)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.model)
-    records = load_dataset(run.data, "prompt")
-    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    records = load_dataset(run.data, "prompt", run.columns)
+    if run.eval_data:  # the user's own held-out prompts instead of a random split
+        train_records, eval_records = records, load_dataset(run.eval_data, "prompt", run.columns)
+    else:
+        train_records, eval_records = split_records(records, run.eval_size, run.data)
     if len(train_records) < run.batch_size:
         raise PrefoptError(f"{run.data}: {len(train_records)} training prompts, fewer than batch_size={run.batch_size}")
     train_prompts, truncation = tokenize_prompts(train_records, tokenizer, run.max_length, run.max_prompt_length,
