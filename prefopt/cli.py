@@ -199,6 +199,8 @@ def _print_summary(summary: dict) -> None:
     if trunc.get("truncated_prompts") or trunc.get("truncated_responses"):
         print(f"truncated: {trunc['truncated_prompts']} prompts, {trunc['truncated_responses']} responses "
               f"of {trunc['rows']} rows")
+    if trunc.get("dropped_prompts"):
+        print(f"left out: {trunc['dropped_prompts']} rows whose prompt is longer than max_length")
     for kind, path in summary["outputs"].items():
         print(f"{kind}: {path}")
     print(f"run folder: {summary['output_dir']}")

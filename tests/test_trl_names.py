@@ -141,3 +141,25 @@ def test_python_api_trains_from_a_list_of_dicts_for_whole_epochs(tmp_path, tiny_
                           precision="fp32", progress=False, lora_r=4, lora_alpha=8)  # fmt: skip
     assert summary["steps"] == 2 * (16 // 4)  # 16 training pairs after 4 held out: 4 batches a pass
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("policy", ["truncate", "drop", "error"])
+def test_a_few_prompts_longer_than_max_length_no_longer_stop_the_run(tmp_path, tiny_model_dir, policy, capsys):
+    rows = [{"prompt": f"Short question {i}?", "chosen": "yes", "rejected": "no"} for i in range(14)]
+    rows[3]["prompt"] = rows[9]["prompt"] = "word " * 120  # far beyond max_length=48 tokens
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    options = {"algo": "dpo", "data": str(data), "model": str(tiny_model_dir), "output_dir": str(tmp_path / "run"),
+               "steps": 1, "batch_size": 2, "eval_size": 0, "max_length": 48, "precision": "fp32",
+               "progress": False, "lora_r": 4, "lora_alpha": 8, "long_prompts": policy}  # fmt: skip
+    if policy == "error":
+        with pytest.raises(PrefoptError, match=r"d\.jsonl row 4 field 'prompt': prompt is \d+ tokens, longer than "
+                                               r"max_length=48 \(2 such rows"):  # fmt: skip
+            prefopt.run(**options)
+        return
+    summary = prefopt.run(**options)
+    assert summary["truncation"]["long_prompts"] == 2
+    assert summary["train_examples"] == (14 if policy == "truncate" else 12)
+    assert summary["truncation"]["dropped_prompts"] == (0 if policy == "truncate" else 2)
+    assert "2 of 14 prompts in" in capsys.readouterr().err

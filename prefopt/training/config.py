@@ -53,6 +53,7 @@ class RunConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
+    long_prompts: Literal["truncate", "drop", "error"] = "truncate"  # prompts longer than max_length: keep their end (as trl) | leave the row out | stop
     eval_size: int = 64  # held-out pairs (a fixed random split of the data)
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     save_every: int = 0  # checkpoint every N steps for --resume (0: none)

@@ -34,7 +34,7 @@ from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
 from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
-from prefopt.training.split import split_records
+from prefopt.training.split import long_prompts, split_records
 
 # ---------------------------------------------------------------- data order
 
@@ -59,11 +59,16 @@ def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
         train_records, eval_records = split_records(records, run.eval_size, run.data)
     train_items = as_kind(train_records, inputs.data_kind, run.data)
     eval_items = as_kind(eval_records, inputs.data_kind, run.eval_data or run.data)
+    main = context().is_main
+    train_items, long_train = long_prompts(train_items, tokenizer, run, run.data, main)
+    eval_items, long_eval = long_prompts(eval_items, tokenizer, run, run.eval_data or run.data, main)
     if not train_items:
         raise PrefoptError(f"{run.data}: no training examples of the kind this algorithm needs ({inputs.data_kind})")
     examples, truncation = inputs.tokenize(
         train_items + eval_items, tokenizer, run.max_length, run.max_prompt_length, run.data
     )
+    truncation.long_prompts = long_train + long_eval
+    truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
     eval_pairs = []
     if eval_records and isinstance(eval_records[0], PreferenceRecord):
         eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)

@@ -40,7 +40,7 @@ from prefopt.training.config import RunConfig, steps_for_epochs
 from prefopt.training.distributed import context
 from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
 from prefopt.training.policy import load_policy
-from prefopt.training.split import split_records
+from prefopt.training.split import long_prompts, split_records
 
 STEP_SEED = 1_000_003
 
@@ -274,11 +274,15 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         train_records, eval_records = records, load_dataset(run.eval_data, "prompt", run.columns)
     else:
         train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_records, long_train = long_prompts(train_records, tokenizer, run, run.data)
+    eval_records, long_eval = long_prompts(eval_records, tokenizer, run, run.eval_data or run.data)
     if len(train_records) < run.batch_size:
         raise PrefoptError(f"{run.data}: {len(train_records)} training prompts, fewer than batch_size={run.batch_size}")
     train_prompts, truncation = tokenize_prompts(train_records, tokenizer, run.max_length, run.max_prompt_length,
                                                  run.data)
     eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    truncation.long_prompts = long_train + long_eval
+    truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
     run = steps_for_epochs(run, len(train_prompts), run.batch_size)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
