@@ -60,6 +60,7 @@ class RunConfig:
     seed: int = 0  # one seed for data order, initialisation and dropout
     merge: bool = False  # also save the LoRA-merged full model
     progress: bool = True  # show a progress bar
+    report_to: str = "none"  # experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio (or none)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -89,6 +90,9 @@ def check_ranges(run: RunConfig) -> None:
     check_in_range("warmup_ratio", run.warmup_ratio, 0, 1)
     check_in_range("lora_dropout", run.lora_dropout, 0, 1, include_high=False)
     check_in_range("seed", run.seed, 0, SEED_MAX)
+    from prefopt.training.tracking import parse_report_to
+
+    parse_report_to(run.report_to)  # an unknown or uninstalled tracker stops the run before anything is written
 
 
 def _clip(text: str, limit: int = 60) -> str:

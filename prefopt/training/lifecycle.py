@@ -11,6 +11,7 @@ through a :class:`Stepper`; :func:`make_summary` is the one summary schema.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -140,6 +141,7 @@ class RunFolder:
         self.created = False
         self.metrics = self.path / METRICS
         self.fingerprint: dict | None = None  # what must not change on --resume (set by the trainer)
+        self.trackers = None  # report_to's trackers (prefopt.training.tracking), on the writer only
         self._lock = None
 
     def check(self) -> None:
@@ -213,6 +215,14 @@ class RunFolder:
             text = yaml.safe_dump(as_flat_dict(algo_name, run, algo_config), sort_keys=False)
             atomic_write_text(self.path / CONFIG, text)
 
+    def start_tracking(self, algo_name: str, run: RunConfig, algo_config) -> None:
+        """report_to's trackers, given the run's options; every row logged from here on goes to them too."""
+        from prefopt.training.tracking import Trackers, parse_report_to
+
+        names = parse_report_to(run.report_to)
+        if names and self.writer:
+            self.trackers = Trackers(names, self.path, as_flat_dict(algo_name, run, algo_config))
+
     def restore(self, model, optimizer, scheduler) -> dict:
         """State of the latest readable checkpoint of a resumed run ({"step": 0} for a fresh start).
 
@@ -250,7 +260,10 @@ class RunFolder:
         for field_name in self.fingerprint:
             if field_name == "options":
                 before, now = saved.get("options", {}), self.fingerprint["options"]
+                defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
                 for key in sorted(set(before) | set(now)):
+                    if key not in before and key in defaults and now.get(key) == defaults[key]:
+                        continue  # an option added since the checkpoint, at its default: nothing changed
                     if before.get(key) != now.get(key):
                         raise PrefoptError(
                             f"cannot resume '{self.path}': option '{key}' was {before.get(key)!r} at {path.name} "
@@ -263,6 +276,8 @@ class RunFolder:
         if self.writer:
             with self.metrics.open("a") as f:
                 f.write(json_line(row) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(row)
 
     def checkpoint(self, step: int, model, optimizer, scheduler, state: dict, gathered: bool = False) -> None:
         """Save a checkpoint. `gathered`: the weights are sharded, so every process takes part (process 0 writes)."""
@@ -290,6 +305,9 @@ class RunFolder:
         if missing or extra:
             raise ValueError(f"summary keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
         atomic_write_json(self.path / SUMMARY, summary)
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
         self._remove_leftovers()
         if self._lock is not None:
             (self.path / LOCK).unlink(missing_ok=True)

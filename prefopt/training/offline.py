@@ -305,6 +305,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
     reference = None
     with dist.agree():
         folder.write_config(algo_name, run, algorithm.config)
+        folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
         if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
             reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)

@@ -291,6 +291,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     try:
         started = time.perf_counter()
         folder.write_config(algo_name, run, algorithm.config)
+        folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
         ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)
