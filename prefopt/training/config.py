@@ -59,6 +59,10 @@ class RunConfig:
     save_every: int = 0  # checkpoint every N steps for --resume (0: none)
     seed: int = 0  # one seed for data order, initialisation and dropout
     merge: bool = False  # also save the LoRA-merged full model
+    save_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # dtype of the merged model (auto: the training precision)
+    push_to_hub: bool = False  # upload the merged model (else the adapter or full model) to hub_model_id
+    hub_model_id: str = ""  # owner/name on the Hugging Face Hub, for push_to_hub
+    hub_private: bool = False  # create the hub repository private
     progress: bool = True  # show a progress bar
     report_to: str = "none"  # experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio (or none)
 
@@ -93,6 +97,9 @@ def check_ranges(run: RunConfig) -> None:
     from prefopt.training.tracking import parse_report_to
 
     parse_report_to(run.report_to)  # an unknown or uninstalled tracker stops the run before anything is written
+    from prefopt.training.outputs import check_push
+
+    check_push({"push_to_hub": run.push_to_hub, "hub_model_id": run.hub_model_id})
 
 
 def _clip(text: str, limit: int = 60) -> str:

@@ -204,8 +204,9 @@ class RunFolder:
                         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     def discard_if_empty(self) -> None:
-        """After a failure: remove a folder this run created when it holds nothing worth resuming."""
-        if self.writer and self.created and latest_checkpoint(self.path) is None:
+        """After a failure: remove a folder this run created when it holds nothing worth resuming (no checkpoint)
+        and no finished run (a push to the Hub fails after the run is complete)."""
+        if self.writer and self.created and latest_checkpoint(self.path) is None and not (self.path / SUMMARY).exists():
             shutil.rmtree(self.path, ignore_errors=True)
             self.created = False
 
@@ -285,11 +286,12 @@ class RunFolder:
             state = {**state, "fingerprint": self.fingerprint}
             save_checkpoint(self.path, step, model, optimizer, scheduler, state, write=self.writer)
 
-    def save_outputs(self, model, tokenizer, merge: bool) -> dict[str, str]:
+    def save_outputs(self, model, tokenizer, merge: bool, merged_dtype: torch.dtype | None = None) -> dict[str, str]:
         """The trained adapter/model (+ a scalar head beside it); checkpoints are no longer needed."""
         head = hasattr(model, "head")
         try:
-            saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
+            saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge,
+                                 merged_dtype=merged_dtype)  # fmt: skip
             if head:
                 for folder in saved.values():
                     model.save_head(Path(folder))
@@ -439,6 +441,12 @@ def _check_divergence(row: dict, step: int, folder: RunFolder, factor: float, fi
         raise PrefoptError(f"step {step}: the gradient norm is {norm:.3g} (first step: {first:.3g}); the run diverged "
                            f"(divergence_factor={factor:g}; lower lr); last good checkpoint: {last or 'none'}")
     return first
+
+
+def merged_dtype(run: RunConfig, precision: str) -> torch.dtype:
+    """save_dtype as a torch dtype; auto: the training precision (bf16 when it trained in bf16, else float32)."""
+    name = run.save_dtype if run.save_dtype != "auto" else ("bf16" if precision == "bf16" else "fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def make_summary(algo_name: str, folder: RunFolder, loop: LoopResult, started: float, **fields) -> dict:

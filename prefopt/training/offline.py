@@ -29,10 +29,18 @@ from prefopt.core.reference import build_reference, resolve_reference_mode, star
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig, steps_for_epochs
+from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
+from prefopt.training.lifecycle import (
+    RunFolder,
+    make_optimizer,
+    make_summary,
+    merged_dtype,
+    run_fingerprint,
+    train_loop,
+)
+from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
 from prefopt.training.split import long_prompts, split_records
 
@@ -333,7 +341,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         return dist.broadcast(None)  # process 0's summary, once it has written everything
     if loop.eval_after:
         folder.log({"step": loop.steps, **loop.eval_after})
-    saved = folder.save_outputs(model, tokenizer, run.merge)
+    saved = folder.save_outputs(model, tokenizer, run.merge, merged_dtype(run, precision))
     summary = make_summary(
         algo_name, folder, loop, started,
         train_examples=len(data.train_ids),
@@ -347,5 +355,8 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         reference=reference.mode if reference is not None else None,
         outputs=saved,
     )
+    options = as_flat_dict(algo_name, run, algorithm.config)
+    finish_outputs(saved, summary, options, algo_name, algorithm)
     folder.finish(summary)
+    push_if_asked(saved, options)
     return dist.broadcast(summary)

@@ -36,9 +36,17 @@ from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig, steps_for_epochs
+from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import context
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
+from prefopt.training.lifecycle import (
+    RunFolder,
+    make_optimizer,
+    make_summary,
+    merged_dtype,
+    run_fingerprint,
+    train_loop,
+)
+from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
 from prefopt.training.split import long_prompts, split_records
 
@@ -309,7 +317,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
                           show_progress=run.progress)
         if loop.eval_after:
             folder.log({"step": loop.steps, **loop.eval_after})
-        saved = folder.save_outputs(model, tokenizer, run.merge)
+        saved = folder.save_outputs(model, tokenizer, run.merge, merged_dtype(run, precision))
         summary = make_summary(
             algo_name, folder, loop, started,
             train_examples=len(train_prompts),
@@ -323,7 +331,10 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
             reference=ctx.reference.mode if ctx.reference is not None else None,  # None: none built, as offline
             outputs=saved,
         )
+        options = as_flat_dict(algo_name, run, algorithm.config)
+        finish_outputs(saved, summary, options, algo_name, algorithm)
         folder.finish(summary)
+        push_if_asked(saved, options)
         return summary
     except Exception:  # any failure: a folder with nothing to resume must not block the rerun
         folder.discard_if_empty()
