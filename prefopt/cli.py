@@ -13,8 +13,9 @@ from prefopt.errors import PrefoptError
 from prefopt.training.config import RunConfig, format_options
 
 EPILOG_RUN = """\
-options are key=value pairs after the flags, e.g.
+options are key=value pairs after the flags (or --key value), e.g.
   prefopt run --algo dpo steps=100 lr=1e-4 beta=0.2 adapter=qlora
+  prefopt run --algo dpo --learning_rate 1e-4 --num_train_epochs 1   (trl's names, read as lr and epochs)
 precedence: defaults < --config FILE.yaml < flags < key=value.
 Each algorithm's own options: prefopt list --options
 
@@ -24,9 +25,12 @@ run options (key=default):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from prefopt import __version__
+
     parser = argparse.ArgumentParser(
         prog="prefopt", description="Preference optimization for language models."
     )
+    parser.add_argument("--version", action="version", version=f"prefopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -48,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fsdp", action="store_true",
                      help="with --num-processes: shard parameters, gradients and optimizer state (FSDP2) instead "
                      "of a whole model per process")
-    run.add_argument("options", nargs="*", metavar="key=value", help="any run or algorithm option")
+    run.add_argument("options", nargs="*", metavar="key=value",
+                     help="any run or algorithm option; --key value works too, and Hugging Face / trl names "
+                     "(learning_rate, per_device_train_batch_size, num_train_epochs, ...) are read as prefopt's")
 
     lister = sub.add_parser("list", help="list registered algorithms", description="List registered algorithms.")
     lister.add_argument("--options", action="store_true", help="also show each algorithm's options and defaults")
@@ -158,7 +164,7 @@ def cmd_run(args, argv: list[str] | None = None) -> int:
         algo_name, values, resume_dir = _resolve_run_options(args)
         algo_cls = registry.get(algo_name)
         source = str(resume_dir / "config.yaml") if resume_dir else "options"
-        run, algo_config = split_options(values, algo_cls.Config, source)
+        run, algo_config = split_options(values, algo_cls.Config, source, processes=wanted if relaunch else dist.world)
         if relaunch and getattr(algo_cls, "online", False):
             raise PrefoptError(f"{algo_name} is an online method and runs in one process; drop --num-processes")
         if wanted is not None and not relaunch and wanted != dist.world:
@@ -193,6 +199,8 @@ def _print_summary(summary: dict) -> None:
     if trunc.get("truncated_prompts") or trunc.get("truncated_responses"):
         print(f"truncated: {trunc['truncated_prompts']} prompts, {trunc['truncated_responses']} responses "
               f"of {trunc['rows']} rows")
+    if trunc.get("dropped_prompts"):
+        print(f"left out: {trunc['dropped_prompts']} rows whose prompt is longer than max_length")
     for kind, path in summary["outputs"].items():
         print(f"{kind}: {path}")
     print(f"run folder: {summary['output_dir']}")
@@ -206,8 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+RUN_VALUE_FLAGS = {"--algo", "--model", "--data", "--config", "--output-dir", "--resume", "--num-processes"}
+RUN_SWITCH_FLAGS = {"--fsdp", "--help", "-h"}
+
+
+def _hf_flags(argv: list[str]) -> list[str]:
+    """`prefopt run` arguments with flags that are not prefopt's own (--learning_rate 1e-5) as key=value."""
+    from prefopt.training.aliases import flags_to_options
+
+    command = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if command is None or argv[command] != "run":
+        return argv
+    at = command + 1
+    return argv[:at] + flags_to_options(argv[at:], RUN_VALUE_FLAGS, RUN_SWITCH_FLAGS)
+
+
 def _main(argv: list[str] | None) -> int:
     parser = _parser()
+    argv = _hf_flags(list(sys.argv[1:] if argv is None else argv))
     # key=value options may come before or after the flags
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "run"]

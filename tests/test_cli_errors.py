@@ -36,14 +36,20 @@ def expect_error(capsys, args, out, *fragments):
         ([GOOD, {**GOOD, "chosen": "  "}], ["row 2", "field 'chosen'", "empty"]),
         ([GOOD, {**GOOD, "chosen": 7}], ["row 2", "field 'chosen'", "int"]),
         ([GOOD, GOOD, {**GOOD, "rejected": "yes"}], ["row 3", "identical"]),
-        ([GOOD, {**GOOD, "prompt": "word " * 200}], ["row 2", "field 'prompt'", "max_length=64"]),
     ],
-    ids=["misspelled-column", "empty-string", "wrong-type", "chosen-equals-rejected", "prompt-too-long"],
+    ids=["misspelled-column", "empty-string", "wrong-type", "chosen-equals-rejected"],
 )
 def test_bad_rows(tiny_model_dir, tmp_path, capsys, rows, fragments):
     data = write_rows(tmp_path / "bad.jsonl", rows + [GOOD] * 20)
     out = tmp_path / "out"
     expect_error(capsys, tiny_run_args(tiny_model_dir, data, out, "steps=1"), out, "bad.jsonl", *fragments)
+
+
+def test_a_prompt_longer_than_max_length_with_long_prompts_error(tiny_model_dir, tmp_path, capsys):
+    data = write_rows(tmp_path / "bad.jsonl", [GOOD, {**GOOD, "prompt": "word " * 200}] + [GOOD] * 20)
+    out = tmp_path / "out"
+    expect_error(capsys, tiny_run_args(tiny_model_dir, data, out, "steps=1", "long_prompts=error"), out,
+                 "bad.jsonl", "row 2", "field 'prompt'", "max_length=64", "long_prompts=truncate or drop")
 
 
 @pytest.mark.parametrize(

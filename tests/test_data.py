@@ -545,11 +545,22 @@ def test_truncation_policy_keeps_prompt_end_and_response_start(tiny_tokenizer):
     assert stats.rows == 3 and stats.truncated_prompts == 1 and stats.truncated_responses == 2
 
 
-def test_prompt_longer_than_max_length_is_an_error(tiny_tokenizer):
+def test_a_prompt_longer_than_max_length_is_kept_truncated_dropped_or_an_error(tiny_tokenizer):
+    from prefopt.data.tokenize import apply_long_prompts
+
     records = _records(tiny_tokenizer)
     n = len(render_prompt(tiny_tokenizer, records[1].prompt))
-    with pytest.raises(PrefoptError, match=rf"^d\.jsonl row 2 field 'prompt': prompt is {n} tokens, longer than max_length=30$"):
-        tokenize_pairs(records, tiny_tokenizer, max_length=30, max_prompt_length=20, source="d.jsonl")
+    assert n > 30
+    kept, long = apply_long_prompts(records, tiny_tokenizer, 30, "truncate", "d.jsonl")
+    assert (kept, long) == (records, 1)
+    pairs, stats = tokenize_pairs(kept, tiny_tokenizer, max_length=30, max_prompt_length=20, source="d.jsonl")
+    full = render_prompt(tiny_tokenizer, records[1].prompt)
+    assert pairs[1].prompt_ids == full[-20:] and stats.truncated_prompts >= 1  # its end, like any long prompt
+    kept, long = apply_long_prompts(records, tiny_tokenizer, 30, "drop", "d.jsonl")
+    assert kept == [records[0], records[2]] and long == 1
+    with pytest.raises(PrefoptError, match=rf"^d\.jsonl row 2 field 'prompt': prompt is {n} tokens, longer than "
+                                           r"max_length=30 \(1 such rows; long_prompts=truncate or drop\)$"):  # fmt: skip
+        apply_long_prompts(records, tiny_tokenizer, 30, "error", "d.jsonl")
 
 
 def test_no_truncation_counts_when_everything_fits(tiny_tokenizer):

@@ -87,14 +87,41 @@ def resolve_model(spec: str) -> str:
             raise PrefoptError(f"model file '{spec}' does not exist")
         return _convert_cached(*_gguf_key(path))
     if path.is_dir():
+        if is_adapter_folder(path):  # another run's adapter: its base with the adapter merged (see _load_float)
+            return str(path.resolve())
         if not (path / "config.json").is_file():
-            raise PrefoptError(f"model folder '{spec}' has no config.json (not a Hugging Face model folder)")
+            raise PrefoptError(f"model folder '{spec}' has no config.json (not a Hugging Face model folder, nor a "
+                               "peft adapter folder with adapter_config.json)")
         return str(path.resolve())
     if path.is_file():
         raise PrefoptError(f"model '{spec}' is a file; give a Hugging Face model folder or a .gguf file")
     if _looks_like_path(spec):
         raise PrefoptError(f"model folder '{spec}' does not exist")
     return spec
+
+
+def is_adapter_folder(path) -> bool:
+    """A peft adapter folder (adapter_config.json, no config.json of its own)."""
+    path = Path(path)
+    return path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base(spec) -> str | None:
+    """The base model spec of an adapter folder (None for anything else): the prefopt spec its run recorded in
+    prefopt_base.json, else peft's base_model_name_or_path."""
+    import json
+
+    path = Path(str(spec)).expanduser()
+    if not is_adapter_folder(path):
+        return None
+    for name, key in (("prefopt_base.json", "spec"), ("adapter_config.json", "base_model_name_or_path")):
+        try:
+            value = json.loads((path / name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value.strip():
+            return value
+    raise PrefoptError(f"adapter folder '{spec}' names no base model (adapter_config.json base_model_name_or_path)")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -172,7 +199,15 @@ def model_fingerprint(spec: str) -> str:
     resolved = resolve_model(spec)
     h = hashlib.sha256()
     folder = Path(resolved)
-    if folder.is_dir():
+    base = adapter_base(resolved)
+    if base is not None:  # the adapter's files and its base's fingerprint
+        h.update(f"adapter\0{folder.resolve()}\0{model_fingerprint(base)}\0".encode())
+        h.update((folder / "adapter_config.json").read_bytes())
+        for f in sorted(folder.iterdir()):
+            if f.suffix in _WEIGHT_SUFFIXES:
+                stat = f.stat()
+                h.update(f"\0{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    elif folder.is_dir():
         h.update(f"folder\0{folder.resolve()}\0".encode())
         h.update((folder / "config.json").read_bytes())
         for f in sorted(folder.iterdir()):
@@ -252,6 +287,9 @@ def load_model(
     resolved = resolve_model(spec)
     _quiet_import_bnb()  # before peft imports it and logs a misleading warning
     if adapter == "qlora":
+        if is_adapter_folder(resolved):
+            raise PrefoptError(f"adapter=qlora cannot start from the adapter folder '{spec}'; train with "
+                               "adapter=lora, or save the merged model first (merge=true) and start from it")
         return _load_qlora(resolved, lora or LoraSettings(), device, precision)
     model = _load_float(resolved).to(device)
     if adapter == "full":
@@ -262,9 +300,17 @@ def load_model(
 
 
 def _load_float(resolved: str):
+    """The float32 model of a resolved spec; an adapter folder gives its base with the adapter merged in (the
+    policy that adapter's run trained: SFT then DPO from it is two commands)."""
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM.from_pretrained, resolved, dtype=torch.float32)
+    base = adapter_base(resolved)
+    if base is None:
+        return _from_pretrained(AutoModelForCausalLM.from_pretrained, resolved, dtype=torch.float32)
+    from peft import PeftModel
+
+    with _peft_deprecations_quiet():
+        return PeftModel.from_pretrained(_load_float(resolve_model(base)), resolved).merge_and_unload()
 
 
 def _add_lora(model, lora: LoraSettings):
@@ -452,11 +498,12 @@ def autocast(precision: str, device):
 # ---------------------------------------------------------------------------
 
 
-def save_trained(model, tokenizer, out_dir: Path, merge: bool = False) -> dict[str, str]:
+def save_trained(model, tokenizer, out_dir: Path, merge: bool = False, merged_dtype: torch.dtype | None = None
+                 ) -> dict[str, str]:  # fmt: skip
     """Write what was trained; returns {"adapter"|"model"|"merged": folder}.
 
     LoRA/QLoRA: ``out_dir/adapter`` (peft format + tokenizer); with merge, also
-    ``out_dir/merged``, a standalone float32 model. Full fine-tuning:
+    ``out_dir/merged``, a standalone model (float32, or ``merged_dtype``). Full fine-tuning:
     ``out_dir/model``. Each folder is written beside its destination and
     renamed into place, so a crash never leaves a half-written one.
     """
@@ -468,6 +515,8 @@ def save_trained(model, tokenizer, out_dir: Path, merge: bool = False) -> dict[s
     written["adapter"] = _save_folder(out_dir / "adapter", model, tokenizer)
     if merge:
         merged = merged_copy(model)
+        if merged_dtype is not None:
+            merged = merged.to(merged_dtype)
         written["merged"] = _save_folder(out_dir / "merged", merged, tokenizer)
         del merged
     return written

@@ -22,6 +22,8 @@ Formats, detected from the columns (extra columns are ignored)
 - ``prompt`` + ``completion`` without ``label`` -> demonstrations (SFT): every
   completion is a desirable example.
 - ``prompt`` alone -> prompts only (string or message list).
+- other tools' formats (``messages``, Alpaca, ShareGPT, LLaMA-Factory ranking) and
+  the ``columns=`` renaming: :mod:`prefopt.data.foreign`, applied first.
 
 A plain string prompt becomes ``[{"role": "user", "content": prompt}]``.
 
@@ -138,8 +140,18 @@ def detect_format(columns: Sequence[str], name: str = "data") -> str:
             raise _missing_column(name, known, cols)
     raise PrefoptError(
         f"{name}: no known columns (columns: {_column_list(cols) or 'none'}); expected prompt+chosen+rejected, "
-        "chosen+rejected, prompt+completion+label, or prompt"
+        "chosen+rejected, prompt+completion(+label), prompt, messages, instruction+output (Alpaca), "
+        "conversations (ShareGPT); map yours with columns=, e.g. "
+        f"columns={_mapping_example(cols)}"
     )
+
+
+def _mapping_example(columns: list[str]) -> str:
+    """A columns= value for the user's own columns: the first three onto prompt, chosen, rejected."""
+    names = [c for c in columns if isinstance(c, str) and ":" not in c and "," not in c and len(c) <= 40][:3]
+    targets = ("prompt", "chosen", "rejected") if len(names) >= 3 else ("prompt", "completion")
+    pairs = [f"{n}:{t}" for n, t in zip(names, targets)] or ["question:prompt", "answer:completion"]
+    return ",".join(pairs)
 
 
 # ---------------------------------------------------------------- row validation
@@ -380,20 +392,29 @@ def _check_kind(kind: str) -> None:
         raise PrefoptError(f"unknown data kind '{kind}' (expected one of: {', '.join(KINDS)})")
 
 
-def load_records(source: str, kind: str = "paired", max_field_chars: int = MAX_FIELD_CHARS) -> list:
+def load_records(source: str, kind: str = "paired", max_field_chars: int = MAX_FIELD_CHARS,
+                 columns: str = "") -> list:  # fmt: skip
     """Load `source` as canonical records of `kind` ('paired', 'unpaired' or 'prompt').
 
     Sources: :mod:`prefopt.data.sources`; formats, kinds, the size limit `max_field_chars` and
-    error messages: this module's docstring.
+    error messages: this module's docstring; other tools' formats and the `columns` renaming
+    (``"question:prompt,answer:completion"``): :mod:`prefopt.data.foreign`.
     """
+    from prefopt.data.foreign import convert, foreign_format, parse_columns, rename
+
     _check_kind(kind)
     if source.startswith("builtin:"):
         raise PrefoptError(
             f"{source}: built-in data sets are made by their tasks; load them with prefopt.tasks.load_dataset"
         )
+    mapping = parse_columns(columns)
     numbered, name = read_numbered_rows(source)
     if not numbered:
         raise PrefoptError(f"{name}: the dataset is empty (no rows)")
+    numbered = rename(numbered, mapping, name)
+    foreign = foreign_format(_columns([values for _, values in numbered]))
+    if foreign:
+        numbered = [(row, convert(foreign, values, name, row)) for row, values in numbered]
     fmt = detect_format(_columns([values for _, values in numbered]), name)
     records = [_record(fmt, _Row(name, row, values, max_field_chars)) for row, values in numbered]
     return as_kind(records, kind, name)

@@ -2,12 +2,14 @@
 
 Truncation policy (``tokenize_pairs``, ``tokenize_unpaired``, ``tokenize_prompts``)
 ---------------------------------------------------------------------------------
-A prompt longer than ``max_length`` tokens is an error, because it leaves no
-room for any response and almost always means a wrong column; a prompt longer
-than ``max_prompt_length`` keeps its END (the last max_prompt_length tokens:
-the question the response answers); then each response keeps its START so
-that prompt+response <= max_length. At least one response token always fits:
-the prompt budget is at most ``max_length - 1``.
+A prompt longer than ``max_prompt_length`` keeps its END (the last
+max_prompt_length tokens: the question the response answers); then each
+response keeps its START so that prompt+response <= max_length. At least one
+response token always fits: the prompt budget is at most ``max_length - 1``.
+A prompt longer than even ``max_length`` is cut the same way here; the run
+option ``long_prompts`` decides before tokenising whether such rows are kept
+that way (``truncate``, the default, as trl does), dropped (``drop``) or an
+error naming the first one (``error``): :func:`apply_long_prompts`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class TruncationStats:
     rows: int = 0
     truncated_prompts: int = 0  # rows whose prompt lost its beginning
     truncated_responses: int = 0  # rows with at least one response cut short
+    long_prompts: int = 0  # rows whose prompt alone was longer than max_length (see apply_long_prompts)
+    dropped_prompts: int = 0  # of those, the rows left out (long_prompts=drop)
+
+
+LONG_PROMPTS = ("truncate", "drop", "error")  # what happens to a prompt longer than max_length tokens
 
 
 # ---------------------------------------------------------------- encoding
@@ -117,16 +124,30 @@ def _check_lengths(max_length: int, max_prompt_length: int) -> int:
     return min(max_prompt_length, max_length - 1)
 
 
-def _fit_prompt(ids: list[int], record, max_length: int, prompt_budget: int, source: str) -> tuple[list[int], bool]:
-    """Apply the prompt half of the truncation policy: error, or keep the end."""
-    if len(ids) > max_length:
-        raise PrefoptError(
-            f"{source} row {record.row} field 'prompt': prompt is {len(ids)} tokens, "
-            f"longer than max_length={max_length}"
-        )
+def _fit_prompt(ids: list[int], prompt_budget: int) -> tuple[list[int], bool]:
+    """Apply the prompt half of the truncation policy: keep the end."""
     if len(ids) > prompt_budget:
         return ids[-prompt_budget:], True
     return ids, False
+
+
+def apply_long_prompts(records: list, tokenizer, max_length: int, policy: str, source: str) -> tuple[list, int]:
+    """(records kept, how many had a prompt longer than max_length tokens) under ``long_prompts``: truncate keeps
+    them all (tokenising keeps each prompt's end), drop leaves them out, error names the first one."""
+    if policy not in LONG_PROMPTS:
+        raise PrefoptError(f"option 'long_prompts': expected one of {', '.join(LONG_PROMPTS)}, got {policy!r}")
+    if not records:
+        return records, 0
+    lengths = [len(ids) for ids in _encode_prompts(records, tokenizer, source)]
+    long = [i for i, n in enumerate(lengths) if n > max_length]
+    if long and policy == "error":
+        r = records[long[0]]
+        raise PrefoptError(f"{source} row {r.row} field 'prompt': prompt is {lengths[long[0]]} tokens, longer than "
+                           f"max_length={max_length} ({len(long)} such rows; long_prompts=truncate or drop)")  # fmt: skip
+    if policy == "drop":
+        dropped = set(long)
+        return [r for i, r in enumerate(records) if i not in dropped], len(long)
+    return records, len(long)
 
 
 def _tokenize(
@@ -143,8 +164,8 @@ def _tokenize(
     columns = [_encode_responses(tokenizer, texts) for texts in responses]
     stats = TruncationStats(rows=len(records))
     rows = []
-    for i, r in enumerate(records):
-        p, cut_prompt = _fit_prompt(prompts[i], r, max_length, prompt_budget, source)
+    for i in range(len(records)):
+        p, cut_prompt = _fit_prompt(prompts[i], prompt_budget)
         room = max_length - len(p)
         kept = [column[i][:room] for column in columns]
         stats.truncated_prompts += cut_prompt

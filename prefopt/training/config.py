@@ -30,6 +30,8 @@ class RunConfig:
 
     model: str = "smollm2-135m-instruct"  # hub id, local HF folder, .gguf file, or the bundled default
     data: str = "builtin:qa"  # data file/folder, builtin:<task>, or a hub dataset name
+    eval_data: str = ""  # your own held-out data (same kinds as data); replaces the eval_size split
+    columns: str = ""  # rename data columns first, e.g. question:prompt,response_j:chosen,response_k:rejected
     output_dir: str = ""  # empty: runs/<algo>-<date>-<time>
     adapter: Literal["lora", "qlora", "full"] = "lora"  # lora | qlora (4-bit base + LoRA) | full
     lora_r: int = 16  # LoRA rank
@@ -39,6 +41,7 @@ class RunConfig:
     reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"  # auto | adapter (disabled) | copy (frozen) | precomputed (cached)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto (bf16 autocast where supported) | bf16 | fp32
     steps: int = 60  # optimizer steps
+    epochs: float = 0.0  # passes over the training data; when > 0 it sets steps (trl: num_train_epochs)
     batch_size: int = 8  # pairs (or examples) per micro-batch; prompts per step for online methods
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum)
     lr: float = 2e-4  # peak learning rate (AdamW)
@@ -50,12 +53,18 @@ class RunConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
+    long_prompts: Literal["truncate", "drop", "error"] = "truncate"  # prompts longer than max_length: keep their end (as trl) | leave the row out | stop
     eval_size: int = 64  # held-out pairs (a fixed random split of the data)
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     save_every: int = 0  # checkpoint every N steps for --resume (0: none)
     seed: int = 0  # one seed for data order, initialisation and dropout
     merge: bool = False  # also save the LoRA-merged full model
+    save_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # dtype of the merged model (auto: the training precision)
+    push_to_hub: bool = False  # upload the merged model (else the adapter or full model) to hub_model_id
+    hub_model_id: str = ""  # owner/name on the Hugging Face Hub, for push_to_hub
+    hub_private: bool = False  # create the hub repository private
     progress: bool = True  # show a progress bar
+    report_to: str = "none"  # experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio (or none)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -79,12 +88,18 @@ def check_ranges(run: RunConfig) -> None:
     check_at_least("max_length", run.max_length, 2)  # a prompt token and a response token
     check_at_least("max_prompt_length", run.max_prompt_length, 1)
     # lr=0 is a run that leaves the model as it is (a baseline); max_grad_norm=0 turns clipping off
-    for option in ("lr", "weight_decay", "max_grad_norm", "divergence_factor"):
+    for option in ("lr", "weight_decay", "max_grad_norm", "divergence_factor", "epochs"):
         check_finite(option, getattr(run, option))
         check_nonnegative(option, getattr(run, option))
     check_in_range("warmup_ratio", run.warmup_ratio, 0, 1)
     check_in_range("lora_dropout", run.lora_dropout, 0, 1, include_high=False)
     check_in_range("seed", run.seed, 0, SEED_MAX)
+    from prefopt.training.tracking import parse_report_to
+
+    parse_report_to(run.report_to)  # an unknown or uninstalled tracker stops the run before anything is written
+    from prefopt.training.outputs import check_push
+
+    check_push({"push_to_hub": run.push_to_hub, "hub_model_id": run.hub_model_id})
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -245,13 +260,19 @@ def build(cls: type, values: dict[str, Any]):
     return cls(**{k: coerce(v, types_[k], k) for k, v in values.items()})
 
 
-def split_options(values: dict[str, Any], algo_config_cls: type, source: str) -> tuple[RunConfig, Any]:
-    """Route each key to RunConfig or the algorithm's Config; unknown keys are errors."""
+def split_options(values: dict[str, Any], algo_config_cls: type, source: str,
+                  processes: int = 1) -> tuple[RunConfig, Any]:  # fmt: skip
+    """Route each key to RunConfig or the algorithm's Config; unknown keys are errors. Hugging Face / trl names
+    of common options are read as prefopt's (:mod:`prefopt.training.aliases`; ``processes``: how many share a
+    per-device batch)."""
+    from prefopt.training.aliases import translate
+
     run_keys = set(field_types(RunConfig))
     algo_keys = set(field_types(algo_config_cls))
     clash = run_keys & algo_keys
     if clash:
         raise PrefoptError(f"algorithm option(s) {sorted(clash)} clash with run options of the same name")
+    values = translate(values, run_keys | algo_keys, source, processes)
     run_values, algo_values = {}, {}
     for key, value in values.items():
         if key in run_keys:
@@ -265,6 +286,15 @@ def split_options(values: dict[str, Any], algo_config_cls: type, source: str) ->
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise PrefoptError(f"{source}: unknown option '{_clip(key)}'{hint}")
     return build(RunConfig, run_values), build(algo_config_cls, algo_values)
+
+
+def steps_for_epochs(run: RunConfig, examples: int, per_step: int) -> RunConfig:
+    """run with steps set from epochs when epochs > 0: ceil(epochs x full batches per pass), at least 1 (a pass
+    is the data's whole batches: an incomplete last batch is dropped, see offline.batch_stream)."""
+    if run.epochs <= 0:
+        return run
+    per_pass = max(1, examples // max(1, per_step))
+    return dataclasses.replace(run, steps=max(1, math.ceil(run.epochs * per_pass)))
 
 
 def describe_options(cls: type) -> list[tuple[str, str, str]]:

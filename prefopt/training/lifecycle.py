@@ -11,6 +11,7 @@ through a :class:`Stepper`; :func:`make_summary` is the one summary schema.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -140,6 +141,7 @@ class RunFolder:
         self.created = False
         self.metrics = self.path / METRICS
         self.fingerprint: dict | None = None  # what must not change on --resume (set by the trainer)
+        self.trackers = None  # report_to's trackers (prefopt.training.tracking), on the writer only
         self._lock = None
 
     def check(self) -> None:
@@ -202,8 +204,9 @@ class RunFolder:
                         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     def discard_if_empty(self) -> None:
-        """After a failure: remove a folder this run created when it holds nothing worth resuming."""
-        if self.writer and self.created and latest_checkpoint(self.path) is None:
+        """After a failure: remove a folder this run created when it holds nothing worth resuming (no checkpoint)
+        and no finished run (a push to the Hub fails after the run is complete)."""
+        if self.writer and self.created and latest_checkpoint(self.path) is None and not (self.path / SUMMARY).exists():
             shutil.rmtree(self.path, ignore_errors=True)
             self.created = False
 
@@ -212,6 +215,14 @@ class RunFolder:
         if self.writer and not self.resume:
             text = yaml.safe_dump(as_flat_dict(algo_name, run, algo_config), sort_keys=False)
             atomic_write_text(self.path / CONFIG, text)
+
+    def start_tracking(self, algo_name: str, run: RunConfig, algo_config) -> None:
+        """report_to's trackers, given the run's options; every row logged from here on goes to them too."""
+        from prefopt.training.tracking import Trackers, parse_report_to
+
+        names = parse_report_to(run.report_to)
+        if names and self.writer:
+            self.trackers = Trackers(names, self.path, as_flat_dict(algo_name, run, algo_config))
 
     def restore(self, model, optimizer, scheduler) -> dict:
         """State of the latest readable checkpoint of a resumed run ({"step": 0} for a fresh start).
@@ -250,7 +261,10 @@ class RunFolder:
         for field_name in self.fingerprint:
             if field_name == "options":
                 before, now = saved.get("options", {}), self.fingerprint["options"]
+                defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
                 for key in sorted(set(before) | set(now)):
+                    if key not in before and key in defaults and now.get(key) == defaults[key]:
+                        continue  # an option added since the checkpoint, at its default: nothing changed
                     if before.get(key) != now.get(key):
                         raise PrefoptError(
                             f"cannot resume '{self.path}': option '{key}' was {before.get(key)!r} at {path.name} "
@@ -263,6 +277,8 @@ class RunFolder:
         if self.writer:
             with self.metrics.open("a") as f:
                 f.write(json_line(row) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(row)
 
     def checkpoint(self, step: int, model, optimizer, scheduler, state: dict, gathered: bool = False) -> None:
         """Save a checkpoint. `gathered`: the weights are sharded, so every process takes part (process 0 writes)."""
@@ -270,11 +286,12 @@ class RunFolder:
             state = {**state, "fingerprint": self.fingerprint}
             save_checkpoint(self.path, step, model, optimizer, scheduler, state, write=self.writer)
 
-    def save_outputs(self, model, tokenizer, merge: bool) -> dict[str, str]:
+    def save_outputs(self, model, tokenizer, merge: bool, merged_dtype: torch.dtype | None = None) -> dict[str, str]:
         """The trained adapter/model (+ a scalar head beside it); checkpoints are no longer needed."""
         head = hasattr(model, "head")
         try:
-            saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge)
+            saved = save_trained(model.lm if head else model, tokenizer, self.path, merge=merge,
+                                 merged_dtype=merged_dtype)  # fmt: skip
             if head:
                 for folder in saved.values():
                     model.save_head(Path(folder))
@@ -290,6 +307,9 @@ class RunFolder:
         if missing or extra:
             raise ValueError(f"summary keys differ from the schema: missing {sorted(missing)}, extra {sorted(extra)}")
         atomic_write_json(self.path / SUMMARY, summary)
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
         self._remove_leftovers()
         if self._lock is not None:
             (self.path / LOCK).unlink(missing_ok=True)
@@ -421,6 +441,12 @@ def _check_divergence(row: dict, step: int, folder: RunFolder, factor: float, fi
         raise PrefoptError(f"step {step}: the gradient norm is {norm:.3g} (first step: {first:.3g}); the run diverged "
                            f"(divergence_factor={factor:g}; lower lr); last good checkpoint: {last or 'none'}")
     return first
+
+
+def merged_dtype(run: RunConfig, precision: str) -> torch.dtype:
+    """save_dtype as a torch dtype; auto: the training precision (bf16 when it trained in bf16, else float32)."""
+    name = run.save_dtype if run.save_dtype != "auto" else ("bf16" if precision == "bf16" else "fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def make_summary(algo_name: str, folder: RunFolder, loop: LoopResult, started: float, **fields) -> dict:

@@ -29,12 +29,20 @@ from prefopt.core.reference import build_reference, resolve_reference_mode, star
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig
+from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
+from prefopt.training.lifecycle import (
+    RunFolder,
+    make_optimizer,
+    make_summary,
+    merged_dtype,
+    run_fingerprint,
+    train_loop,
+)
+from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
-from prefopt.training.split import split_records
+from prefopt.training.split import long_prompts, split_records
 
 # ---------------------------------------------------------------- data order
 
@@ -52,15 +60,23 @@ class Prepared:
 
 def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
-    records = load_dataset(run.data, "native")
-    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    records = load_dataset(run.data, "native", run.columns)
+    if run.eval_data:  # the user's own held-out rows instead of a random split
+        train_records, eval_records = records, load_dataset(run.eval_data, "native", run.columns)
+    else:
+        train_records, eval_records = split_records(records, run.eval_size, run.data)
     train_items = as_kind(train_records, inputs.data_kind, run.data)
-    eval_items = as_kind(eval_records, inputs.data_kind, run.data)
+    eval_items = as_kind(eval_records, inputs.data_kind, run.eval_data or run.data)
+    main = context().is_main
+    train_items, long_train = long_prompts(train_items, tokenizer, run, run.data, main)
+    eval_items, long_eval = long_prompts(eval_items, tokenizer, run, run.eval_data or run.data, main)
     if not train_items:
         raise PrefoptError(f"{run.data}: no training examples of the kind this algorithm needs ({inputs.data_kind})")
     examples, truncation = inputs.tokenize(
         train_items + eval_items, tokenizer, run.max_length, run.max_prompt_length, run.data
     )
+    truncation.long_prompts = long_train + long_eval
+    truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
     eval_pairs = []
     if eval_records and isinstance(eval_records[0], PreferenceRecord):
         eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
@@ -250,6 +266,7 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
             tokenizer = load_tokenizer(run.model)
         data = prepare_data(run, inputs, tokenizer)
         global_batch = run.batch_size * run.grad_accum
+        run = steps_for_epochs(run, len(data.train_ids), global_batch)
         if dist.sharded:
             check_even_shares(global_batch, dist.world)
         device = dist.device if dist.distributed else pick_device()
@@ -296,6 +313,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
     reference = None
     with dist.agree():
         folder.write_config(algo_name, run, algorithm.config)
+        folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
         if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
             reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
@@ -323,7 +341,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         return dist.broadcast(None)  # process 0's summary, once it has written everything
     if loop.eval_after:
         folder.log({"step": loop.steps, **loop.eval_after})
-    saved = folder.save_outputs(model, tokenizer, run.merge)
+    saved = folder.save_outputs(model, tokenizer, run.merge, merged_dtype(run, precision))
     summary = make_summary(
         algo_name, folder, loop, started,
         train_examples=len(data.train_ids),
@@ -337,5 +355,8 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         reference=reference.mode if reference is not None else None,
         outputs=saved,
     )
+    options = as_flat_dict(algo_name, run, algorithm.config)
+    finish_outputs(saved, summary, options, algo_name, algorithm)
     folder.finish(summary)
+    push_if_asked(saved, options)
     return dist.broadcast(summary)

@@ -36,11 +36,19 @@ from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
-from prefopt.training.config import RunConfig
+from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import context
-from prefopt.training.lifecycle import RunFolder, make_optimizer, make_summary, run_fingerprint, train_loop
+from prefopt.training.lifecycle import (
+    RunFolder,
+    make_optimizer,
+    make_summary,
+    merged_dtype,
+    run_fingerprint,
+    train_loop,
+)
+from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
-from prefopt.training.split import split_records
+from prefopt.training.split import long_prompts, split_records
 
 STEP_SEED = 1_000_003
 
@@ -269,13 +277,21 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     random.seed(run.seed)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.model)
-    records = load_dataset(run.data, "prompt")
-    train_records, eval_records = split_records(records, run.eval_size, run.data)
+    records = load_dataset(run.data, "prompt", run.columns)
+    if run.eval_data:  # the user's own held-out prompts instead of a random split
+        train_records, eval_records = records, load_dataset(run.eval_data, "prompt", run.columns)
+    else:
+        train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_records, long_train = long_prompts(train_records, tokenizer, run, run.data)
+    eval_records, long_eval = long_prompts(eval_records, tokenizer, run, run.eval_data or run.data)
     if len(train_records) < run.batch_size:
         raise PrefoptError(f"{run.data}: {len(train_records)} training prompts, fewer than batch_size={run.batch_size}")
     train_prompts, truncation = tokenize_prompts(train_records, tokenizer, run.max_length, run.max_prompt_length,
                                                  run.data)
     eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
+    truncation.long_prompts = long_train + long_eval
+    truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
+    run = steps_for_epochs(run, len(train_prompts), run.batch_size)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
 
@@ -283,6 +299,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     try:
         started = time.perf_counter()
         folder.write_config(algo_name, run, algorithm.config)
+        folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
         ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)
@@ -300,7 +317,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
                           show_progress=run.progress)
         if loop.eval_after:
             folder.log({"step": loop.steps, **loop.eval_after})
-        saved = folder.save_outputs(model, tokenizer, run.merge)
+        saved = folder.save_outputs(model, tokenizer, run.merge, merged_dtype(run, precision))
         summary = make_summary(
             algo_name, folder, loop, started,
             train_examples=len(train_prompts),
@@ -314,7 +331,10 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
             reference=ctx.reference.mode if ctx.reference is not None else None,  # None: none built, as offline
             outputs=saved,
         )
+        options = as_flat_dict(algo_name, run, algorithm.config)
+        finish_outputs(saved, summary, options, algo_name, algorithm)
         folder.finish(summary)
+        push_if_asked(saved, options)
         return summary
     except Exception:  # any failure: a folder with nothing to resume must not block the rerun
         folder.discard_if_empty()

@@ -1,9 +1,12 @@
-"""The held-out split every run makes of its data, before anything else is done with it."""
+"""The held-out split every run makes of its data, before anything else is done with it, and the rows it keeps."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
+from prefopt.data.tokenize import apply_long_prompts
 from prefopt.errors import PrefoptError
 
 EVAL_SPLIT_SEED = 12345  # fixed, so every seed of a sweep is judged on the same held-out pairs
@@ -22,3 +25,14 @@ def split_records(records: list, eval_size: int, source: str) -> tuple[list, lis
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SPLIT_SEED)).tolist()
     held = set(perm[:eval_size])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def long_prompts(records: list, tokenizer, run, source: str, is_main: bool = True) -> tuple[list, int]:
+    """apply_long_prompts under the run's long_prompts, with a one-line notice of what it did."""
+    kept, long = apply_long_prompts(records, tokenizer, run.max_length, run.long_prompts, source)
+    if long and is_main:
+        budget = min(run.max_prompt_length, run.max_length - 1)
+        done = "left out" if run.long_prompts == "drop" else f"cut to their last {budget} tokens"
+        print(f"prefopt: {long} of {len(records)} prompts in {source} are longer than max_length={run.max_length} "
+              f"tokens: {done} (long_prompts=truncate|drop|error)", file=sys.stderr)  # fmt: skip
+    return kept, long

@@ -1,0 +1,45 @@
+"""report_to: the same metrics as metrics.jsonl in an experiment tracker (prefopt.training.tracking)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import prefopt
+from prefopt.errors import PrefoptError
+from prefopt.training.config import RunConfig
+from prefopt.training.tracking import parse_report_to
+
+
+def test_report_to_is_checked_before_a_run_starts(monkeypatch):
+    assert parse_report_to("none") == [] and parse_report_to("") == []
+    with pytest.raises(PrefoptError, match="option 'report_to': unknown tracker 'comet'"):
+        RunConfig(report_to="comet")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(PrefoptError, match=r"report_to': wandb is not installed \(pip install wandb\)"):
+        RunConfig(report_to="tensorboard,wandb")
+
+
+@pytest.mark.e2e
+def test_tensorboard_gets_every_metrics_row_and_the_options(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    from helpers import write_learnable_pairs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    prefopt.run(algo="dpo", data=str(write_learnable_pairs(tmp_path / "p.jsonl", 24)), model=str(tiny_model_dir),
+                output_dir=str(out), steps=3, batch_size=4, eval_size=4, max_length=48, precision="fp32",
+                progress=False, lora_r=4, lora_alpha=8, report_to="tensorboard")  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (events,) = [p.parent for p in (out / "tracking").rglob("events.out.tfevents.*") if p.parent.name == "run"]
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    losses = {e.step: e.value for e in acc.Scalars("loss")}
+    assert losses == pytest.approx({r["step"]: r["loss"] for r in rows if "loss" in r}, rel=1e-6)
+    assert len(losses) == 3
+    hparams = list((out / "tracking" / "run").glob("*/hparams.yml"))
+    assert hparams and "lr: 0.0002" in hparams[0].read_text()  # the run's options as its configuration
