@@ -180,12 +180,20 @@ def test_arms_whose_measured_kl_ranges_do_not_overlap_are_said_not_to_be_compare
     _study(tmp_path, kl_scale={"good": 10.0})  # good's points at KL 10-40, the others' at 1-4
     result = _analysis(tmp_path)
     assert result.from_anchor and all(b < result.measured_ranges()["good"][0] for b in result.comparison.budgets)
+    # the two arms whose ranges do overlap are still compared where both were measured
+    assert {(p["a"], p["b"]) for p in result.measured_pairs} == {("same1", "same2")}
+    low = max(result.measured_ranges()[a][0] for a in ("same1", "same2"))
+    assert all(p["budget"] >= low and not p["significant"] for p in result.measured_pairs)
+    for pair in result.measured_pairs:
+        pair["a"], pair["b"] = "ipo", "hinge"
     for arm, new in zip(result.arms, ("dpo", "ipo", "hinge")):
         arm.name = new
     (line,) = matched_kl.published_lines(result)
     assert "Here: not tested: the arms' measured KL ranges do not overlap (dpo " in line
+    assert "; ipo and hinge, inside their shared measured range (KL " in line and "cannot tell apart" in line
     text = render(tmp_path)["md"].read_text()
     assert "The arms were not measured at a common KL." in text
+    assert "Pairs whose own measured KL ranges overlap, compared inside that overlap" in text
 
 
 def test_overlapping_arms_are_compared_inside_their_measured_ranges(tmp_path):

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from prefopt.evaluation.frontier import Arm, Comparison, common_budgets, compare_at_budgets, paired_difference
-from prefopt.evaluation.stats import min_detectable_difference
+from prefopt.evaluation.stats import holm, min_detectable_difference
 
 ANCHOR = 0.5  # the reference against its own replies: the point (KL 0, win rate 1/2) on every frontier
 KL_KEY, SCORE_KEY = "kl_k3", "win_gold"  # the per-prompt fields the frontier is built from
 BUDGETS = 3  # common KL budgets per task
 REPLICATES = 2000  # bootstrap replicates
+ALPHA = 0.05  # the tests' level
 DASH = "–"
 
 # Published findings about arms a suite may hold: the report sets its own verdict beside them.
@@ -60,6 +61,8 @@ class MatchedKL:
     comparison: Comparison | None
     dropped: list[str] = field(default_factory=list)  # entries left out, with why
     from_anchor: bool = False  # the arms' measured KL ranges do not overlap: budgets lie on the reference segment
+    measured_pairs: list[dict] = field(default_factory=list)  # then: the pairs whose own ranges overlap, compared
+    # inside that overlap (compare_at_budgets' pair rows; Holm over all of them together)
 
     def measured_ranges(self) -> dict[str, tuple[float, float]]:
         """Each arm's (lowest, highest) mean KL over its strengths (seed means averaged)."""
@@ -134,7 +137,23 @@ def analyse(policy: pd.DataFrame, cells: dict, reference: dict, replicates: int 
     if from_anchor:
         budgets = common_budgets([a.arm for a in out], BUDGETS, anchor=ANCHOR)
     comparison = compare_at_budgets([a.arm for a in out], budgets, ANCHOR, replicates=replicates) if budgets else None
-    return MatchedKL(out, seeds, len(order), comparison, dropped, from_anchor)
+    measured = _measured_pairs(out, replicates) if from_anchor else []
+    return MatchedKL(out, seeds, len(order), comparison, dropped, from_anchor, measured)
+
+
+def _measured_pairs(arms: list[ArmPoints], replicates: int) -> list[dict]:
+    """Each pair of arms whose measured KL ranges overlap, compared at budgets inside that overlap; Holm's
+    correction over every such test together (one family)."""
+    rows = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1 :]:
+            budgets = common_budgets([a.arm, b.arm], BUDGETS, anchor=None)
+            if budgets:
+                rows += compare_at_budgets([a.arm, b.arm], budgets, ANCHOR, replicates=replicates).pairs
+    adjusted = holm([r["p"] for r in rows])
+    for row, p in zip(rows, adjusted):
+        row["p_holm"], row["significant"] = float(p), bool(p < ALPHA)
+    return rows
 
 
 def _budget_text(rows: pd.DataFrame) -> str:
@@ -218,6 +237,13 @@ def published_lines(result: MatchedKL) -> list[str]:
         if c is not None and result.from_anchor:
             ours = (f"not tested: the arms' measured KL ranges do not overlap ({ranges_text(result)}), so they "
                     "meet only on the straight segments from the reference, which no strength measured")  # fmt: skip
+            measured = [p for p in result.measured_pairs if p["a"] in arms and p["b"] in arms]
+            for a, b in sorted({(p["a"], p["b"]) for p in measured}):
+                rows = [p for p in measured if (p["a"], p["b"]) == (a, b)]
+                apart = [p for p in rows if p["significant"]]
+                said = (f"{verdict(apart[0])}" if apart else "cannot tell apart")
+                ours += (f"; {a} and {b}, inside their shared measured range (KL {rows[0]['budget']:g}-"
+                         f"{rows[-1]['budget']:g}): {said} (largest gap {max(abs(p['diff']) for p in rows):.3f})")
         elif c is not None:
             pairs = [p for p in c.pairs if p["a"] in arms and p["b"] in arms]
             apart = [p for p in pairs if p["significant"]]
