@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from prefopt.bench.results import as_number as _number
 from prefopt.evaluation.frontier import Arm, Comparison, common_budgets, compare_at_budgets, paired_difference
 from prefopt.evaluation.stats import holm, min_detectable_difference
 
@@ -75,17 +76,15 @@ class MatchedKL:
 
 def _win(record: dict, reference: dict | None) -> float:
     """A record's gold win rate: its win_gold, or (older files) the decision against the one reference reply."""
+    from prefopt.evaluation.metrics import score_decisions
+
     value = record.get(SCORE_KEY)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    gold, ref = record.get("gold"), (reference or {}).get("gold")
-    if isinstance(gold, (int, float)) and isinstance(ref, (int, float)):
-        return 1.0 if gold > ref else 0.0 if gold < ref else 0.5
+    gold, ref = _number(record.get("gold")), _number((reference or {}).get("gold"))
+    if math.isfinite(gold) and math.isfinite(ref):
+        return score_decisions([gold], [ref])[0]
     return math.nan
-
-
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def analyse(policy: pd.DataFrame, cells: dict, reference: dict, replicates: int = REPLICATES) -> MatchedKL | None:

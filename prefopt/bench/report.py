@@ -44,6 +44,7 @@ from prefopt.bench.results import (
     reference_samples_path,
     samples_path,
 )
+from prefopt.bench.results import as_number as _num
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.length_control import LCWinRate, length_controlled_win_rates
 from prefopt.evaluation.stats import mean_ci, min_detectable_difference, standard_error
@@ -186,13 +187,6 @@ def _join(items) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "task"
-
-
-def _num(value) -> float:
-    """A JSON value as a float; anything that is not a finite number -> NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return NAN
-    return float(value) if math.isfinite(value) else NAN
 
 
 def _fmt_interval(value: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:

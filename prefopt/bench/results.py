@@ -126,6 +126,15 @@ def tuning_path(results_dir: Path) -> Path:
     return Path(results_dir) / "tuning.csv"
 
 
+def as_number(value) -> float:
+    """A JSON value as a float; anything that is not a finite number -> NaN."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value) if math.isfinite(value) else math.nan
+
+
 def write_records(path: Path, rows) -> None:
     """JSON lines, gzip-compressed when the name ends in .gz (byte-for-byte reproducible: no name, mtime 0);
     written atomically."""

@@ -675,7 +675,9 @@ class Bench:
 
 def gold_win_rates(gold: list[float], reference_golds: list[list[float]]) -> list[float]:
     """Per prompt: the reply's gold decision against each reference reply (1 better, 0 worse, 1/2 tie), averaged."""
-    return [_mean(1.0 if g > r else 0.0 if g < r else 0.5 for r in refs) for g, refs in zip(gold, reference_golds)]
+    from prefopt.evaluation.metrics import score_decisions
+
+    return [_mean(score_decisions([g] * len(refs), refs)) for g, refs in zip(gold, reference_golds)]
 
 
 def _mean(values) -> float:

@@ -203,20 +203,22 @@ def model_fingerprint(spec: str) -> str:
     if base is not None:  # the adapter's files and its base's fingerprint
         h.update(f"adapter\0{folder.resolve()}\0{model_fingerprint(base)}\0".encode())
         h.update((folder / "adapter_config.json").read_bytes())
-        for f in sorted(folder.iterdir()):
-            if f.suffix in _WEIGHT_SUFFIXES:
-                stat = f.stat()
-                h.update(f"\0{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        _hash_weight_files(h, folder)
     elif folder.is_dir():
         h.update(f"folder\0{folder.resolve()}\0".encode())
         h.update((folder / "config.json").read_bytes())
-        for f in sorted(folder.iterdir()):
-            if f.suffix in _WEIGHT_SUFFIXES:
-                stat = f.stat()
-                h.update(f"\0{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        _hash_weight_files(h, folder)
     else:
         h.update(f"hub\0{resolved}\0{_hub_revision(resolved) or ''}".encode())
     return h.hexdigest()[:16]
+
+
+def _hash_weight_files(h, folder: Path) -> None:
+    """Feed the name, size and mtime of every weight file in `folder` to the hash `h`."""
+    for f in sorted(folder.iterdir()):
+        if f.suffix in _WEIGHT_SUFFIXES:
+            stat = f.stat()
+            h.update(f"\0{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
 
 
 def _hub_revision(repo_id: str) -> str | None:
