@@ -642,6 +642,29 @@ def test_an_entry_that_sets_the_tuned_option_is_not_tuned(tmp_path):
     assert suite.tuned("dpo") and not suite.tuned("sft")
 
 
+def test_per_arm_tune_values_search_each_arm_on_its_own_scale(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", name="s", tune={"option": "beta", "values": {"dpo": [0.03, 0.3],
+                                                                                        "ipo": [0.1, 1.0]}},
+                       algorithms={"dpo": {"sweep": {"lr": [1e-4, 1e-3]}}, "ipo": {"sweep": {"lr": [1e-4, 1e-3]}},
+                                   "sft": {}})  # fmt: skip
+    suite = load_suite(path)
+    assert suite.tune.values_for("dpo") == [0.03, 0.3] and suite.tune.values_for("ipo") == [0.1, 1.0]
+    assert suite.tuned("dpo") and suite.tuned("ipo") and not suite.tuned("sft")  # sft: no values, not searched
+    assert suite.strength("ipo_lr0.001") == ("lr", 0.001)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"dpo": [0.1], "dpoo": [0.2]}, r"tune\.values: 'dpoo' is not an arm of this suite \(arms: dpo\)"),
+    ({"dpo": []}, r"tune\.values\.dpo: expected a non-empty list of numbers"),
+    ({"dpo": 0.1}, r"tune\.values\.dpo: expected a non-empty list of numbers"),
+])  # fmt: skip
+def test_per_arm_tune_values_errors_name_the_arm(tmp_path, values, message):
+    path = write_suite(tmp_path / "s.yaml", name="s", tune={"option": "beta", "values": values},
+                       algorithms={"dpo": {"sweep": {"lr": [1e-4, 1e-3]}}})  # fmt: skip
+    with pytest.raises(PrefoptError, match=rf"s\.yaml: {message}"):
+        load_suite(path)
+
+
 def test_gold_win_rates_average_the_decisions_against_every_reference_reply():
     # 0.5 vs (0.2, 0.5, 0.9): win, tie, loss -> 0.5; 1.0 vs (0.0,) -> 1
     assert runner.gold_win_rates([0.5, 1.0], [[0.2, 0.5, 0.9], [0.0]]) == [0.5, 1.0]

@@ -456,3 +456,17 @@ def test_default_model_converts_once_and_answers():
     text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     print("default model says:", text)
     assert text
+
+
+def test_load_trained_merges_an_adapter_for_evaluation(tiny_model_dir, tmp_path):
+    model = load_model(str(tiny_model_dir), "lora", SMALL_LORA)
+    _perturb_lora(model)
+    ids = _ids()
+    expected = _logits(model, ids)
+    paths = save_trained(model, load_tokenizer(str(tiny_model_dir)), tmp_path / "out", merge=False)
+
+    policy = models.load_trained({"adapter": paths["adapter"]}, str(tiny_model_dir))
+    assert not hasattr(policy, "peft_config")  # merged: no adapter layers left to slow sampling
+    assert not any(".lora_" in n for n, _ in policy.named_parameters())
+    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
+    torch.testing.assert_close(_logits(policy, ids), expected, rtol=1e-4, atol=1e-5)

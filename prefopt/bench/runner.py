@@ -447,11 +447,12 @@ class Bench:
         for row in table.to_dict("records") if len(table) else []:
             if (str(row["task"]), str(row["arm"]), str(row["config_hash"]), str(row["git"])) == (task, arm, key, code):
                 rows[float(row["value"])] = row
-        for value in t.values:
+        values = t.values_for(arm)
+        for value in values:
             if float(value) not in rows:
                 rows[float(value)] = self._tuning_row(task, arm, entry, value, key)
                 append_row(path, rows[float(value)])
-        scores = [(rows[float(v)]["win_rate_gold_dev"], -i, v) for i, v in enumerate(t.values)]
+        scores = [(rows[float(v)]["win_rate_gold_dev"], -i, v) for i, v in enumerate(values)]
         best = max(scores, key=lambda x: (x[0] if math.isfinite(x[0]) else -math.inf, x[1]))[2]
         return {t.option: best}
 

@@ -15,7 +15,7 @@ A suite is a versioned YAML file (see ``benchmarks/quick.yaml``)::
     pairs: {...}           # how preference data is sampled (PairSettings)
     eval: {...}            # how policies are evaluated (EvalSettings)
     hacking: {...}         # the planted-feature proxy labels (HackingSettings); needed by `pairs: proxy`
-    tune: {...}            # a per-algorithm search of one option (the learning rate) on dev prompts (TuneSettings)
+    tune: {...}            # a per-arm search of one option (the learning rate, or beta) on dev prompts (TuneSettings)
 
 A cell is one (task, entry, seed): one training run into ``<work>/<task>/<name>/seed<seed>``. An entry's name is
 its registered algorithm unless it says ``algo:``; ``pairs: proxy`` trains it on the proxy-labelled pairs (the same
@@ -25,8 +25,10 @@ default to the reward they were trained on). These three keys are the bench's, n
 
 An entry may sweep one option, its strength (``dpo: {sweep: {beta: [0.03, 0.1, 0.3]}}``): it becomes one entry per
 value, named ``<name>_<option><value>`` (``dpo_beta0.03`` ...), whose cells form the *arm* ``dpo``; the report
-compares arms along their gold-vs-KL frontiers (:mod:`prefopt.evaluation.frontier`). With a ``tune`` section each
-arm's learning rate (``tune.option``) is chosen first, per task, on dev prompts disjoint from the held-out ones
+compares arms along their gold-vs-KL frontiers (:mod:`prefopt.evaluation.frontier`). The strength may be any
+option that moves the policy away from the reference (beta, or the learning rate: ``benchmarks/standard.yaml`` sweeps
+the learning rate, since at 16 Adam steps beta barely changes KL). With a ``tune`` section one other option of each
+arm (``tune.option``: the learning rate, or beta) is chosen first, per task, on dev prompts disjoint from the held-out ones
 (see :class:`TuneSettings`), and every cell of the arm trains with the chosen value.
 """
 
@@ -101,7 +103,7 @@ class HackingSettings:
 
 @dataclass
 class TuneSettings:
-    """Per task and arm, one option (the learning rate) chosen on dev prompts before the arm's cells run.
+    """Per task and arm, one option (the learning rate, or beta) chosen on dev prompts before the arm's cells run.
 
     Each value trains one cell at the arm's middle strength with seed ``seed``; its replies to ``dev_prompts``
     prompts of the task's train split that no pair was sampled from (so disjoint from the held-out prompts) are
@@ -110,9 +112,15 @@ class TuneSettings:
     """
 
     option: str = "lr"  # the run option searched
-    values: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])  # its candidate values
+    # its candidate values: one list for every arm, or {arm: list} where the option's scale differs per arm
+    # (beta for DPO, tau for IPO)
+    values: list | dict = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     dev_prompts: int = 64  # dev prompts per task
     seed: int = 0  # the training seed of the search's cells
+
+    def values_for(self, arm: str) -> list:
+        """The candidate values searched for one arm."""
+        return list(self.values[arm]) if isinstance(self.values, dict) else list(self.values)
 
 
 @dataclass
@@ -149,8 +157,11 @@ class Suite:
         return entries[(len(entries) - 1) // 2]
 
     def tuned(self, arm: str) -> bool:
-        """Whether an arm's tune.option is searched (not for online algorithms' proxies or an entry setting it)."""
-        return self.tune is not None and not any(self.tune.option in self.algorithms[n] for n in self.arm_entries(arm))
+        """Whether an arm's tune.option is searched (not for online algorithms' proxies, an entry setting it or an
+        arm that per-arm tune.values leave out)."""
+        if self.tune is None or (isinstance(self.tune.values, dict) and arm not in self.tune.values):
+            return False
+        return not any(self.tune.option in self.algorithms[n] for n in self.arm_entries(arm))
 
     def algo(self, name: str) -> str:
         """The registered algorithm of an entry."""
@@ -285,14 +296,27 @@ def _expand_sweeps(path: Path, algorithms: dict) -> dict:
     return out
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_settings(suite: Suite) -> None:
     e = suite.eval
     if e.reference_samples < 1:
         raise PrefoptError(f"{suite.path}: eval.reference_samples: must be >= 1, got {e.reference_samples}")
     t = suite.tune
     if t is not None:
-        if not t.values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in t.values):
-            raise PrefoptError(f"{suite.path}: tune.values: expected a non-empty list of numbers, got {t.values!r}")
+        lists = t.values if isinstance(t.values, dict) else {"": t.values}
+        for arm, values in lists.items():
+            where = f"tune.values.{arm}" if arm else "tune.values"
+            if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
+                raise PrefoptError(f"{suite.path}: {where}: expected a non-empty list of numbers, got {values!r}")
+        if isinstance(t.values, dict):
+            arms = {suite.arm(n) for n in suite.algorithms}
+            unknown = sorted(set(t.values) - arms)
+            if unknown:
+                raise PrefoptError(f"{suite.path}: tune.values: '{unknown[0]}' is not an arm of this suite "
+                                   f"(arms: {', '.join(sorted(arms))})")
         if t.dev_prompts < 1:
             raise PrefoptError(f"{suite.path}: tune.dev_prompts: must be >= 1, got {t.dev_prompts}")
         if t.option in BENCH_KEYS:
