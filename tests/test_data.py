@@ -44,7 +44,7 @@ def write_jsonl(path, rows):
 
 
 def expected_standard(rows=STANDARD):
-    return [PreferenceRecord((USER(r["prompt"]),), r["chosen"], r["rejected"], i) for i, r in enumerate(rows, 1)]
+    return [PreferenceRecord((USER(r["prompt"]),), r["chosen"], r["rejected"], i, raw=True) for i, r in enumerate(rows, 1)]
 
 
 # ---------------------------------------------------------------- sources
@@ -183,9 +183,9 @@ def test_unpaired_labels_bool_string_and_int(tmp_path):
     ]
     records = load_records(write_jsonl(tmp_path / "u.jsonl", rows), kind="unpaired")
     assert records == [
-        UnpairedRecord((USER("Q1"),), "good", True, 1),
-        UnpairedRecord((USER("Q2"),), "bad", False, 2),
-        UnpairedRecord((USER("Q3"),), "good", True, 3),
+        UnpairedRecord((USER("Q1"),), "good", True, 1, raw=True),
+        UnpairedRecord((USER("Q2"),), "bad", False, 2, raw=True),
+        UnpairedRecord((USER("Q3"),), "good", True, 3, raw=True),
     ]
 
 
@@ -203,7 +203,8 @@ def test_unpaired_bad_label(tmp_path):
 def test_prompt_only_strings_and_messages(tmp_path):
     rows = [{"prompt": "Q1"}, {"prompt": [USER("Q2")]}, {"prompt": "Q1"}]
     records = load_records(write_jsonl(tmp_path / "p.jsonl", rows), kind="prompt")
-    assert records == [PromptRecord((USER("Q1"),), 1), PromptRecord((USER("Q2"),), 2)]  # deduplicated, order kept
+    # deduplicated, order kept; a plain string is raw text (TRL's standard format), a message list is not
+    assert records == [PromptRecord((USER("Q1"),), 1, raw=True), PromptRecord((USER("Q2"),), 2)]
 
 
 def test_paired_as_unpaired_and_as_prompt(tmp_path):
@@ -220,7 +221,7 @@ def test_unpaired_as_paired_is_an_error(tmp_path):
     source = write_jsonl(tmp_path / "u.jsonl", [{"prompt": "Q", "completion": "a", "label": True}])
     with pytest.raises(PrefoptError, match=r"u\.jsonl holds unpaired data .*needs paired data"):
         load_records(source, kind="paired")
-    assert load_records(source, kind="prompt") == [PromptRecord((USER("Q"),), 1)]
+    assert load_records(source, kind="prompt") == [PromptRecord((USER("Q"),), 1, raw=True)]
 
 
 def test_prompt_only_as_paired_is_an_error(tmp_path):

@@ -435,10 +435,14 @@ def _substitute(value: Any, cell: Cell, work: Path) -> Any:
 
 
 def cell_options(suite: Suite, cell: Cell, work: Path, data: str, tuned: dict | None = None) -> dict:
-    """The `prefopt run` options of one cell: suite train options < tuned options < algorithm options < cell
-    identity. ``tuned``: the options the arm's tuning chose (tune.option: value)."""
+    """The `prefopt run` options of one cell: bench defaults < suite train options < tuned options < algorithm
+    options < cell identity. ``tuned``: the options the arm's tuning chose (tune.option: value).
+
+    The bench's pair and prompt files hold plain-string questions, but its policies are sampled and judged in
+    conversation, so its cells train with the model's chat template (``chat_template: model``) by default.
+    """
     entry = {k: v for k, v in suite.algorithms[cell.algo].items() if k not in BENCH_KEYS}
-    values = {**suite.train, **(tuned or {}), **entry}
+    values = {"chat_template": "model", **suite.train, **(tuned or {}), **entry}
     values = {k: _substitute(v, cell, work) for k, v in values.items()}
     values.update(model=suite.model, data=data, seed=cell.seed, output_dir=str(cell.folder(work)), progress=False)
     return values

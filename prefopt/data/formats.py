@@ -25,7 +25,13 @@ Formats, detected from the columns (extra columns are ignored)
 - other tools' formats (``messages``, Alpaca, ShareGPT, LLaMA-Factory ranking) and
   the ``columns=`` renaming: :mod:`prefopt.data.foreign`, applied first.
 
-A plain string prompt becomes ``[{"role": "user", "content": prompt}]``.
+- ``text`` alone -> demonstrations (SFT) of language-modelling text (TRL's
+  standard language-modelling format): the whole text is the completion, with no prompt.
+
+A plain string prompt becomes ``[{"role": "user", "content": prompt}]``. A row whose prompt and responses are all
+plain strings is marked ``raw`` (TRL's standard format): the run option ``chat_template`` decides whether the model
+sees those strings as they are (``auto``, the default, as TRL) or wrapped in a chat template
+(:mod:`prefopt.training.chat_template`). Message lists are conversational and always go through a template.
 
 Kinds: ``"native"`` keeps the records as the format gives them;
 ``"demonstrations"`` takes the chosen side of pairs, the desirable examples of
@@ -59,7 +65,7 @@ from prefopt.errors import PrefoptError
 
 _HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_KNOWN_COLUMNS = ("prompt", "chosen", "rejected", "completion", "label")
+_KNOWN_COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "text")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 MAX_FIELD_CHARS = 1_000_000  # characters per text field; ~250k tokens, beyond any max_length in use
@@ -107,7 +113,7 @@ def _missing_column(name: str, column: str, columns: list[str]) -> PrefoptError:
 
 
 def detect_format(columns: Sequence[str], name: str = "data") -> str:
-    """'paired', 'paired-implicit', 'unpaired' or 'prompt' from the column names.
+    """'paired', 'paired-implicit', 'unpaired', 'demonstrations', 'prompt' or 'text' from the column names.
 
     A near-miss column (a misspelled 'rejected', a 'promt' next to chosen and
     rejected) is reported as missing with a did-you-mean, not silently ignored.
@@ -135,12 +141,14 @@ def detect_format(columns: Sequence[str], name: str = "data") -> str:
         return "demonstrations"
     if "prompt" in has:
         return "prompt"
+    if "text" in has:
+        return "text"
     for known in ("prompt", "chosen", "rejected", "completion", "label"):
         if _close(known, others, cutoff=0.75):
             raise _missing_column(name, known, cols)
     raise PrefoptError(
         f"{name}: no known columns (columns: {_column_list(cols) or 'none'}); expected prompt+chosen+rejected, "
-        "chosen+rejected, prompt+completion(+label), prompt, messages, instruction+output (Alpaca), "
+        "chosen+rejected, prompt+completion(+label), prompt, text, messages, instruction+output (Alpaca), "
         "conversations (ShareGPT); map yours with columns=, e.g. "
         f"columns={_mapping_example(cols)}"
     )
@@ -312,7 +320,13 @@ def _pair(row: _Row, implicit: bool) -> PreferenceRecord:
             raise row.error(None, "'chosen' and 'rejected' continue the prompt with different messages")
     if chosen.strip() == rejected.strip():
         raise row.error(None, "'chosen' and 'rejected' are identical")
-    return PreferenceRecord(prompt=tuple(prompt_c), chosen=chosen, rejected=rejected, row=row.row)
+    raw = not implicit and _all_strings(row, ("prompt", "chosen", "rejected"))
+    return PreferenceRecord(prompt=tuple(prompt_c), chosen=chosen, rejected=rejected, row=row.row, raw=raw)
+
+
+def _all_strings(row: _Row, fields: Sequence[str]) -> bool:
+    """Whether these fields are all plain strings (TRL's standard format, kept as raw text by default)."""
+    return all(isinstance(row.values.get(f), str) for f in fields)
 
 
 def _label(row: _Row) -> bool:
@@ -332,7 +346,14 @@ def _unpaired(row: _Row, labelled: bool = True) -> UnpairedRecord:
     prompt = row.prompt()
     lead, completion = row.response("completion")
     label = _label(row) if labelled else True
-    return UnpairedRecord(prompt=tuple(_join_prompt(prompt, lead)), completion=completion, label=label, row=row.row)
+    raw = _all_strings(row, ("prompt", "completion"))
+    return UnpairedRecord(prompt=tuple(_join_prompt(prompt, lead)), completion=completion, label=label, row=row.row,
+                          raw=raw)  # fmt: skip
+
+
+def _text(row: _Row) -> UnpairedRecord:
+    """A `text` row: language-modelling text, all of it the completion of an empty raw prompt."""
+    return UnpairedRecord(prompt=(), completion=row.text(row.get("text"), "text"), label=True, row=row.row, raw=True)
 
 
 # ---------------------------------------------------------------- kinds
@@ -342,8 +363,8 @@ def split_pairs(records: Sequence[PreferenceRecord]) -> list[UnpairedRecord]:
     """Each pair -> (prompt, chosen, True), (prompt, rejected, False); rows kept."""
     out = []
     for r in records:
-        out.append(UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row))
-        out.append(UnpairedRecord(prompt=r.prompt, completion=r.rejected, label=False, row=r.row))
+        out.append(UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row, raw=r.raw))
+        out.append(UnpairedRecord(prompt=r.prompt, completion=r.rejected, label=False, row=r.row, raw=r.raw))
     return out
 
 
@@ -352,10 +373,10 @@ def unique_prompts(records: Sequence) -> list[PromptRecord]:
     seen: set = set()
     out = []
     for r in records:
-        key = tuple((m["role"], m["content"]) for m in r.prompt)
+        key = (r.raw, tuple((m["role"], m["content"]) for m in r.prompt))
         if key not in seen:
             seen.add(key)
-            out.append(PromptRecord(prompt=tuple(r.prompt), row=r.row))
+            out.append(PromptRecord(prompt=tuple(r.prompt), row=r.row, raw=r.raw))
     return out
 
 
@@ -365,26 +386,35 @@ def as_kind(records: list, kind: str, name: str = "data") -> list:
     if kind == "native":
         return records
     if kind == "prompt":
-        return unique_prompts(records)
+        if records and all(isinstance(r, UnpairedRecord) and not r.prompt for r in records):
+            raise PrefoptError(f"{name} holds language-modelling text only (a 'text' column); this needs prompts")
+        return unique_prompts([r for r in records if r.prompt])
     if not records:
         return records
     first = records[0]
     if kind == "demonstrations":
         if isinstance(first, PreferenceRecord):  # the chosen side of each pair
-            return [UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row) for r in records]
+            return [UnpairedRecord(prompt=r.prompt, completion=r.chosen, label=True, row=r.row, raw=r.raw)
+                    for r in records]  # fmt: skip
         if isinstance(first, UnpairedRecord):  # desirable examples only
             return [r for r in records if r.label]
         raise PrefoptError(f"{name} holds prompts only; this needs demonstrations (prompt, completion)")
     if kind == "paired":
         if isinstance(first, PreferenceRecord):
             return records
-        held = "unpaired data (prompt, completion, label)" if isinstance(first, UnpairedRecord) else "prompts only"
-        raise PrefoptError(f"{name} holds {held}; this needs paired data (prompt, chosen, rejected)")
+        raise PrefoptError(f"{name} holds {_held(first)}; this needs paired data (prompt, chosen, rejected)")
     if isinstance(first, PreferenceRecord):
         return split_pairs(records)
     if isinstance(first, UnpairedRecord):
         return records
     raise PrefoptError(f"{name} holds prompts only; this needs prompt, completion, label (or prompt, chosen, rejected)")
+
+
+def _held(first) -> str:
+    """What a file of records like `first` holds, for an error."""
+    if isinstance(first, UnpairedRecord):
+        return "language-modelling text ('text')" if not first.prompt else "unpaired data (prompt, completion, label)"
+    return "prompts only"
 
 
 def _check_kind(kind: str) -> None:
@@ -429,4 +459,6 @@ def _record(fmt: str, row: _Row):
         return _unpaired(row)
     if fmt == "demonstrations":
         return _unpaired(row, labelled=False)
-    return PromptRecord(prompt=tuple(row.prompt()), row=row.row)
+    if fmt == "text":
+        return _text(row)
+    return PromptRecord(prompt=tuple(row.prompt()), row=row.row, raw=_all_strings(row, ("prompt",)))

@@ -21,16 +21,18 @@ class PreferenceRecord:
     chosen: str
     rejected: str
     row: int  # 1-based row in the source
+    raw: bool = False  # plain strings in the source (TRL's standard format): see prompt_is_raw_text
 
 
 @dataclass(frozen=True)
 class UnpairedRecord:
     """One reply judged on its own (KTO-style): desirable when label is True."""
 
-    prompt: tuple[Message, ...]
+    prompt: tuple[Message, ...]  # () for language-modelling text (a `text` column): the completion is all of it
     completion: str
     label: bool
     row: int
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class PromptRecord:
 
     prompt: tuple[Message, ...]
     row: int
+    raw: bool = False
+
+
+def raw_prompt_text(record) -> str:
+    """The prompt of a raw (plain-string) record as the model sees it: the string itself, "" for text data."""
+    return "".join(m["content"] for m in record.prompt)
 
 
 def last_user_message(prompt: str | Sequence[Message]) -> str:

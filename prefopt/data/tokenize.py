@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prefopt.data.records import Message, PreferenceRecord, PromptRecord, UnpairedRecord
+from prefopt.data.records import Message, PreferenceRecord, PromptRecord, UnpairedRecord, raw_prompt_text
 from prefopt.errors import PrefoptError, first_line
 
 
@@ -89,9 +89,16 @@ def encode_response(tokenizer, text: str) -> list[int]:
 
 
 def _encode_prompts(records: Sequence, tokenizer, source: str) -> list[list[int]]:
-    """Prompt ids of all records (one batched tokenizer call); template errors name the row."""
+    """Prompt ids of all records (one batched tokenizer call); template errors name the row.
+
+    A raw record (plain strings, TRL's standard format, under chat_template=auto) is tokenised as it is, no
+    template; every other prompt goes through the chat template (:func:`render_prompt_text`).
+    """
     texts = []
     for r in records:
+        if getattr(r, "raw", False):
+            texts.append(raw_prompt_text(r))
+            continue
         try:
             texts.append(render_prompt_text(tokenizer, r.prompt))
         except Exception as e:  # noqa: BLE001 - jinja: e.g. "roles must alternate", "system role not supported"
@@ -104,7 +111,19 @@ def _encode_prompts(records: Sequence, tokenizer, source: str) -> list[list[int]
 def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False).input_ids
+    nonempty = [t for t in texts if t]
+    encoded = iter(tokenizer(nonempty, add_special_tokens=False).input_ids if nonempty else [])
+    return [next(encoded) if t else [] for t in texts]
+
+
+def _start_text(prompt: list[int], response: list[int], tokenizer) -> tuple[list[int], list[int]]:
+    """Language-modelling text has no prompt, but the first response token needs one to be predicted from: the
+    tokenizer's BOS where it has one, else the text's own first token (never predicted, as in any LM loss)."""
+    if prompt or not response:
+        return prompt, response
+    if tokenizer.bos_token_id is not None:
+        return [tokenizer.bos_token_id], response
+    return response[:1], response[1:]
 
 
 def _encode_responses(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -165,6 +184,8 @@ def _tokenize(
     stats = TruncationStats(rows=len(records))
     rows = []
     for i in range(len(records)):
+        if not prompts[i] and len(columns) == 1:
+            prompts[i], columns[0][i] = _start_text(prompts[i], columns[0][i], tokenizer)
         p, cut_prompt = _fit_prompt(prompts[i], prompt_budget)
         room = max_length - len(p)
         kept = [column[i][:room] for column in columns]

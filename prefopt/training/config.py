@@ -53,6 +53,7 @@ class RunConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
+    chat_template: str = "auto"  # auto (as trl: message lists templated, plain strings raw) | model | none | template file
     long_prompts: Literal["truncate", "drop", "error"] = "truncate"  # prompts longer than max_length: keep their end (as trl) | leave the row out | stop
     eval_size: int = 64  # held-out pairs (a fixed random split of the data)
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
@@ -97,9 +98,14 @@ def check_ranges(run: RunConfig) -> None:
     from prefopt.training.tracking import parse_report_to
 
     parse_report_to(run.report_to)  # an unknown or uninstalled tracker stops the run before anything is written
+    from prefopt.training.chat_template import check_option
     from prefopt.training.outputs import check_push
 
-    check_push({"push_to_hub": run.push_to_hub, "hub_model_id": run.hub_model_id})
+    check_option(run.chat_template)
+    check_push({"push_to_hub": run.push_to_hub, "hub_model_id": run.hub_model_id, "hub_private": run.hub_private})
+    if run.save_dtype != "auto" and not (run.merge and run.adapter in ("lora", "qlora")):
+        raise PrefoptError(f"option 'save_dtype': sets the dtype of the merged model, which only merge=true with a "
+                           f"LoRA/QLoRA adapter saves (got merge={str(run.merge).lower()}, adapter={run.adapter})")
 
 
 def _clip(text: str, limit: int = 60) -> str:

@@ -29,6 +29,7 @@ from prefopt.core.reference import build_reference, resolve_reference_mode, star
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
+from prefopt.training import chat_template
 from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import Context, check_even_shares, context
 from prefopt.training.inputs import PairInputs, RewardPairInputs, inputs_for
@@ -60,14 +61,18 @@ class Prepared:
 
 def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
+    main = context().is_main
+    chat_template.apply_to_tokenizer(tokenizer, run.chat_template)
     records = load_dataset(run.data, "native", run.columns)
+    applied = chat_template.notice(records, run.chat_template, tokenizer, run.data)
+    records = chat_template.apply_to_records(records, run.chat_template)
     if run.eval_data:  # the user's own held-out rows instead of a random split
-        train_records, eval_records = records, load_dataset(run.eval_data, "native", run.columns)
+        eval_records = load_dataset(run.eval_data, "native", run.columns)
+        train_records, eval_records = records, chat_template.apply_to_records(eval_records, run.chat_template)
     else:
         train_records, eval_records = split_records(records, run.eval_size, run.data)
     train_items = as_kind(train_records, inputs.data_kind, run.data)
     eval_items = as_kind(eval_records, inputs.data_kind, run.eval_data or run.data)
-    main = context().is_main
     train_items, long_train = long_prompts(train_items, tokenizer, run, run.data, main)
     eval_items, long_eval = long_prompts(eval_items, tokenizer, run, run.eval_data or run.data, main)
     if not train_items:
@@ -81,6 +86,7 @@ def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     if eval_records and isinstance(eval_records[0], PreferenceRecord):
         eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
     n_train = len(train_items)
+    chat_template.say(applied, main)
     return Prepared(examples, list(range(n_train)), list(range(n_train, len(examples))), eval_pairs, truncation)
 
 

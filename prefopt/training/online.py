@@ -36,6 +36,7 @@ from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.tasks import load_dataset
+from prefopt.training import chat_template
 from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import context
 from prefopt.training.lifecycle import (
@@ -277,9 +278,13 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     random.seed(run.seed)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.model)
+    chat_template.apply_to_tokenizer(tokenizer, run.chat_template)
     records = load_dataset(run.data, "prompt", run.columns)
+    applied = chat_template.notice(records, run.chat_template, tokenizer, run.data)
+    records = chat_template.apply_to_records(records, run.chat_template)
     if run.eval_data:  # the user's own held-out prompts instead of a random split
-        train_records, eval_records = records, load_dataset(run.eval_data, "prompt", run.columns)
+        eval_records = load_dataset(run.eval_data, "prompt", run.columns)
+        train_records, eval_records = records, chat_template.apply_to_records(eval_records, run.chat_template)
     else:
         train_records, eval_records = split_records(records, run.eval_size, run.data)
     train_records, long_train = long_prompts(train_records, tokenizer, run, run.data)
@@ -292,6 +297,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     truncation.long_prompts = long_train + long_eval
     truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
     run = steps_for_epochs(run, len(train_prompts), run.batch_size)
+    chat_template.say(applied)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
 

@@ -138,7 +138,13 @@ This folder holds {what}, trained with prefopt using **{algo_name}**: {doc}
 
 
 def check_push(options: dict) -> None:
-    """push_to_hub needs hub_model_id as owner/name (checked before the run starts)."""
+    """push_to_hub needs hub_model_id as owner/name, and the hub options mean nothing without it (checked before
+    the run starts)."""
+    if not options.get("push_to_hub"):
+        for name in ("hub_model_id", "hub_private"):
+            if options.get(name):
+                raise PrefoptError(f"option '{name}': given without push_to_hub=true, so nothing would be pushed "
+                                   "(add push_to_hub=true, or leave it out)")  # fmt: skip
     if options.get("push_to_hub"):
         repo = str(options.get("hub_model_id") or "")
         if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*", repo):
