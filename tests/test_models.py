@@ -355,14 +355,15 @@ def test_gguf_is_converted_once_into_the_cache(tiny_model_dir, tmp_path, monkeyp
     assert (first / "config.json").is_file()
     _no_temp_leftovers(first.parent)
 
-    assert resolve_model(str(gguf)) == str(first)  # per-process cache
-    models._convert_cached.cache_clear()
     assert resolve_model(str(gguf)) == str(first)  # on-disk cache
     assert len(calls) == 1
+    shutil.rmtree(first)  # the cache removed while the process lives: converted again, never a stale path
+    assert resolve_model(str(gguf)) == str(first) and (first / "config.json").is_file()
+    assert len(calls) == 2
 
     os.utime(gguf, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file changed
     assert resolve_model(str(gguf)) != str(first)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_failed_gguf_conversion_leaves_nothing(tmp_path, monkeypatch):

@@ -86,3 +86,15 @@ def test_a_failed_push_keeps_the_run_and_says_so(tmp_path, tiny_model_dir, monke
         prefopt.run(algo="dpo", data=data, push_to_hub=True, hub_model_id="me/x", **_options(tiny_model_dir,
                                                                                              tmp_path / "r"))  # fmt: skip
     assert (tmp_path / "r" / "adapter" / "adapter_model.safetensors").exists() and (tmp_path / "r" / "summary.json").exists()
+
+
+def test_an_adapter_of_the_bundled_default_loads_its_base_from_the_bundled_gguf(tmp_path):
+    """The adapter names the hub id for other machines; prefopt itself reads prefopt_base.json and rebuilds the
+    dequantised base from the bundled GGUF (the weights it was trained on), even after its cache is gone."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": BUNDLED_HUB_ID}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    assert models.adapter_base(adapter) == BUNDLED_HUB_ID  # peft's record alone: the hub model
+    (adapter / "prefopt_base.json").write_text(json.dumps(base_record(models.DEFAULT_MODEL)))
+    assert models.adapter_base(adapter) == models.DEFAULT_MODEL  # resolve_model converts it again when needed

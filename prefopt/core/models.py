@@ -12,7 +12,6 @@ weights and the optimizer state keep full precision.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import logging
@@ -148,9 +147,9 @@ def _gguf_key(gguf: Path) -> tuple[str, str, int, int]:
     return str(prefopt_home()), str(gguf.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-@functools.cache
 def _convert_cached(home: str, gguf: str, size: int, mtime_ns: int) -> str:
-    """Cached folder for a .gguf, converting it the first time (per key, per process)."""
+    """Cached folder for a .gguf, converting it the first time. The disk is checked on every call (a stat, no
+    per-process memo), so a cache folder removed while a Python session runs is rebuilt, not returned stale."""
     digest = hashlib.sha256(f"{gguf}\0{size}\0{mtime_ns}".encode()).hexdigest()[:12]
     dest = Path(home) / "models" / f"{Path(gguf).stem}-{digest}"
     if not (dest / "config.json").is_file():
