@@ -7,6 +7,7 @@ import copy
 import json
 
 import pytest
+from tokenizers.processors import TemplateProcessing
 
 import prefopt
 from prefopt.bench.suite import Cell, cell_options, load_suite
@@ -84,24 +85,42 @@ def test_text_rows_are_language_modelling_demonstrations(tmp_path, tiny_tokenize
     assert [(r.prompt, r.completion, r.label, r.raw) for r in records] == [
         ((), "Paris is the capital of France.", True, True), ((), "Two and two.", True, True)]  # fmt: skip
     assert chat_template.apply_to_records(records, "model") == records  # no prompt to template
-    examples, _ = tokenize_unpaired(records, tiny_tokenizer, max_length=64, max_prompt_length=32)
-    # nothing to predict the first token from but BOS: the whole text is learnt, as in TRL's LM loss
-    assert examples[0].prompt_ids == [tiny_tokenizer.bos_token_id]
-    assert examples[0].completion_ids == _ids(tiny_tokenizer, "Paris is the capital of France.") + [
-        tiny_tokenizer.eos_token_id]  # fmt: skip
     with pytest.raises(PrefoptError, match=r"lm\.jsonl holds language-modelling text .*needs paired data"):
         load_records(source, kind="paired")
     with pytest.raises(PrefoptError, match=r"lm\.jsonl holds language-modelling text only"):
         load_records(source, kind="prompt")
 
 
-def test_text_without_a_bos_token_gives_its_first_token_as_the_prompt(tmp_path, tiny_tokenizer):
-    records = load_records(_jsonl(tmp_path / "lm.jsonl", [{"text": "Paris is here."}]), kind="demonstrations")
-    no_bos = copy.deepcopy(tiny_tokenizer)
-    no_bos.bos_token = None
-    examples, _ = tokenize_unpaired(records, no_bos, max_length=64, max_prompt_length=32)
-    ids = _ids(no_bos, "Paris is here.") + [no_bos.eos_token_id]
-    assert examples[0].prompt_ids == ids[:1] and examples[0].completion_ids == ids[1:]
+def test_text_trains_on_the_tokens_trl_does(tmp_path, tiny_tokenizer):
+    """TRL's SFT tokenises text + eos with the tokenizer's own special tokens; the first token has no context, so
+    it is the prompt: the special prefix where the tokenizer adds one (a Llama BOS), else the text's first token."""
+    from trl.data_utils import _tokenize
+
+    text = "Paris is the capital of France."
+    records = load_records(_jsonl(tmp_path / "lm.jsonl", [{"text": text}]), kind="demonstrations")
+    trl_ids = _tokenize(tiny_tokenizer, text + tiny_tokenizer.eos_token)["input_ids"]
+    (ours,), _ = tokenize_unpaired(records, tiny_tokenizer, max_length=64, max_prompt_length=32)
+    assert ours.prompt_ids + ours.completion_ids == trl_ids
+    assert ours.prompt_ids == trl_ids[:1]  # the tiny tokenizer adds no BOS
+
+    with_bos = copy.deepcopy(tiny_tokenizer)
+    with_bos._tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[
+        ("<|im_start|>", with_bos.bos_token_id)])  # fmt: skip
+    trl_ids = _tokenize(with_bos, text + with_bos.eos_token)["input_ids"]
+    (ours,), _ = tokenize_unpaired(records, with_bos, max_length=64, max_prompt_length=32)
+    assert ours.prompt_ids == [with_bos.bos_token_id] and ours.prompt_ids + ours.completion_ids == trl_ids
+
+
+def test_plain_strings_train_on_the_tokens_trl_does(raw_and_chat, tiny_tokenizer):
+    from trl.data_utils import maybe_apply_chat_template
+
+    raw, _ = raw_and_chat
+    example = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
+    rendered = maybe_apply_chat_template(example, tiny_tokenizer)
+    assert rendered == example  # trl leaves the standard format as it is
+    pair = _pair_ids(raw, tiny_tokenizer)
+    assert pair.prompt_ids == _ids(tiny_tokenizer, rendered["prompt"])
+    assert pair.chosen_ids == _ids(tiny_tokenizer, rendered["chosen"]) + [tiny_tokenizer.eos_token_id]
 
 
 def test_raw_prompts_for_generation(tmp_path, tiny_tokenizer):

@@ -117,12 +117,14 @@ def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def _start_text(prompt: list[int], response: list[int], tokenizer) -> tuple[list[int], list[int]]:
-    """Language-modelling text has no prompt, but the first response token needs one to be predicted from: the
-    tokenizer's BOS where it has one, else the text's own first token (never predicted, as in any LM loss)."""
+    """Language-modelling text has no prompt. The sequence is what TRL trains on, ``tokenizer(text)`` and eos: the
+    special tokens the tokenizer puts in front of any text (a Llama BOS) become the prompt, and without any, the
+    text's own first token does (there is nothing to predict it from, as in any LM loss)."""
     if prompt or not response:
         return prompt, response
-    if tokenizer.bos_token_id is not None:
-        return [tokenizer.bos_token_id], response
+    lead = tokenizer("", add_special_tokens=True).input_ids
+    if lead and lead != [tokenizer.eos_token_id]:
+        return list(lead), response
     return response[:1], response[1:]
 
 
