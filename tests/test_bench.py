@@ -665,13 +665,23 @@ def test_per_arm_tune_values_errors_name_the_arm(tmp_path, values, message):
         load_suite(path)
 
 
+def test_numbers_read_back_from_a_results_table_are_checked(tmp_path):
+    from prefopt.bench.results import row_number
+
+    path = tmp_path / "results.csv"
+    assert row_number(path, 3, {"seed": "2"}, "seed", int) == 2 and row_number(path, 1, {"v": 0.5}, "v") == 0.5
+    for value, kind in (("x", float), (None, float), ("1.5", int), ("", int)):
+        with pytest.raises(PrefoptError, match=r"results\.csv row 3 field 'seed': expected a number"):
+            row_number(path, 3, {"seed": value}, "seed", kind)
+
+
 def test_gold_win_rates_average_the_decisions_against_every_reference_reply():
     # 0.5 vs (0.2, 0.5, 0.9): win, tie, loss -> 0.5; 1.0 vs (0.0,) -> 1
     assert runner.gold_win_rates([0.5, 1.0], [[0.2, 0.5, 0.9], [0.0]]) == [0.5, 1.0]
 
 
 @pytest.mark.e2e
-def test_a_tuned_sweep_records_its_search_strengths_and_per_prompt_kl(tmp_path, tiny_model_dir):
+def test_a_tuned_sweep_records_its_search_strengths_and_per_prompt_kl(tmp_path, tiny_model_dir, capsys):
     suite = micro_suite(tmp_path / "sweep.yaml", tiny_model_dir, {"dpo": {"sweep": {"beta": [0.1, 0.5]}}},
                         seeds=(0,), reference_samples=2, sanity=False, probes=0)  # fmt: skip
     raw = yaml.safe_load(suite.read_text())
@@ -706,6 +716,12 @@ def test_a_tuned_sweep_records_its_search_strengths_and_per_prompt_kl(tmp_path, 
     before = (results / "tuning.csv").read_text()
     assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 0
     assert (results / "tuning.csv").read_text() == before
+    # a damaged search table is one line naming file, row and field, not a traceback (one cell left to run)
+    (results / "tuning.csv").write_text(before.replace(",1e-05,", ",x,", 1))
+    (results / "results.csv").write_text("".join((results / "results.csv").read_text().splitlines(True)[:2]))
+    capsys.readouterr()
+    assert run_cli(["bench", "--suite", suite, "--results", results, "--work-dir", tmp_path / "work"]) == 2
+    assert re.search(r"tuning\.csv row \d field 'value': expected a number, got 'x'", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", ["standard", "full"])

@@ -222,6 +222,19 @@ def append_row(path: Path, row: dict) -> None:
     atomic_write_text(path, table.to_csv(index=False))
 
 
+def row_number(path: Path, i: int, row: dict, field: str, kind=float):
+    """A number read from row i of a results or tuning table (a hand-edited or damaged file is untrusted): the
+    value as `kind`, or one PrefoptError naming the file, row and field."""
+    value = row.get(field)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or (kind is int and float(value) != number):
+        raise PrefoptError(f"{path} row {i} field '{field}': expected a number, got {str(value)[:40]!r}")
+    return number
+
+
 def done_cells(table, suite: Suite, path: Path, code_version: str | None = None) -> set[Cell]:
     """Cells with a row. A row whose config hash differs from the suite's is an error, and so is, when
     code_version (the running code's git id) is given, a row written by another code version: a resumed
@@ -230,7 +243,7 @@ def done_cells(table, suite: Suite, path: Path, code_version: str | None = None)
     if not len(table):
         return done
     for i, row in enumerate(table.to_dict("records"), start=1):
-        cell = Cell(str(row["task"]), str(row["algo"]), int(row["seed"]))
+        cell = Cell(str(row["task"]), str(row["algo"]), row_number(path, i, row, "seed", int))
         in_suite = cell.algo in suite.algorithms and cell.task in suite.task_names
         if in_suite and str(row.get("config_hash")) != config_hash(suite, cell):
             raise PrefoptError(

@@ -44,6 +44,7 @@ from prefopt.bench.results import (
     read_results,
     reference_column,
     reference_samples_path,
+    row_number,
     samples_path,
     tuning_path,
     write_records,
@@ -444,9 +445,11 @@ class Bench:
         key = config_hash(self.suite, Cell(task, entry, t.seed))
         code = git_hash()
         rows = {}
-        for row in table.to_dict("records") if len(table) else []:
-            if (str(row["task"]), str(row["arm"]), str(row["config_hash"]), str(row["git"])) == (task, arm, key, code):
-                rows[float(row["value"])] = row
+        for i, row in enumerate(table.to_dict("records") if len(table) else [], start=1):
+            if (str(row.get("task")), str(row.get("arm")), str(row.get("config_hash")), str(row.get("git"))) == (
+                    task, arm, key, code):  # fmt: skip
+                row["win_rate_gold_dev"] = row_number(path, i, row, "win_rate_gold_dev")
+                rows[row_number(path, i, row, "value")] = row
         values = t.values_for(arm)
         for value in values:
             if float(value) not in rows:
