@@ -116,6 +116,8 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
     input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
     first = first_response_position(loss_mask) if first is None else first
     parts = fused_head(model) if fused else None
+    if batch.get(PADDING_FREE):
+        return _packed_token_logps(model, batch, first, parts, return_entropy)
     if parts is None:
         keep = input_ids.shape[1] - first + 1  # logits at positions first-1 .. T-1
         logits = model(
@@ -137,6 +139,62 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
         return _scatter(picked, rows), mask
     picked, entropy = linear_log_softmax(hidden[rows], head.weight, labels[rows], return_entropy=True)  # (R,) x 2
     return _scatter(picked, rows), mask, _scatter(entropy, rows)
+
+
+# A batch key: forward the batch's rows packed into one sequence, no padding (see _packed_token_logps).
+PADDING_FREE = "padding_free"
+
+
+def use_padding_free(option: str, model, device) -> bool:
+    """The run option ``padding_free`` resolved for a model: ``on``/``off`` as said; ``auto`` packs only where it
+    was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (SDPA with a
+    block-diagonal mask over the whole packed sequence) the padded forward of length-bucketed batches is faster:
+    ``benchmarks/padding_free.py``, docs/speed.md."""
+    if option != "auto":
+        return option == "on"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
+    return torch.device(device).type == "cuda" and attention.startswith("flash_attention")
+
+
+def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: bool):
+    """forward_token_logps of a right-padded batch run padding-free: its N rows' real tokens packed into one
+    sequence of S = sum of lengths, positions restarting at 0 for each row. Given ``position_ids`` and no
+    attention mask, transformers attends within each row only (flash-attention's variable-length kernel where it
+    is installed, else a block-diagonal causal mask), so every value equals the padded forward's; no compute is
+    spent on padding. The same (N, K) outputs as the padded path.
+
+    The response tokens, read row after row, are in the same order in the packed sequence as in the (N, K) grid,
+    and none is the first token of its row (a prompt always comes first), so the state just before each is of
+    its own row.
+    """
+    input_ids, loss_mask, attention_mask = batch["input_ids"], batch["loss_mask"], batch["attention_mask"]  # (N, T)
+    real = attention_mask.bool()  # (N, T): a prefix of each row (right padding)
+    packed = input_ids[real]  # (S,)
+    positions = torch.arange(real.shape[1], device=real.device).expand_as(real)[real]  # (S,) 0..L_i-1 per row
+    targets = loss_mask[real][1:].bool()  # (S-1,) the next packed token is a response token
+    labels = packed[1:][targets]  # (R,)
+    grid = loss_mask[:, first:].bool()  # (N, K)
+    entropy = None
+    if parts is None:
+        keep = targets.nonzero().squeeze(-1)  # (R,) packed positions whose logits predict a response token
+        logits = model(input_ids=packed[None], position_ids=positions[None], use_cache=False,
+                       logits_to_keep=keep).logits[0]  # (R, V)  # fmt: skip
+        picked = selective_log_softmax(logits, labels)  # (R,)
+        if return_entropy:
+            entropy = chunked_entropy(logits)  # (R,)
+    else:
+        backbone, head = parts
+        hidden = backbone(input_ids=packed[None], position_ids=positions[None], use_cache=False).last_hidden_state
+        states = hidden[0, :-1][targets]  # (R, H)
+        if return_entropy:
+            picked, entropy = linear_log_softmax(states, head.weight, labels, return_entropy=True)  # (R,) x 2
+        else:
+            picked = linear_log_softmax(states, head.weight, labels)  # (R,)
+    mask = grid.float()  # (N, K)
+    if not return_entropy:
+        return _scatter(picked, grid), mask
+    return _scatter(picked, grid), mask, _scatter(entropy, grid)
 
 
 def _scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

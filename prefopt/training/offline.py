@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
+from prefopt.core.logprobs import PADDING_FREE, use_padding_free
 from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
@@ -121,6 +122,7 @@ class Trainer:
         self.reference, self.device, self.precision = reference, device, precision
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
+        self.padding_free = use_padding_free(run.padding_free, model, device)
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).
@@ -137,7 +139,14 @@ class Trainer:
 
     def _batch(self, ids: list[int]) -> dict:
         batch = self.collate([self.examples[i] for i in ids])
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return self._on_device(batch)
+
+    def _on_device(self, batch: dict) -> dict:
+        """The batch's tensors on the device, marked padding-free when the run packs its rows."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.padding_free:
+            batch[PADDING_FREE] = True
+        return batch
 
     def compute_loss(self, batch: dict):
         with autocast(self.precision, self.device):
@@ -158,7 +167,7 @@ class Trainer:
             if not self.dist.mine(number):
                 continue
             batch = collate_pairs(self.eval_pairs[start : start + self.run.batch_size], self.tokenizer.pad_token_id)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = self._on_device(batch)
             with autocast(self.precision, self.device):
                 scored = self.pair_scorer.policy(model, batch)
             if isinstance(scored, PairLogps):

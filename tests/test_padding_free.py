@@ -1,0 +1,120 @@
+"""Padding-free batches: the rows of a batch packed into one sequence give the padded forward's log-probs,
+entropies and gradients (fp32, tiny Llama, LoRA and full, through the fused head and through the model's logits)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from prefopt.core import logprobs
+from prefopt.core.logprobs import PADDING_FREE
+from prefopt.data import TokenizedPair, collate_pairs
+
+
+def _pairs(seed: int) -> dict:
+    """Four pairs of ragged lengths, collated the way training does (right padding, chosen rows then rejected)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+
+    pairs = [TokenizedPair(i, ids(p), ids(c), ids(r)) for i, (p, c, r) in
+             enumerate([(3, 2, 6), (7, 5, 1), (2, 9, 4), (5, 3, 3)])]  # fmt: skip
+    return collate_pairs(pairs, pad_id=0)
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _run(model, batch: dict, fused: bool):
+    model.zero_grad(set_to_none=True)
+    logps, mask, entropy = logprobs.forward_token_logps(model, batch, fused=fused, return_entropy=True)  # (N, K)
+    (logps * torch.arange(1, logps.shape[1] + 1)).sum().backward()  # position-dependent weights
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return logps.detach(), mask, entropy, grads
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter, fused):
+    model = _lora(tiny_model) if adapter == "lora" else tiny_model
+    batch = _pairs(0)
+    assert (batch["attention_mask"] == 0).any()  # there is padding to skip
+    padded = _run(model, batch, fused)
+    packed = _run(model, {**batch, PADDING_FREE: True}, fused)
+    assert packed[0].shape == padded[0].shape and packed[1].equal(padded[1])
+    assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
+    assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)
+    assert (packed[0][packed[1] == 0] == 0).all() and (packed[2][packed[1] == 0] == 0).all()
+    assert packed[3].keys() == padded[3].keys() and len(packed[3]) > 0
+    for name in padded[3]:
+        assert_close(packed[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_packed_rows_never_see_each_other_or_the_padding(tiny_model):
+    """Changing one row's tokens (or the pad ids) leaves every other row's packed log-probs unchanged."""
+    batch = {**_pairs(1), PADDING_FREE: True}
+    with torch.no_grad():
+        before, _ = logprobs.forward_token_logps(tiny_model, batch)
+        changed = batch["input_ids"].clone()
+        changed[0, :2] = torch.tensor([5, 6])  # row 0's prompt
+        changed[batch["attention_mask"] == 0] = 7  # every pad id
+        after, _ = logprobs.forward_token_logps(tiny_model, {**batch, "input_ids": changed})
+    assert not torch.equal(before[0], after[0])
+    assert_close(after[1:], before[1:], rtol=1e-6, atol=1e-6)
+
+
+def test_a_sub_batch_lines_up_with_the_full_batch_columns(tiny_model):
+    batch = _pairs(2)
+    first = logprobs.first_response_position(batch["loss_mask"])
+    rows = torch.tensor([1, 6])
+    sub = {k: v[rows] for k, v in batch.items() if k != "index"}
+    with torch.no_grad():
+        full, _ = logprobs.forward_token_logps(tiny_model, {**batch, PADDING_FREE: True})
+        part, _ = logprobs.forward_token_logps(tiny_model, {**sub, PADDING_FREE: True}, first)
+    assert_close(part, full[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
+    assert not logprobs.use_padding_free("auto", tiny_model, "cpu")  # SDPA on a CPU: padded is faster
+    assert logprobs.use_padding_free("on", tiny_model, "cpu") and not logprobs.use_padding_free("off", tiny_model, "cuda")
+    tiny_model.config._attn_implementation = "flash_attention_2"
+    assert logprobs.use_padding_free("auto", tiny_model, "cuda") and not logprobs.use_padding_free("auto", tiny_model, "cpu")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("algo", ["dpo", "kto", "sft"])
+def test_a_padding_free_run_trains_like_a_padded_one(tmp_path, tiny_model_dir, algo, monkeypatch):
+    import json
+
+    from helpers import write_learnable_pairs
+
+    import prefopt
+
+    packed_forwards = []
+    real = logprobs._packed_token_logps
+    monkeypatch.setattr(logprobs, "_packed_token_logps", lambda *a, **k: packed_forwards.append(1) or real(*a, **k))
+    data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
+    runs = {}
+    for mode in ("off", "on"):
+        assert not packed_forwards  # nothing packed before the padding_free=on run
+        out = tmp_path / mode
+        prefopt.run(algo=algo, data=data, model=str(tiny_model_dir), output_dir=str(out), steps=3, batch_size=4,
+                    eval_size=4, max_length=48, precision="fp32", progress=False, lora_r=4, lora_alpha=8,
+                    reference="adapter", padding_free=mode)  # fmt: skip
+        runs[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(packed_forwards) >= 3  # every step's policy (and adapter-reference) forward went packed
+    assert len(runs["on"]) == len(runs["off"]) > 3
+    for packed, padded in zip(runs["on"], runs["off"]):
+        assert packed.keys() == padded.keys()
+        for key, value in padded.items():
+            if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
+                assert packed[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, packed["step"])
