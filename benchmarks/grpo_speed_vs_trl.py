@@ -76,7 +76,9 @@ def run_prefopt(args, workdir: Path) -> dict:
 
     steps = args.warmup + args.steps
     data = workdir / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(args.prompts * steps)))
+    # one-turn conversations, as trl gets them: both render the prompt with the model's chat template
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}]}) + "\n"
+                            for p in prompts(args.prompts * steps)))  # fmt: skip
     run = RunConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), precision=args.precision,
                     progress=False, steps=steps, batch_size=args.prompts, eval_size=0, lr=args.lr,
                     schedule="constant", warmup_ratio=0.0, max_length=512, max_prompt_length=256,
