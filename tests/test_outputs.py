@@ -98,3 +98,38 @@ def test_an_adapter_of_the_bundled_default_loads_its_base_from_the_bundled_gguf(
     assert models.adapter_base(adapter) == BUNDLED_HUB_ID  # peft's record alone: the hub model
     (adapter / "prefopt_base.json").write_text(json.dumps(base_record(models.DEFAULT_MODEL)))
     assert models.adapter_base(adapter) == models.DEFAULT_MODEL  # resolve_model converts it again when needed
+
+
+def test_a_portable_adapter_loads_with_peft_from_its_hub_id_offline(tmp_path, tiny_model_dir, monkeypatch):
+    """On another machine the base comes from the hub id the adapter records: mapped here, offline, to a local
+    copy in the Hugging Face cache layout, while the folder the adapter was trained from is gone."""
+    import shutil
+
+    from huggingface_hub import constants
+    from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
+
+    base_dir = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base_dir)
+    policy = get_peft_model(models._load_float(str(base_dir)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = policy.eval()(ids).logits
+    adapter = tmp_path / "adapter"
+    policy.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": BUNDLED_HUB_ID}))
+
+    cache = tmp_path / "hf-cache"  # the hub id's snapshot, as a download would leave it
+    snapshot = cache / f"models--{BUNDLED_HUB_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(base_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    shutil.rmtree(base_dir)  # the training machine's copy of the base is gone
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter), cache_dir=str(cache)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
