@@ -42,7 +42,7 @@ def run_one(data: Path, out: Path, mode: str, args) -> dict:
         sys.executable, "-m", "prefopt", "run", "--algo", "dpo", "--data", str(data), "--output-dir", str(out),
         f"steps={args.steps}", f"batch_size={args.batch_size}", f"max_length={args.max_length}",
         f"max_prompt_length={args.max_length // 2}", f"precision={args.precision}", "eval_size=8",
-        "progress=false", "warmup_ratio=0", "schedule=constant", "lr=1e-4", f"padding_free={mode}",
+        "progress=false", "warmup_ratio=0", "schedule=constant", "lr=1e-4", f"padding_free={mode == 'on'}",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,8 @@ minimum detectable difference below the planted 0.15 (so detecting it is what it
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,7 +118,10 @@ def test_published_finding_is_set_beside_ours_when_its_arms_are_there(tmp_path):
         pair["a"] = {"good": "dpo", "same1": "ipo"}[pair["a"]]
         pair["b"] = {"same1": "ipo", "same2": "hinge"}[pair["b"]]
     (line,) = matched_kl.published_lines(result)
-    assert line.startswith("Tang et al. 2024") and "not reproduced: dpo better at KL" in line
+    assert line.startswith("Tang et al. 2024") and re.search(r"not reproduced: dpo above ipo by 0\.1\d\d \[0\.\d+, "
+                                                             r"0\.\d+\] at KL", line)  # fmt: skip
+    gap = next(p for p in result.comparison.pairs if p["significant"] and (p["a"], p["b"]) == ("dpo", "ipo"))
+    assert f"by {gap['diff']:.3f} [{gap['low']:.3f}, {gap['high']:.3f}]" in line  # the planted 0.15, with its CI
 
 
 def test_an_arm_without_per_prompt_kl_gives_no_section(tmp_path):

@@ -85,7 +85,7 @@ def test_a_sub_batch_lines_up_with_the_full_batch_columns(tiny_model):
 
 def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
     assert not logprobs.use_padding_free("auto", tiny_model, "cpu")  # SDPA on a CPU: padded is faster
-    assert logprobs.use_padding_free("on", tiny_model, "cpu") and not logprobs.use_padding_free("off", tiny_model, "cuda")
+    assert logprobs.use_padding_free(True, tiny_model, "cpu") and not logprobs.use_padding_free(False, tiny_model, "cuda")
     tiny_model.config._attn_implementation = "flash_attention_2"
     assert logprobs.use_padding_free("auto", tiny_model, "cuda") and not logprobs.use_padding_free("auto", tiny_model, "cpu")
 
@@ -104,17 +104,25 @@ def test_a_padding_free_run_trains_like_a_padded_one(tmp_path, tiny_model_dir, a
     monkeypatch.setattr(logprobs, "_packed_token_logps", lambda *a, **k: packed_forwards.append(1) or real(*a, **k))
     data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
     runs = {}
-    for mode in ("off", "on"):
-        assert not packed_forwards  # nothing packed before the padding_free=on run
-        out = tmp_path / mode
+    for mode in (False, True):
+        assert not packed_forwards  # nothing packed before the padding_free=true run
+        out = tmp_path / str(mode)
         prefopt.run(algo=algo, data=data, model=str(tiny_model_dir), output_dir=str(out), steps=3, batch_size=4,
                     eval_size=4, max_length=48, precision="fp32", progress=False, lora_r=4, lora_alpha=8,
                     reference="adapter", padding_free=mode)  # fmt: skip
         runs[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(packed_forwards) >= 3  # every step's policy (and adapter-reference) forward went packed
-    assert len(runs["on"]) == len(runs["off"]) > 3
-    for packed, padded in zip(runs["on"], runs["off"]):
+    assert len(runs[True]) == len(runs[False]) > 3
+    for packed, padded in zip(runs[True], runs[False]):
         assert packed.keys() == padded.keys()
         for key, value in padded.items():
             if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
                 assert packed[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, packed["step"])
+
+
+def test_the_option_reads_as_a_user_types_it():
+    from prefopt.training.config import RunConfig, build, parse_overrides
+
+    assert RunConfig().padding_free == "auto"
+    for text, value in (("true", True), ("on", True), ("false", False), ("off", False), ("auto", "auto")):
+        assert build(RunConfig, parse_overrides([f"padding_free={text}"])).padding_free == value

@@ -223,6 +223,13 @@ def verdict(pair: dict) -> str:
     return f"{pair['a']} better" if pair["diff"] > 0 else f"{pair['b']} better"
 
 
+def _above(pair: dict) -> str:
+    """A significant pair as "A above B by d [low, high]" (the better arm first)."""
+    better, worse, sign = (pair["a"], pair["b"], 1) if pair["diff"] > 0 else (pair["b"], pair["a"], -1)
+    low, high = sorted((sign * pair["low"], sign * pair["high"]))
+    return f"{better} above {worse} by {abs(pair['diff']):.3f} [{low:.3f}, {high:.3f}]"
+
+
 def published_lines(result: MatchedKL) -> list[str]:
     """Each published finding whose arms are all here, beside what this study finds about them."""
     c = result.comparison
@@ -252,7 +259,7 @@ def published_lines(result: MatchedKL) -> list[str]:
                         f"the {len(c.budgets)} budgets after Holm's correction (largest gap {max(gaps):.3f}; a gap "
                         f"of {c.mde_holm:.3f} would be detected with 80% power)")  # fmt: skip
             else:
-                said = "; ".join(f"{verdict(p)} at KL {p['budget']:g} ({p['diff']:+.3f})" for p in apart)
+                said = "; ".join(f"{_above(p)} at KL {p['budget']:g}" for p in apart)
                 ours = f"not reproduced: {said}"
                 if finding["expects"] != "same":
                     ours = f"found: {said}"

@@ -145,13 +145,13 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
 PADDING_FREE = "padding_free"
 
 
-def use_padding_free(option: str, model, device) -> bool:
-    """The run option ``padding_free`` resolved for a model: ``on``/``off`` as said; ``auto`` packs only where it
+def use_padding_free(option: bool | str, model, device) -> bool:
+    """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs only where it
     was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (SDPA with a
     block-diagonal mask over the whole packed sequence) the padded forward of length-bucketed batches is faster:
     ``benchmarks/padding_free.py``, docs/speed.md."""
     if option != "auto":
-        return option == "on"
+        return bool(option)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
     return torch.device(device).type == "cuda" and attention.startswith("flash_attention")
