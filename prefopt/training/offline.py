@@ -29,7 +29,6 @@ from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pic
 from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
-from prefopt.tasks import load_dataset
 from prefopt.training import chat_template
 from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import Context, check_even_shares, context
@@ -44,7 +43,7 @@ from prefopt.training.lifecycle import (
 )
 from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
-from prefopt.training.split import long_prompts, split_records
+from prefopt.training.split import load_split, long_prompts
 
 # ---------------------------------------------------------------- data order
 
@@ -64,15 +63,7 @@ class Prepared:
 def prepare_data(run: RunConfig, inputs, tokenizer) -> Prepared:
     """Load, split, convert to the algorithm's input kind and tokenise; all checks, no writes."""
     main = context().is_main
-    chat_template.apply_to_tokenizer(tokenizer, run.chat_template)
-    records = load_dataset(run.data, "native", run.columns)
-    applied = chat_template.notice(records, run.chat_template, tokenizer, run.data)
-    records = chat_template.apply_to_records(records, run.chat_template)
-    if run.eval_data:  # the user's own held-out rows instead of a random split
-        eval_records = load_dataset(run.eval_data, "native", run.columns)
-        train_records, eval_records = records, chat_template.apply_to_records(eval_records, run.chat_template)
-    else:
-        train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_records, eval_records, applied = load_split(run, tokenizer, "native")
     train_items = as_kind(train_records, inputs.data_kind, run.data)
     eval_items = as_kind(eval_records, inputs.data_kind, run.eval_data or run.data)
     train_items, long_train = long_prompts(train_items, tokenizer, run, run.data, main)

@@ -35,7 +35,6 @@ from prefopt.core.reference import build_reference
 from prefopt.core.rl import per_sequence_kl
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
-from prefopt.tasks import load_dataset
 from prefopt.training import chat_template
 from prefopt.training.config import RunConfig, as_flat_dict, steps_for_epochs
 from prefopt.training.distributed import context
@@ -49,7 +48,7 @@ from prefopt.training.lifecycle import (
 )
 from prefopt.training.outputs import finish_outputs, push_if_asked
 from prefopt.training.policy import load_policy
-from prefopt.training.split import long_prompts, split_records
+from prefopt.training.split import load_split, long_prompts
 
 STEP_SEED = 1_000_003
 
@@ -278,15 +277,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     random.seed(run.seed)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.model)
-    chat_template.apply_to_tokenizer(tokenizer, run.chat_template)
-    records = load_dataset(run.data, "prompt", run.columns)
-    applied = chat_template.notice(records, run.chat_template, tokenizer, run.data)
-    records = chat_template.apply_to_records(records, run.chat_template)
-    if run.eval_data:  # the user's own held-out prompts instead of a random split
-        eval_records = load_dataset(run.eval_data, "prompt", run.columns)
-        train_records, eval_records = records, chat_template.apply_to_records(eval_records, run.chat_template)
-    else:
-        train_records, eval_records = split_records(records, run.eval_size, run.data)
+    train_records, eval_records, applied = load_split(run, tokenizer, "prompt")
     train_records, long_train = long_prompts(train_records, tokenizer, run, run.data)
     eval_records, long_eval = long_prompts(eval_records, tokenizer, run, run.eval_data or run.data)
     if len(train_records) < run.batch_size:

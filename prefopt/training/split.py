@@ -8,6 +8,8 @@ import torch
 
 from prefopt.data.tokenize import apply_long_prompts
 from prefopt.errors import PrefoptError
+from prefopt.tasks import load_dataset
+from prefopt.training import chat_template
 
 EVAL_SPLIT_SEED = 12345  # fixed, so every seed of a sweep is judged on the same held-out pairs
 
@@ -25,6 +27,20 @@ def split_records(records: list, eval_size: int, source: str) -> tuple[list, lis
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SPLIT_SEED)).tolist()
     held = set(perm[:eval_size])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def load_split(run, tokenizer, kind: str) -> tuple[list, list, str | None]:
+    """The run's data as (training records, held-out records, the chat-template notice to say once every check
+    passed): loaded as `kind`, the run's chat_template applied to the tokenizer and to both record lists, and the
+    held-out rows from eval_data or else the fixed split of the data."""
+    chat_template.apply_to_tokenizer(tokenizer, run.chat_template)
+    records = load_dataset(run.data, kind, run.columns)
+    notice = chat_template.notice(records, run.chat_template, tokenizer, run.data)
+    records = chat_template.apply_to_records(records, run.chat_template)
+    if run.eval_data:  # the user's own held-out rows instead of a random split
+        held = load_dataset(run.eval_data, kind, run.columns)
+        return records, chat_template.apply_to_records(held, run.chat_template), notice
+    return *split_records(records, run.eval_size, run.data), notice
 
 
 def long_prompts(records: list, tokenizer, run, source: str, is_main: bool = True) -> tuple[list, int]:
