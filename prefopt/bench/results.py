@@ -7,6 +7,7 @@ switched off); columns not named here are kept as they are.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prefopt.bench.suite import SANITY_PREFIX, Cell, Suite, config_hash
@@ -128,8 +129,6 @@ def tuning_path(results_dir: Path) -> Path:
 
 def as_number(value) -> float:
     """A JSON value as a float; anything that is not a finite number -> NaN."""
-    import math
-
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value) if math.isfinite(value) else math.nan

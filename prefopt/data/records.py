@@ -21,7 +21,7 @@ class PreferenceRecord:
     chosen: str
     rejected: str
     row: int  # 1-based row in the source
-    raw: bool = False  # plain strings in the source (TRL's standard format): see prompt_is_raw_text
+    raw: bool = False  # plain strings in the source (TRL's standard format): see raw_prompt_text
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def check_push(options: dict) -> None:
             if options.get(name):
                 raise PrefoptError(f"option '{name}': given without push_to_hub=true, so nothing would be pushed "
                                    "(add push_to_hub=true, or leave it out)")  # fmt: skip
-    if options.get("push_to_hub"):
+    else:
         repo = str(options.get("hub_model_id") or "")
         if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*", repo):
             raise PrefoptError(f"option 'hub_model_id': push_to_hub needs owner/name, got {repo!r}")
