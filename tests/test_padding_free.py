@@ -126,3 +126,15 @@ def test_the_option_reads_as_a_user_types_it():
     assert RunConfig().padding_free == "auto"
     for text, value in (("true", True), ("on", True), ("false", False), ("off", False), ("auto", "auto")):
         assert build(RunConfig, parse_overrides([f"padding_free={text}"])).padding_free == value
+
+
+@pytest.mark.parametrize("algo", ["reward", "grpo"])
+def test_padding_free_is_refused_where_no_log_prob_batch_is_packed(tmp_path, tiny_model_dir, algo, capsys):
+    from helpers import run_cli, write_learnable_pairs
+
+    data = write_learnable_pairs(tmp_path / "p.jsonl", 16)
+    code = run_cli(["run", "--algo", algo, f"data={data}", f"model={tiny_model_dir}", "padding_free=true",
+                    f"output_dir={tmp_path / 'out'}", "steps=1", "eval_size=4", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "option 'padding_free'" in err[0] and algo in err[0]
+    assert not (tmp_path / "out").exists()

@@ -263,6 +263,9 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
     tokenizer = None
     with dist.agree():
         inputs = inputs_for(algorithm, algo_name)
+        if run.padding_free is True and algorithm.head != "lm":
+            raise PrefoptError(f"option 'padding_free': packs the rows whose token log-probs a policy objective "
+                               f"reads; {algo_name} trains a reward head on padded rows (leave it at auto or false)")
         folder.check()
         random.seed(run.seed)
         torch.manual_seed(run.seed)

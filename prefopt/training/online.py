@@ -224,6 +224,9 @@ def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
     if run.grad_accum != 1:
         raise PrefoptError(f"option 'grad_accum': {algo_name} is an online method that updates on each step's own "
                            f"samples (its options set the updates per step); set grad_accum=1, got {run.grad_accum}")
+    if run.padding_free is True:
+        raise PrefoptError(f"option 'padding_free': packs the batches of offline objectives; {algo_name} samples and "
+                           "scores its own rollouts as padded batches (leave it at auto or false)")
     if run.reference == "precomputed":
         raise PrefoptError(f"option 'reference': {algo_name} scores new samples every step, so its reference cannot be "
                            "precomputed; use reference=auto, adapter or copy")
