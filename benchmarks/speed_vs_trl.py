@@ -37,6 +37,7 @@ per-step losses must agree to 1e-4.
     python benchmarks/speed_vs_trl.py                          # batch 4, max length 256, 3 x (2 + 8) steps each
     python benchmarks/speed_vs_trl.py --pad-to 256             # every sequence exactly 256 tokens
     python benchmarks/speed_vs_trl.py --gradient-checkpointing # memory vs time, both trainers
+    python benchmarks/speed_vs_trl.py --lengths spread --batch-size 16 --max-length 512  # one point of speed_grid.py
     python benchmarks/speed_vs_trl.py --steps 2 --warmup 1 --reps 1 --pad-to 64 --out /tmp/speed_smoke
 """
 
@@ -48,6 +49,7 @@ import copy
 import ctypes
 import gc
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -92,6 +94,7 @@ class Setup:
     max_length: int = 256
     max_prompt_length: int = 128
     pad_to: int = 0  # >0: every sequence exactly this many tokens
+    lengths: str = "data"  # data: builtin:qa's own lengths | spread: drawn per pair (see spread_pair)
     precision: str = "fp32"  # resolved: bf16 | fp32
     reference: str = "auto"  # prefopt's reference mode
     lr: float = 2e-4
@@ -118,6 +121,26 @@ def pad_pair(pair: TokenizedPair, n: int) -> TokenizedPair:
                          cycle(pair.chosen_ids, n - half, False), cycle(pair.rejected_ids, n - half, False))
 
 
+def spread_pair(pair: TokenizedPair, max_length: int, max_prompt_length: int, rng) -> TokenizedPair:
+    """The pair's own tokens, cycled to lengths drawn like those of chat preference data.
+
+    Prompt and each reply lengths are log-normal (medians 15% and 30% of max_length, sigma 0.7 and 0.6: a few
+    replies many times longer than the typical one, as in UltraFeedback-style data), at least 4 tokens, and
+    capped so that prompt + reply fits max_length: no truncation, so both trainers see exactly these tokens.
+    """
+    def draw(median: float, sigma: float, high: int) -> int:
+        return max(4, min(high, round(rng.lognormvariate(0.0, sigma) * median)))
+
+    def cycle(ids: list[int], k: int, left: bool) -> list[int]:
+        reps = (ids * (k // len(ids) + 1)) if ids else [0] * k
+        return reps[-k:] if left else reps[:k]
+
+    p = draw(0.15 * max_length, 0.7, max_prompt_length)
+    c, r = draw(0.3 * max_length, 0.6, max_length - p), draw(0.3 * max_length, 0.6, max_length - p)
+    return TokenizedPair(pair.index, cycle(pair.prompt_ids, p, True), cycle(pair.chosen_ids, c, False),
+                         cycle(pair.rejected_ids, r, False))
+
+
 def load_pairs(setup: Setup):
     """(tokenizer, token-id pairs, truncation stats) of `setup.rows` builtin:qa pairs, as prefopt tokenises them."""
     from prefopt.tasks import load_builtin
@@ -127,6 +150,9 @@ def load_pairs(setup: Setup):
     pairs, stats = tokenize_pairs(records, tokenizer, setup.max_length, setup.max_prompt_length, "builtin:qa")
     if setup.pad_to:
         pairs = [pad_pair(p, setup.pad_to) for p in pairs]
+    elif setup.lengths == "spread":
+        rng = random.Random(setup.seed)
+        pairs = [spread_pair(p, setup.max_length, setup.max_prompt_length, rng) for p in pairs]
     return tokenizer, pairs, stats
 
 
@@ -482,6 +508,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-prompt-length", type=int, default=None, help="default: max length / 2")
     parser.add_argument("--pad-to", type=int, default=0, help="make every sequence exactly N tokens (0: off)")
+    parser.add_argument("--lengths", choices=("data", "spread"), default="data",
+                        help="data: builtin:qa's own lengths; spread: per-pair lengths drawn like chat preference "
+                        "data (log-normal, up to max length), from the pair's own tokens")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--reference", choices=("auto", "adapter", "precomputed"), default="auto",
                         help="prefopt's reference (auto = adapter disabled); trl always disables the adapter")
@@ -509,6 +538,7 @@ def main(argv=None) -> int:
     setup = Setup(
         model=args.model, rows=args.rows, batch_size=args.batch_size, max_length=args.pad_to or args.max_length,
         max_prompt_length=args.max_prompt_length or (args.pad_to or args.max_length) // 2, pad_to=args.pad_to,
+        lengths=args.lengths,
         precision=resolve_precision(args.precision, device), reference=args.reference, lr=args.lr, beta=args.beta,
         seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, device=device,
     )
@@ -567,7 +597,8 @@ def main(argv=None) -> int:
         "precision_requested": args.precision,
         "model_resolved": resolve_model(setup.model),
         "data": f"builtin:qa, {setup.rows} pairs (seed {setup.seed}), tokenised by prefopt"
-        + (f", padded to exactly {setup.pad_to} tokens per sequence" if setup.pad_to else ""),
+        + (f", padded to exactly {setup.pad_to} tokens per sequence" if setup.pad_to else "")
+        + (", lengths re-drawn per pair (spread_pair: log-normal, no truncation)" if setup.lengths == "spread" else ""),
         "truncation": asdict(truncation),
         "algo": "dpo (sigmoid loss)",
         "lora": {"r": setup.lora_r, "alpha": setup.lora_alpha, "dropout": 0.0, "targets": "all-linear"},
@@ -607,6 +638,7 @@ def markdown(record: dict) -> str:
         "",
         f"Model `{s['model']}`, LoRA r={s['lora_r']}, batch {s['batch_size']} pairs, "
         + (f"every sequence {s['pad_to']} tokens" if s["pad_to"] else f"max length {s['max_length']}")
+        + (" (lengths spread like chat data)" if s.get("lengths") == "spread" else "")
         + f", gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}; reference: prefopt "
         f"{record['reference']['prefopt']}, trl adapter disabled. {record['protocol']['reps']} reps x "
         f"{record['protocol']['timed_steps']} timed steps each (after {record['protocol']['warmup_steps']} warm-up)."

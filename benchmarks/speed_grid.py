@@ -1,0 +1,102 @@
+"""prefopt DPO vs trl DPOTrainer over a grid of batch sizes and lengths: one `speed_vs_trl.py` process per point.
+
+Each point is its own process (peak RSS is that point's own) with `--lengths spread` (per-pair lengths drawn like
+chat preference data, so batches carry the padding real data does). Resumable: a point whose
+`<out>/b<B>_len<L>/dpo_vs_trl.json` exists is not run again; the summary table is rewritten from every point's
+file after each point. Points run smallest first, so a stopped grid still has its cheap end.
+
+    python benchmarks/speed_grid.py                                   # batch 4/8/16 x max length 128/256/512
+    python benchmarks/speed_grid.py --batch-sizes 4 --lengths 128 --out /tmp/grid_smoke --steps 1 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+
+
+def point_dir(out: Path, batch: int, length: int) -> Path:
+    return out / f"b{batch}_len{length}"
+
+
+def run_point(out: Path, batch: int, length: int, args) -> None:
+    cmd = [
+        sys.executable, str(HERE / "speed_vs_trl.py"), "--lengths", "spread", "--batch-size", str(batch),
+        "--max-length", str(length), "--reps", str(args.reps), "--warmup", str(args.warmup), "--steps",
+        str(args.steps), "--check-steps", str(args.check_steps), "--precision", args.precision,
+        "--model", args.model, "--out", str(point_dir(out, batch, length)),
+    ]  # fmt: skip
+    print(f"== batch {batch}, max length {length}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def summary(out: Path, points: list[tuple[int, int]], goal_speed: float, goal_memory: float) -> str:
+    lines = [
+        "# prefopt DPO vs trl DPOTrainer: the grid", "",
+        (f"Each row: `python benchmarks/speed_vs_trl.py --lengths spread --batch-size B --max-length L ...` (the "
+        f"command in each point's `dpo_vs_trl.md`). Goal: >= {goal_speed}x trl's steps/s at <= {goal_memory}x its "
+        "memory. Peak RSS is of one process holding both models (both resident throughout), so its ratio is "
+        "pulled towards 1 by the shared weights; 'added' is the peak over the memory at the start of the timed "
+        "steps, what the training steps themselves need."), "",
+        ("| batch | max length | tokens/step | prefopt s/step | trl s/step | steps/s ratio | peak RSS ratio | added ratio "
+        "| loss check | goal met |"),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]  # fmt: skip
+    for batch, length in points:
+        path = point_dir(out, batch, length) / "dpo_vs_trl.json"
+        if not path.exists():
+            lines.append(f"| {batch} | {length} | | not run | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        q, ours, theirs, check = r["ratios"], r["results"]["prefopt"], r["results"]["trl"], r["loss_check"]
+        added = q["peak_memory_added_prefopt_over_trl"]
+        met = q["steps_per_second_prefopt_over_trl"] >= goal_speed and added is not None and added <= goal_memory
+        lines.append(
+            f"| {batch} | {length} | {ours['tokens_per_step_mean']:.0f} | {ours['seconds_per_step_median']:.2f} | "
+            f"{theirs['seconds_per_step_median']:.2f} | {q['steps_per_second_prefopt_over_trl']:.2f}x | "
+            f"{q['peak_memory_prefopt_over_trl']:.2f}x | " + (f"{added:.2f}x" if added is not None else "-")
+            + " | " + (f"{check['max_abs_diff']:.1e}" if check else "skipped") + f" | {'yes' if met else 'no'} |"
+        )
+    first = next((point_dir(out, b, n) / "dpo_vs_trl.json" for b, n in points
+                  if (point_dir(out, b, n) / "dpo_vs_trl.json").exists()), None)
+    if first is not None:
+        r = json.loads(first.read_text())
+        m, p = r["machine"], r["provenance"]
+        lines += ["", (f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {r['setup']['precision']}; "
+                  f"versions {m['versions']}; git {p.get('git', '')}.")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--check-steps", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "cpu_grid"))
+    args = parser.parse_args(argv)
+
+    from prefopt.io import atomic_write_text
+
+    out = Path(args.out)
+    points = sorted(((b, n) for b in args.batch_sizes for n in args.lengths), key=lambda bn: (bn[0] * bn[1], bn))
+    for batch, length in points:
+        if not (point_dir(out, batch, length) / "dpo_vs_trl.json").exists():
+            run_point(out, batch, length, args)
+        atomic_write_text(out / "grid.md", summary(out, points, 2.0, 0.8))
+    print((out / "grid.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
