@@ -7,7 +7,10 @@ response token the reward -kl_coef * KL(pi || pi_ref) (estimator k1 or k3)
 and the last token the score too, compute GAE advantages (whitened) and
 returns from a value head on the policy's backbone, then run ``ppo_epochs``
 passes of the clipped policy loss (Schulman et al. 2017, Eq. 7) plus the
-clipped value loss over minibatches. The KL coefficient is fixed, or adapted
+clipped value loss over minibatches. One backbone pass gives log-probs, values
+(and entropies) on shared hidden states; with one minibatch (the default) and no
+dropout, the experience (old log-probs and values) is the first update's forward,
+detached, not a forward of its own. The KL coefficient is fixed, or adapted
 towards ``kl_target`` (Ziegler et al. 2019, Sec. 2.2). All the maths lives in
 ``prefopt.core.rl`` as tested pure functions; this file only orders the steps.
 """
@@ -25,6 +28,7 @@ import torch
 from prefopt.core.algorithm import check_nonnegative
 from prefopt.core.heads import policy_value_forward
 from prefopt.core.logprobs import first_response_position
+from prefopt.core.models import dropout_free, eval_mode
 from prefopt.core.rl import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -37,6 +41,13 @@ from prefopt.core.rl import (
 )
 from prefopt.errors import PrefoptError
 from prefopt.training.online import JudgedOnlineAlgorithm, OnlineContext, evaluate_samples
+
+
+def unpermute(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of x, computed on batch rows idx (a permutation), back in batch order: out[idx] = x."""
+    out = torch.empty_like(x)
+    out[idx] = x
+    return out
 
 
 class PPO(JudgedOnlineAlgorithm):
@@ -97,12 +108,27 @@ class PPO(JudgedOnlineAlgorithm):
         score = self._score(messages, rollout, ctx)  # (N,)
         components = self.reward_parts()  # "reward/<judge>" of a weighted judge, for these scores
         first = first_response_position(batch["loss_mask"])
+        n = score.shape[0]
+        size = math.ceil(n / c.minibatches)
+        gen = torch.Generator().manual_seed(ctx.run.seed * 7919 + ctx.step)
+        orders = [torch.randperm(n, generator=gen).split(size) for _ in range(c.ppo_epochs)]  # minibatch rows
 
-        # Experience, under no grad and with dropout off.
-        ctx.model.eval()
-        with torch.no_grad(), ctx.autocast():
-            old = policy_value_forward(ctx.model, batch, first)  # each (N, K)
+        with eval_mode(ctx.model), torch.no_grad(), ctx.autocast():
             ref_logps = ctx.reference_token_logps(batch)  # (N, K)
+        # Experience: the policy's log-probs and values before any update. With one minibatch and no dropout,
+        # the first update's forward (the whole batch, before the first optimizer step) computes exactly them:
+        # take them from it, detached, instead of a separate forward.
+        ctx.model.train()
+        first_update = None
+        if c.minibatches == 1 and dropout_free(ctx.model):
+            idx = orders[0][0].to(ctx.device)  # (N,) a permutation of the rows
+            with ctx.autocast():
+                first_update = policy_value_forward(ctx.model, {k: v[idx] for k, v in batch.items()}, first,
+                                                    return_entropy=True)
+            old = {k: unpermute(v.detach(), idx) for k, v in first_update.items()}  # each (N, K), batch order
+        else:
+            with eval_mode(ctx.model), torch.no_grad(), ctx.autocast():
+                old = policy_value_forward(ctx.model, batch, first, return_entropy=True)  # each (N, K)
         mask = old["mask"]
         kl = kl_estimate(old["logps"], ref_logps, c.kl_estimator) * mask  # (N, K)
         rewards = token_rewards(score, kl, mask, self.kl.coef)  # (N, K)
@@ -111,18 +137,16 @@ class PPO(JudgedOnlineAlgorithm):
             advantages = whiten(advantages, mask)
 
         # Updates.
-        ctx.model.train()
-        n = score.shape[0]
-        size = math.ceil(n / c.minibatches)
-        gen = torch.Generator().manual_seed(ctx.run.seed * 7919 + ctx.step)
         sums: dict[str, float] = defaultdict(float)
         updates = 0
-        for _ in range(c.ppo_epochs):
-            for idx in torch.randperm(n, generator=gen).split(size):
+        for epoch, minibatches in enumerate(orders):
+            for j, idx in enumerate(minibatches):
                 idx = idx.to(ctx.device)
-                sub = {k: v[idx] for k, v in batch.items()}
-                with ctx.autocast():
-                    new = policy_value_forward(ctx.model, sub, first)
+                if epoch == 0 and j == 0 and first_update is not None:
+                    new = first_update
+                else:
+                    with ctx.autocast():
+                        new = policy_value_forward(ctx.model, {k: v[idx] for k, v in batch.items()}, first)
                 policy_loss, pstats = clipped_policy_loss(new["logps"], old["logps"][idx], advantages[idx], mask[idx], c.clip)
                 value_loss, vstats = clipped_value_loss(new["values"], old["values"][idx], returns[idx], mask[idx], c.value_clip)
                 loss = policy_loss + c.vf_coef * value_loss

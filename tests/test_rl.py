@@ -10,7 +10,6 @@ from prefopt.core.rl import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     gae,
     kl_estimate,
     token_rewards,
@@ -156,8 +155,3 @@ def test_clipped_value_loss_by_hand():
     assert loss.item() == pytest.approx(0.845)
     assert stats["value_clip_fraction"].item() == 1.0
 
-
-def test_entropy():
-    """Uniform over 4: ln 4; a one-hot-like distribution: ~0."""
-    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
-    assert entropy_from_logits(t([100.0, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)

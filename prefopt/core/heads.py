@@ -106,26 +106,45 @@ def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -
     return model
 
 
-def policy_value_forward(model: ScalarHeadModel, batch: dict, first: int | None = None) -> dict[str, torch.Tensor]:
-    """One backbone pass giving the policy's token log-probs, entropies and the head's values.
+def policy_value_forward(model: ScalarHeadModel, batch: dict, first: int | None = None,
+                         return_entropy: bool = False) -> dict[str, torch.Tensor]:
+    """One backbone pass giving the policy's token log-probs, the head's values and (``return_entropy``) the
+    policy's next-token entropies.
 
     For PPO: the value head reads every position's hidden state. Only the
     columns from the first response position on are kept (as in
     ``prefopt.core.logprobs.forward_token_logps``, so the columns line up with a
-    reference forward of the same batch). Logits come from the output
-    embedding applied to the final hidden state. Returns (N, K) tensors:
-    logps, mask, values (the value of the state before each token) and entropy.
+    reference forward of the same batch). Log-probs come from the output
+    projection applied to the final hidden states; where it is a plain
+    projection (``fused_head``) only response rows are projected, chunk by
+    chunk (``hidden_token_logps``), else the (N, K, V) logits are made. Returns
+    (N, K) tensors: logps, mask, values (the value of the state before each
+    token) and, when asked, entropy (no grad, 0 off the mask).
     """
-    from prefopt.core.logprobs import first_response_position, token_logps
-    from prefopt.core.rl import entropy_from_logits
+    from prefopt.core.logprobs import (
+        chunked_entropy,
+        first_response_position,
+        fused_head,
+        hidden_token_logps,
+        selective_log_softmax,
+    )
 
     input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
     first = first_response_position(loss_mask) if first is None else first
     hidden = _backbone(model.lm)(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    hidden = hidden[:, first - 1 :]  # (N, K+1, H)
-    base = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
-    logits = base.get_output_embeddings()(hidden)  # (N, K+1, V)
-    logps, mask = token_logps(logits, input_ids[:, first - 1 :], loss_mask[:, first - 1 :])  # (N, K)
-    values = model.head(hidden[:, :-1].to(model.head.weight.dtype)).squeeze(-1).float()  # (N, K)
-    entropy = entropy_from_logits(logits[:, :-1].detach())  # (N, K)
-    return {"logps": logps, "mask": mask, "values": values, "entropy": entropy}
+    hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states before (and predicting) tokens first .. T-1
+    values = model.head(hidden.to(model.head.weight.dtype)).squeeze(-1).float()  # (N, K)
+    parts = fused_head(model.lm)
+    if parts is not None:
+        out = hidden_token_logps(hidden, parts[1], input_ids[:, first:], loss_mask[:, first:].float(), return_entropy)
+    else:
+        base = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+        logits = base.get_output_embeddings()(hidden)  # (N, K, V)
+        mask = loss_mask[:, first:].float()  # (N, K)
+        labels = input_ids[:, first:].masked_fill(mask == 0, 0)  # (N, K); padding ids may be out of range
+        logps = selective_log_softmax(logits, labels) * mask  # (N, K)
+        out = (logps, mask, chunked_entropy(logits) * mask) if return_entropy else (logps, mask)
+    result = {"logps": out[0], "mask": out[1], "values": values}
+    if return_entropy:
+        result["entropy"] = out[2]
+    return result

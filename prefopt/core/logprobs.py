@@ -131,8 +131,15 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
     backbone, head = parts
     hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
-    labels = input_ids[:, first:]  # (N, K)
     mask = loss_mask[:, first:].float()  # (N, K)
+    return hidden_token_logps(hidden, head, input_ids[:, first:], mask, return_entropy)
+
+
+def hidden_token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, mask: torch.Tensor,
+                       return_entropy: bool = False):
+    """(logps (N, K), mask (N, K)) [+ entropy (N, K), no grad] of `labels` from the final hidden states that
+    predict them, through a plain output projection (see ``fused_head``), by ``linear_log_softmax``: only the
+    masked-in rows are projected, and their logits are never stored. hidden: (N, K, H); labels, mask: (N, K)."""
     rows = mask.bool()  # (N, K)
     if not return_entropy:
         picked = linear_log_softmax(hidden[rows], head.weight, labels[rows])  # (R,) float32

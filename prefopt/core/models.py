@@ -446,6 +446,17 @@ def eval_mode(model):
             module.training = training
 
 
+def dropout_free(model) -> bool:
+    """True when train and eval mode compute the same function: no active Dropout module (LoRA dropout
+    included) and no attention dropout in any config."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return False
+        if float(getattr(getattr(module, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------
 # Device and precision
 # ---------------------------------------------------------------------------

@@ -165,10 +165,3 @@ def clipped_value_loss(
         stats = {"value_clip_fraction": masked_mean(((clipped - returns) ** 2 > (values - returns) ** 2).float(), mask)}
     return loss, stats
 
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of softmax(logits): logsumexp(l) - sum(p * l). (..., V) -> (...)."""
-    logits = logits.float()
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
-
