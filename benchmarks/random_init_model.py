@@ -7,7 +7,11 @@ memory depend on the architecture and the sequence lengths, not on the weights.
     python benchmarks/random_init_model.py smollm2-135m-instruct /tmp/smollm2-random
     python benchmarks/random_init_model.py FOLDER_WITH_CONFIG_AND_TOKENIZER /tmp/smollm2-random --seed 0
 
-The source may be a folder holding only config.json and the tokenizer files.
+The source may be a folder holding only config.json and the tokenizer files, or only config.json with
+`--tokenizer` naming a model whose tokenizer to use (`benchmarks/configs/`, 1B-class shapes):
+
+    python benchmarks/random_init_model.py benchmarks/configs/llama-3.2-1b /tmp/llama-1b --tokenizer smollm2-135m-instruct
+
 `--set key=value` changes the architecture (JSON values), e.g. a model of the
 same depth and vocabulary whose layers are so narrow that a training step on
 a CPU costs little but the framework's own per-operation work:
@@ -26,9 +30,10 @@ import sys
 import torch
 
 
-def random_init_model(source: str, out: str, seed: int = 0, changes: dict | None = None) -> int:
-    """Save a random-weight copy of `source`'s architecture (with `changes` to its config) and its tokenizer to
-    `out`; returns the parameter count."""
+def random_init_model(source: str, out: str, seed: int = 0, changes: dict | None = None,
+                      tokenizer: str | None = None) -> int:
+    """Save a random-weight copy of `source`'s architecture (with `changes` to its config) and its tokenizer (or
+    `tokenizer`'s, whose vocabulary must fit the model's) to `out`; returns the parameter count."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from prefopt.core.models import resolve_model
@@ -41,8 +46,11 @@ def random_init_model(source: str, out: str, seed: int = 0, changes: dict | None
         setattr(config, key, value)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer) if tokenizer else folder)
+    if len(tok) > config.vocab_size:
+        raise SystemExit(f"random_init_model: the tokenizer has {len(tok)} tokens, the model {config.vocab_size}")
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    tok.save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -51,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="bundled name, hub id or folder with config.json + tokenizer")
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default=None, help="take the tokenizer from this model (default: source's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a config field (value parsed as JSON); repeatable")
     args = parser.parse_args(argv)
@@ -63,7 +72,7 @@ def main(argv=None) -> int:
             changes[key] = json.loads(value)
         except json.JSONDecodeError:
             changes[key] = value
-    n = random_init_model(args.source, args.out, args.seed, changes)
+    n = random_init_model(args.source, args.out, args.seed, changes, args.tokenizer)
     print(f"wrote {args.out}: {n / 1e6:.1f}M parameters, random init (seed {args.seed})")
     return 0
 
