@@ -103,6 +103,7 @@ class Setup:
     lora_r: int = 16
     lora_alpha: int = 32
     gradient_checkpointing: bool = False
+    trl_liger: bool = False  # trl with use_liger_kernel=True (Liger's fused kernels; needs liger-kernel and a GPU)
     device: str = "cpu"
 
 
@@ -263,6 +264,7 @@ def build_trl(setup: Setup, tokenizer, pairs: list[TokenizedPair], batches: list
         disable_tqdm=True,
         seed=setup.seed,
         use_cpu=setup.device == "cpu",
+        **({"use_liger_kernel": True} if setup.trl_liger else {}),
     )
     base = AutoModelForCausalLM.from_pretrained(resolve_model(setup.model), dtype=torch.float32)
     peft_config = copy.deepcopy(prefopt_model.peft_config["default"])
@@ -522,6 +524,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=8, help="timed steps per phase")
     parser.add_argument("--check-steps", type=int, default=2, help="fp32 loss-agreement steps (0: skip)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both trainers")
+    parser.add_argument("--trl-liger", action="store_true", help="trl with use_liger_kernel=True (needs liger-kernel)")
     parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS, help="for the MFU estimate (CUDA)")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed"))
     return parser.parse_args(argv)
@@ -540,7 +543,7 @@ def main(argv=None) -> int:
         max_prompt_length=args.max_prompt_length or (args.pad_to or args.max_length) // 2, pad_to=args.pad_to,
         lengths=args.lengths,
         precision=resolve_precision(args.precision, device), reference=args.reference, lr=args.lr, beta=args.beta,
-        seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, device=device,
+        seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, trl_liger=args.trl_liger, device=device,
     )
     phase_len = args.warmup + args.steps
     tokenizer, pairs, truncation = load_pairs(setup)
@@ -604,6 +607,7 @@ def main(argv=None) -> int:
         "lora": {"r": setup.lora_r, "alpha": setup.lora_alpha, "dropout": 0.0, "targets": "all-linear"},
         "params": {"total": params, "trainable": trainable},
         "reference": {"prefopt": reference_mode, "trl": "adapter disabled (trl default for a peft model)"},
+        "trl_liger_kernel": setup.trl_liger,
         "prefopt_setup_seconds": setup_seconds,  # model load + LoRA + (precomputed mode) the reference pass, untimed
         "optimizer": f"AdamW lr={setup.lr} constant, no weight decay, clip 1.0",
         "protocol": {"reps": args.reps, "warmup_steps": args.warmup, "timed_steps": args.steps,
@@ -634,7 +638,8 @@ def markdown(record: dict) -> str:
     s, r = record["setup"], record["results"]
     mem = "peak RSS" if record["memory"]["kind"] == "rss_vmhwm" else "peak CUDA allocated"
     lines = [
-        f"# prefopt DPO vs trl DPOTrainer ({s['device']}, {s['precision']})",
+        (f"# prefopt DPO vs trl DPOTrainer{' (use_liger_kernel)' if s.get('trl_liger') else ''} ({s['device']}, "
+        f"{s['precision']})"),
         "",
         f"Model `{s['model']}`, LoRA r={s['lora_r']}, batch {s['batch_size']} pairs, "
         + (f"every sequence {s['pad_to']} tokens" if s["pad_to"] else f"max length {s['max_length']}")
