@@ -45,13 +45,13 @@ def summary(out: Path, points: list[tuple[int, int]], goal_speed: float, goal_me
         "pulled towards 1 by the shared weights; 'added' is the peak over the memory at the start of the timed "
         "steps, what the training steps themselves need."), "",
         ("| batch | max length | tokens/step | prefopt s/step | trl s/step | steps/s ratio | peak RSS ratio | added ratio "
-        "| loss check | goal met |"),
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| loss check | goal met | git |"),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]  # fmt: skip
     for batch, length in points:
         path = point_dir(out, batch, length) / "dpo_vs_trl.json"
         if not path.exists():
-            lines.append(f"| {batch} | {length} | | not run | | | | | | |")
+            lines.append(f"| {batch} | {length} | | not run | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         q, ours, theirs, check = r["ratios"], r["results"]["prefopt"], r["results"]["trl"], r["loss_check"]
@@ -61,15 +61,15 @@ def summary(out: Path, points: list[tuple[int, int]], goal_speed: float, goal_me
             f"| {batch} | {length} | {ours['tokens_per_step_mean']:.0f} | {ours['seconds_per_step_median']:.2f} | "
             f"{theirs['seconds_per_step_median']:.2f} | {q['steps_per_second_prefopt_over_trl']:.2f}x | "
             f"{q['peak_memory_prefopt_over_trl']:.2f}x | " + (f"{added:.2f}x" if added is not None else "-")
-            + " | " + (f"{check['max_abs_diff']:.1e}" if check else "skipped") + f" | {'yes' if met else 'no'} |"
+            + " | " + (f"{check['max_abs_diff']:.1e}" if check else "skipped") + f" | {'yes' if met else 'no'} | {r['provenance'].get('git', '')} |"
         )
     first = next((point_dir(out, b, n) / "dpo_vs_trl.json" for b, n in points
                   if (point_dir(out, b, n) / "dpo_vs_trl.json").exists()), None)
     if first is not None:
         r = json.loads(first.read_text())
-        m, p = r["machine"], r["provenance"]
+        m = r["machine"]
         lines += ["", (f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {r['setup']['precision']}; "
-                  f"versions {m['versions']}; git {p.get('git', '')}.")]
+                  f"versions {m['versions']}.")]
     return "\n".join(lines) + "\n"
 
 
