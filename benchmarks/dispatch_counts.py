@@ -13,6 +13,11 @@ Use a model whose layers are so narrow that the step is all dispatch
 
     python benchmarks/dispatch_counts.py --model /tmp/narrow --steps 6
 
+With `--top N` it also lists where the CPU time goes (self time per operation, per step), e.g. on the real model:
+
+    python benchmarks/dispatch_counts.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \
+        --max-length 256 --lengths spread --steps 2 --top 12
+
 The wall time printed is CPU time on this machine; only the counts carry over to a GPU.
 """
 
@@ -41,8 +46,11 @@ def counts(run_steps, steps: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run_steps()
     seconds = (time.perf_counter() - started) / steps
-    by_name = {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    by_name = {e.key: e.count for e in events}
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / steps for e in events}
     return {
+        "self_ms_per_step": dict(sorted(self_ms.items(), key=lambda kv: -kv[1])),
         "aten_per_step": sum(by_name.values()) / steps,
         "host_waits_per_step": sum(by_name.get(k, 0) for k in HOST_WAITS) / steps,
         "by_name_per_step": {k: by_name.get(k, 0) / steps for k in SHOWN},
@@ -57,11 +65,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--steps", type=int, default=6, help="profiled steps of each")
+    parser.add_argument("--lengths", choices=("data", "spread"), default="data", help="as speed_vs_trl.py")
+    parser.add_argument("--top", type=int, default=0, help="also list the N operations with most self CPU time")
     parser.add_argument("--out", default=None, help="folder for dispatch_counts.{json,md} (default: print only)")
     args = parser.parse_args(argv)
 
     setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
-                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu")
+                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths=args.lengths)
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +92,12 @@ def main(argv=None) -> int:
     lines += [f"| {label} | {ours[key]:.1f} | {theirs[key]:.1f} |" for label, key in rows]
     lines += [f"| {name} | {ours['by_name_per_step'][name]:.1f} | {theirs['by_name_per_step'][name]:.1f} |"
               for name in SHOWN]
+    if args.top:
+        names = list(dict.fromkeys([*list(ours["self_ms_per_step"])[: args.top],
+                                    *list(theirs["self_ms_per_step"])[: args.top]]))  # fmt: skip
+        lines += ["", "| self CPU ms per step | prefopt | trl |", "| --- | ---: | ---: |"]
+        lines += [f"| {n} | {ours['self_ms_per_step'].get(n, 0.0):.0f} | {theirs['self_ms_per_step'].get(n, 0.0):.0f} |"
+                  for n in names]  # fmt: skip
     p = result["provenance"]
     lines += ["", f"`{result['command']}`", "",
               f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
