@@ -69,3 +69,28 @@ def test_benchmark_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     assert len(ours) == len(theirs) == 6
     assert ours == pytest.approx(theirs, abs=1e-4)
     assert ours[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at the start, in both
+
+
+def test_spread_lengths_fit_without_truncation_and_repeat():
+    """--lengths spread: each pair's tokens cycled to drawn lengths that fit max_length, the same for a seed."""
+    import random
+
+    from prefopt.data import TokenizedPair
+
+    sv = _script()
+    pair = TokenizedPair(0, [1, 2, 3], [4, 5], [6, 7, 8, 9])
+
+    def draw(seed: int) -> list:
+        rng = random.Random(seed)
+        return [sv.spread_pair(pair, 256, 128, rng) for _ in range(400)]
+
+    pairs = draw(0)
+    for p in pairs:
+        assert 4 <= len(p.prompt_ids) <= 128
+        assert len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= 256
+        assert min(len(p.chosen_ids), len(p.rejected_ids)) >= 4
+        assert p.prompt_ids[-3:] == [1, 2, 3] and p.chosen_ids[:2] == [4, 5]  # the pair's own tokens, cycled
+    replies = sorted(len(p.chosen_ids) for p in pairs)
+    assert 60 <= replies[200] <= 95  # median near 30% of 256
+    assert replies[-1] >= 2.5 * replies[200]  # a long tail
+    assert [(len(p.prompt_ids), len(p.chosen_ids)) for p in draw(0)] == [(len(p.prompt_ids), len(p.chosen_ids)) for p in pairs]

@@ -37,6 +37,46 @@ class SequenceLogps:
         return SequenceLogps(self.sum[rows], self.tokens[rows])
 
 
+# A batch key: the batch's Layout, worked out on the host before the batch went to the device (see host_layout).
+LAYOUT = "layout"
+
+
+@dataclass
+class Layout:
+    """Where a right-padded (N, T) batch's tokens are, as index tensors made on the host (CPU) from its masks.
+
+    Boolean-mask indexing (``hidden[mask]``) and ``int(tensor)`` make the host wait for an accelerator to
+    finish everything queued before it can go on; a step of a small model is then bound by those waits. With
+    the positions known before the batch is moved, the forward indexes with ``index_select`` and never waits.
+    """
+
+    first: int  # first column holding a response token in any row (>= 1); K = T - first
+    response: torch.Tensor  # (R,) flat indices of the response cells of the (N, K) grid, row after row
+    real: torch.Tensor  # (S,) flat indices of the real tokens of the (N, T) batch, row after row
+    positions: torch.Tensor  # (S,) each real token's position in its row (right padding: its column)
+    targets: torch.Tensor  # (R,) positions 0..S-2 of the packed sequence whose next token is a response token
+
+    def to(self, device, non_blocking: bool = True) -> Layout:
+        move = lambda t: t.to(device, non_blocking=non_blocking)
+        return Layout(self.first, move(self.response), move(self.real), move(self.positions), move(self.targets))
+
+
+def host_layout(attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> Layout:
+    """The Layout of a right-padded batch from its (N, T) masks, on the CPU (where these waits cost nothing)."""
+    first = first_response_position(loss_mask)
+    response = loss_mask[:, first:].flatten().nonzero().squeeze(-1)  # (R,)
+    real = attention_mask.flatten().nonzero().squeeze(-1)  # (S,)
+    positions = real % attention_mask.shape[1]  # (S,)
+    targets = loss_mask.flatten()[real][1:].nonzero().squeeze(-1)  # (R,)
+    return Layout(first, response, real, positions, targets)
+
+
+def _layout_for(batch: dict, first: int) -> Layout | None:
+    """The batch's host Layout when it describes this (N, K) grid (a caller may pass another batch's first)."""
+    layout = batch.get(LAYOUT)
+    return layout if layout is not None and layout.first == first else None
+
+
 def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[label] without a full-vocabulary float32 log-softmax.
 
@@ -114,7 +154,8 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
     (from the full batch) to line up a sub-batch with it.
     """
     input_ids, loss_mask = batch["input_ids"], batch["loss_mask"]  # (N, T)
-    first = first_response_position(loss_mask) if first is None else first
+    if first is None:
+        first = batch[LAYOUT].first if batch.get(LAYOUT) is not None else first_response_position(loss_mask)
     parts = fused_head(model) if fused else None
     if batch.get(PADDING_FREE):
         return _packed_token_logps(model, batch, first, parts, return_entropy)
@@ -132,20 +173,25 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
     hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
     mask = loss_mask[:, first:].float()  # (N, K)
-    return hidden_token_logps(hidden, head, input_ids[:, first:], mask, return_entropy)
+    layout = _layout_for(batch, first)
+    index = layout.response if layout is not None else None
+    return hidden_token_logps(hidden, head, input_ids[:, first:], mask, return_entropy, index)
 
 
 def hidden_token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, mask: torch.Tensor,
-                       return_entropy: bool = False):
+                       return_entropy: bool = False, index: torch.Tensor | None = None):
     """(logps (N, K), mask (N, K)) [+ entropy (N, K), no grad] of `labels` from the final hidden states that
     predict them, through a plain output projection (see ``fused_head``), by ``linear_log_softmax``: only the
-    masked-in rows are projected, and their logits are never stored. hidden: (N, K, H); labels, mask: (N, K)."""
-    rows = mask.bool()  # (N, K)
+    masked-in rows are projected, and their logits are never stored. hidden: (N, K, H); labels, mask: (N, K);
+    index: (R,) the flat indices of mask's nonzero cells when known (``Layout.response``): no host wait."""
+    if index is None:
+        index = mask.flatten().nonzero().squeeze(-1)  # (R,)
+    states = hidden.flatten(0, 1).index_select(0, index)  # (R, H)
+    picked_labels = labels.flatten().index_select(0, index)  # (R,)
     if not return_entropy:
-        picked = linear_log_softmax(hidden[rows], head.weight, labels[rows])  # (R,) float32
-        return _scatter(picked, rows), mask
-    picked, entropy = linear_log_softmax(hidden[rows], head.weight, labels[rows], return_entropy=True)  # (R,) x 2
-    return _scatter(picked, rows), mask, _scatter(entropy, rows)
+        return _scatter(linear_log_softmax(states, head.weight, picked_labels), index, mask.shape), mask
+    picked, entropy = linear_log_softmax(states, head.weight, picked_labels, return_entropy=True)  # (R,) x 2
+    return _scatter(picked, index, mask.shape), mask, _scatter(entropy, index, mask.shape)
 
 
 # A batch key: forward the batch's rows packed into one sequence, no padding (see _packed_token_logps).
@@ -176,37 +222,40 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     its own row.
     """
     input_ids, loss_mask, attention_mask = batch["input_ids"], batch["loss_mask"], batch["attention_mask"]  # (N, T)
-    real = attention_mask.bool()  # (N, T): a prefix of each row (right padding)
-    packed = input_ids[real]  # (S,)
-    positions = torch.arange(real.shape[1], device=real.device).expand_as(real)[real]  # (S,) 0..L_i-1 per row
-    targets = loss_mask[real][1:].bool()  # (S-1,) the next packed token is a response token
-    labels = packed[1:][targets]  # (R,)
-    grid = loss_mask[:, first:].bool()  # (N, K)
+    layout = _layout_for(batch, first)
+    if layout is None:
+        layout = host_layout(attention_mask, loss_mask)  # on an accelerator: waits here, once per forward
+        layout = Layout(first, loss_mask[:, first:].flatten().nonzero().squeeze(-1), layout.real, layout.positions,
+                        layout.targets)  # the caller's grid
+    packed = input_ids.flatten().index_select(0, layout.real)  # (S,)
+    labels = packed[1:].index_select(0, layout.targets)  # (R,)
+    grid = (loss_mask.shape[0], loss_mask.shape[1] - first)  # (N, K)
     entropy = None
     if parts is None:
-        keep = targets.nonzero().squeeze(-1)  # (R,) packed positions whose logits predict a response token
-        logits = model(input_ids=packed[None], position_ids=positions[None], use_cache=False,
-                       logits_to_keep=keep).logits[0]  # (R, V)  # fmt: skip
+        logits = model(input_ids=packed[None], position_ids=layout.positions[None], use_cache=False,
+                       logits_to_keep=layout.targets).logits[0]  # (R, V)  # fmt: skip
         picked = selective_log_softmax(logits, labels)  # (R,)
         if return_entropy:
             entropy = chunked_entropy(logits)  # (R,)
     else:
         backbone, head = parts
-        hidden = backbone(input_ids=packed[None], position_ids=positions[None], use_cache=False).last_hidden_state
-        states = hidden[0, :-1][targets]  # (R, H)
+        hidden = backbone(input_ids=packed[None], position_ids=layout.positions[None],
+                          use_cache=False).last_hidden_state  # (1, S, H)  # fmt: skip
+        states = hidden[0].index_select(0, layout.targets)  # (R, H)
         if return_entropy:
             picked, entropy = linear_log_softmax(states, head.weight, labels, return_entropy=True)  # (R,) x 2
         else:
             picked = linear_log_softmax(states, head.weight, labels)  # (R,)
-    mask = grid.float()  # (N, K)
+    mask = loss_mask[:, first:].float()  # (N, K)
     if not return_entropy:
-        return _scatter(picked, grid), mask
-    return _scatter(picked, grid), mask, _scatter(entropy, grid)
+        return _scatter(picked, layout.response, grid), mask
+    return _scatter(picked, layout.response, grid), mask, _scatter(entropy, layout.response, grid)
 
 
-def _scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(R,) values of the True cells of rows (N, K) -> (N, K), 0 elsewhere."""
-    return torch.zeros(rows.shape, dtype=values.dtype, device=values.device).masked_scatter(rows, values)
+def _scatter(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(R,) values at flat indices index of an (N, K) grid -> (N, K), 0 elsewhere (differentiable in values)."""
+    flat = torch.zeros(shape[0] * shape[1], dtype=values.dtype, device=values.device)
+    return flat.index_copy(0, index, values).view(shape)
 
 
 # Architectures whose logits are exactly `lm_head(final hidden state)`: no soft-capping, scaling or bias.

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
-from prefopt.core.logprobs import PADDING_FREE, use_padding_free
+from prefopt.core.logprobs import LAYOUT, PADDING_FREE, host_layout, use_padding_free
 from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
@@ -134,8 +134,12 @@ class Trainer:
         return self._on_device(batch)
 
     def _on_device(self, batch: dict) -> dict:
-        """The batch's tensors on the device, marked padding-free when the run packs its rows."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        """The batch's tensors on the device, with its Layout (token positions, found on the host so the forward
+        never waits for the device), marked padding-free when the run packs its rows."""
+        layout = host_layout(batch["attention_mask"], batch["loss_mask"]) if "loss_mask" in batch else None
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if layout is not None:
+            batch[LAYOUT] = layout.to(self.device)
         if self.padding_free:
             batch[PADDING_FREE] = True
         return batch
