@@ -69,8 +69,11 @@ def run_prefopt(data: Path, out: Path, args) -> dict:
     seconds, rss = timed(cmd)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "seconds" in r]
+    summary = json.loads((out / "summary.json").read_text())
     return {"trainer": "prefopt", "command": shlex.join(cmd[1:]), "wall_seconds": seconds, "peak_rss_mb": rss,
-            "train_seconds": sum(r["seconds"] for r in steps), "losses": [r["loss"] for r in steps]}  # fmt: skip
+            "train_seconds": sum(r["seconds"] for r in steps), "losses": [r["loss"] for r in steps],
+            "peak_rss_mb_training": summary.get("peak_rss_mb_training"),  # prefopt's own reading, before saving
+            "tokens_per_step": [r.get("tokens") for r in steps]}  # fmt: skip
 
 
 def run_trl(model: str, data: Path, out: Path, args) -> dict:
