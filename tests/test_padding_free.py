@@ -138,3 +138,15 @@ def test_padding_free_is_refused_where_no_log_prob_batch_is_packed(tmp_path, tin
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "option 'padding_free'" in err[0] and algo in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_kto_half_batch_stays_padding_free():
+    """KTO forwards the completion rows and the mismatched rows separately: both halves keep the mark."""
+    from prefopt.core.logprobs import LAYOUT, host_layout
+    from prefopt.training.inputs import rows
+
+    batch = _pairs(5)
+    batch = {**batch, PADDING_FREE: True, LAYOUT: host_layout(batch["attention_mask"], batch["loss_mask"])}
+    half = rows(batch, 0, 4)
+    assert half[PADDING_FREE] is True and LAYOUT not in half and half["input_ids"].equal(batch["input_ids"][:4])
+    assert PADDING_FREE not in rows({**batch, PADDING_FREE: False}, 4, 8)

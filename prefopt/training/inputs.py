@@ -19,14 +19,18 @@ import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, UnpairedLogps
 from prefopt.core.heads import forward_rewards
-from prefopt.core.logprobs import SequenceLogps, forward_logps
+from prefopt.core.logprobs import PADDING_FREE, SequenceLogps, forward_logps
 from prefopt.data import TokenizedPair, collate_pairs, collate_unpaired, tokenize_pairs, tokenize_unpaired
 from prefopt.errors import PrefoptError
 
 
 def rows(batch: dict, start: int, stop: int) -> dict:
-    """The rows start:stop of every (N, T) tensor of a batch."""
-    return {k: batch[k][start:stop] for k in ("input_ids", "attention_mask", "loss_mask")}
+    """The rows start:stop of every (N, T) tensor of a batch, still padding-free if the batch is (its host
+    layout describes the whole batch, so it stays behind)."""
+    part = {k: batch[k][start:stop] for k in ("input_ids", "attention_mask", "loss_mask")}
+    if batch.get(PADDING_FREE):
+        part[PADDING_FREE] = True
+    return part
 
 
 class PairInputs:
