@@ -104,6 +104,7 @@ class Setup:
     lora_alpha: int = 32
     gradient_checkpointing: bool = False
     trl_liger: bool = False  # trl with use_liger_kernel=True (Liger's fused kernels; needs liger-kernel and a GPU)
+    share_prompt: bool | str = "auto"  # prefopt's run option: each pair's prompt once (auto: on a CPU)
     device: str = "cpu"
 
 
@@ -187,6 +188,7 @@ def build_prefopt(setup: Setup, tokenizer, pairs: list[TokenizedPair], used: lis
         lr=setup.lr, weight_decay=0.0, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
         max_length=setup.pad_to or setup.max_length, max_prompt_length=setup.max_prompt_length, seed=setup.seed,
         gradient_checkpointing=setup.gradient_checkpointing, eval_size=0, progress=False,
+        share_prompt=setup.share_prompt,
     )
     algorithm = _dpo(setup)
     inputs = inputs_for(algorithm)
@@ -525,6 +527,8 @@ def parse_args(argv=None):
     parser.add_argument("--check-steps", type=int, default=2, help="fp32 loss-agreement steps (0: skip)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both trainers")
     parser.add_argument("--trl-liger", action="store_true", help="trl with use_liger_kernel=True (needs liger-kernel)")
+    parser.add_argument("--share-prompt", choices=("auto", "true", "false"), default="auto",
+                        help="prefopt's share_prompt option: each pair's prompt run once (auto: on a CPU)")
     parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS, help="for the MFU estimate (CUDA)")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed"))
     return parser.parse_args(argv)
@@ -544,6 +548,7 @@ def main(argv=None) -> int:
         lengths=args.lengths,
         precision=resolve_precision(args.precision, device), reference=args.reference, lr=args.lr, beta=args.beta,
         seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, trl_liger=args.trl_liger, device=device,
+        share_prompt={"true": True, "false": False}.get(args.share_prompt, "auto"),
     )
     phase_len = args.warmup + args.steps
     tokenizer, pairs, truncation = load_pairs(setup)
@@ -564,6 +569,7 @@ def main(argv=None) -> int:
         ours = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         setup_seconds = time.perf_counter() - started
         reference_mode = ours.reference.mode
+        shared_prompts = ours.share_prompt
 
         def prefopt_phase(rep: int) -> dict:
             return run_prefopt_phase(ours, batches[rep * phase_len : (rep + 1) * phase_len], args.warmup, device,
@@ -608,6 +614,7 @@ def main(argv=None) -> int:
         "params": {"total": params, "trainable": trainable},
         "reference": {"prefopt": reference_mode, "trl": "adapter disabled (trl default for a peft model)"},
         "trl_liger_kernel": setup.trl_liger,
+        "prefopt_share_prompt": shared_prompts,  # each pair's prompt run once by prefopt (trl runs it twice)
         "prefopt_setup_seconds": setup_seconds,  # model load + LoRA + (precomputed mode) the reference pass, untimed
         "optimizer": f"AdamW lr={setup.lr} constant, no weight decay, clip 1.0",
         "protocol": {"reps": args.reps, "warmup_steps": args.warmup, "timed_steps": args.steps,
@@ -645,7 +652,9 @@ def markdown(record: dict) -> str:
         + (f"every sequence {s['pad_to']} tokens" if s["pad_to"] else f"max length {s['max_length']}")
         + (" (lengths spread like chat data)" if s.get("lengths") == "spread" else "")
         + f", gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}; reference: prefopt "
-        f"{record['reference']['prefopt']}, trl adapter disabled. {record['protocol']['reps']} reps x "
+        f"{record['reference']['prefopt']}, trl adapter disabled; prefopt runs each pair's prompt "
+        f"{'once (share_prompt)' if record.get('prefopt_share_prompt') else 'twice, as trl'}. "
+        f"{record['protocol']['reps']} reps x "
         f"{record['protocol']['timed_steps']} timed steps each (after {record['protocol']['warmup_steps']} warm-up)."
         + (f" prefopt's setup (load, LoRA, the one reference pass over the pairs the batches use) took "
            f"{record['prefopt_setup_seconds']:.1f} s, not timed." if record["reference"]["prefopt"] == "precomputed" else ""),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.fsdp import is_fsdp_unit
+from prefopt.core.shared_prompt import SHARED_PROMPT, SharedPrompt
 
 # Rows of logits processed at once by the selective log-softmax: bounds the
 # float32 temporary to chunk x vocab instead of (B*T) x vocab.
@@ -170,12 +171,28 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
             return logps, mask
         return logps, mask, chunked_entropy(logits[:, :-1]) * mask
     backbone, head = parts
+    layout = _layout_for(batch, first)
+    mask = loss_mask[:, first:].float()  # (N, K)
+    if batch.get(SHARED_PROMPT) is not None and layout is not None:
+        return _shared_token_logps(backbone, head, batch[SHARED_PROMPT], layout, input_ids, mask, return_entropy)
     hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
-    mask = loss_mask[:, first:].float()  # (N, K)
-    layout = _layout_for(batch, first)
     index = layout.response if layout is not None else None
     return hidden_token_logps(hidden, head, input_ids[:, first:], mask, return_entropy, index)
+
+
+def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, layout: Layout,
+                        input_ids: torch.Tensor, mask: torch.Tensor, return_entropy: bool):
+    """forward_token_logps of a (2B, T) pair batch with each prompt run once (``prefopt.core.shared_prompt``):
+    one (B, T') forward, then the same (2B, K) outputs as the padded path."""
+    hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
+                      position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (B, T', H)
+    states = hidden.flatten(0, 1).index_select(0, shared.states)  # (R, H)
+    labels = input_ids[:, layout.first :].flatten().index_select(0, layout.response)  # (R,)
+    if not return_entropy:
+        return _scatter(linear_log_softmax(states, head.weight, labels), layout.response, mask.shape), mask
+    picked, entropy = linear_log_softmax(states, head.weight, labels, return_entropy=True)  # (R,) x 2
+    return _scatter(picked, layout.response, mask.shape), mask, _scatter(entropy, layout.response, mask.shape)
 
 
 def hidden_token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, mask: torch.Tensor,
@@ -208,6 +225,29 @@ def use_padding_free(option: bool | str, model, device) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
     return torch.device(device).type == "cuda" and attention.startswith("flash_attention")
+
+
+def share_prompt_support(model) -> str | None:
+    """Why `model` cannot run a pair batch's prompts once (``prefopt.core.shared_prompt``), or None when it can:
+    that needs the fused head (a plain output projection) and SDPA attention, which takes the boolean
+    (B, 1, T', T') mask as it is."""
+    if fused_head(model) is None:
+        return "its output layer is not a plain projection of the final hidden state (or it is FSDP-wrapped)"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
+    if attention != "sdpa":
+        return f"its attention implementation is '{attention}', not sdpa"
+    return None
+
+
+def use_shared_prompt(option: bool | str, model, device) -> bool:
+    """The run option ``share_prompt`` resolved for a model: false as said; true where the model supports it
+    (see share_prompt_support); ``auto`` also only on a CPU, where it was measured faster
+    (``benchmarks/speed_vs_trl.py --share-prompt``, docs/speed.md). On CUDA SDPA leaves its flash kernel for
+    one that takes a mask, not measured here."""
+    if option is False or share_prompt_support(model) is not None:
+        return False
+    return option is True or torch.device(device).type == "cpu"
 
 
 def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: bool):

@@ -51,6 +51,7 @@ class RunConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     divergence_factor: float = 0.0  # stop when the grad norm passes this x the first step's, or is 0 with loss > 0 (0: off)
     padding_free: bool | Literal["auto"] = "auto"  # pack a batch's rows into one sequence, no padding (offline log-prob objectives); auto: true with flash-attention on CUDA, where it is faster
+    share_prompt: bool | Literal["auto"] = "auto"  # run each pair's prompt once for both replies (offline pair objectives, the same values); auto: true on a CPU, where it is faster
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end

@@ -24,9 +24,17 @@ from pathlib import Path
 import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
-from prefopt.core.logprobs import LAYOUT, PADDING_FREE, host_layout, use_padding_free
+from prefopt.core.logprobs import (
+    LAYOUT,
+    PADDING_FREE,
+    host_layout,
+    share_prompt_support,
+    use_padding_free,
+    use_shared_prompt,
+)
 from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
+from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
 from prefopt.errors import PrefoptError
 from prefopt.training import chat_template
@@ -115,6 +123,9 @@ class Trainer:
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
         self.padding_free = use_padding_free(run.padding_free, model, device)
+        # Pair batches (chosen and rejected rows of the same prompts) for a log-prob objective: prompts run once.
+        self.share_prompt = (isinstance(self.inputs, PairInputs) and algorithm.head == "lm" and not self.padding_free
+                             and use_shared_prompt(run.share_prompt, model, device))
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).
@@ -135,11 +146,18 @@ class Trainer:
 
     def _on_device(self, batch: dict) -> dict:
         """The batch's tensors on the device, with its Layout (token positions, found on the host so the forward
-        never waits for the device), marked padding-free when the run packs its rows."""
+        never waits for the device), marked padding-free when the run packs its rows, and with its one-row-per-pair
+        form when the run shares prompts (see prefopt.core.shared_prompt)."""
         layout = host_layout(batch["attention_mask"], batch["loss_mask"]) if "loss_mask" in batch else None
+        shared = None
+        if self.share_prompt and layout is not None:
+            shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                          layout.first, layout.response)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if layout is not None:
             batch[LAYOUT] = layout.to(self.device)
+        if shared is not None:
+            batch[SHARED_PROMPT] = shared.to(self.device)
         if self.padding_free:
             batch[PADDING_FREE] = True
         return batch
@@ -270,6 +288,12 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
         if run.padding_free is True and algorithm.head != "lm":
             raise PrefoptError(f"option 'padding_free': packs the rows whose token log-probs a policy objective "
                                f"reads; {algo_name} trains a reward head on padded rows (leave it at auto or false)")
+        if run.share_prompt is True and (algorithm.head != "lm" or not isinstance(inputs, PairInputs)):
+            raise PrefoptError(f"option 'share_prompt': runs the prompt of each preference pair once for the token "
+                               f"log-probs of both replies; {algo_name} has no such pairs (leave it at auto or false)")
+        if run.share_prompt is True and run.padding_free is True:
+            raise PrefoptError("options 'share_prompt' and 'padding_free' are two layouts of the same batch; "
+                               "set at most one of them to true")
         folder.check()
         random.seed(run.seed)
         torch.manual_seed(run.seed)
@@ -329,6 +353,9 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
+        if run.share_prompt is True and (why := share_prompt_support(model)) is not None:
+            raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
+                               "(leave it at auto or false)")
         chat_template.say(data.template_notice, dist.is_main)  # after every check: an error stays one line
         if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
             reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)

@@ -227,6 +227,9 @@ def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
     if run.padding_free is True:
         raise PrefoptError(f"option 'padding_free': packs the batches of offline objectives; {algo_name} samples and "
                            "scores its own rollouts as padded batches (leave it at auto or false)")
+    if run.share_prompt is True:
+        raise PrefoptError(f"option 'share_prompt': runs the prompts of offline preference pairs once; {algo_name} "
+                           "samples and scores its own rollouts (leave it at auto or false)")
     if run.reference == "precomputed":
         raise PrefoptError(f"option 'reference': {algo_name} scores new samples every step, so its reference cannot be "
                            "precomputed; use reference=auto, adapter or copy")
