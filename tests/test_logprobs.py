@@ -83,8 +83,11 @@ def test_forward_logps_skips_prompt_logits_without_changing_values(tiny_model):
 # ---------------------------------------------------------------- fused projection + log-softmax
 
 
-def test_linear_log_softmax_values_and_gradients_match_autograd_in_float64(monkeypatch):
+@pytest.mark.parametrize("keep_bytes", [0, 2**20], ids=["recomputed", "kept"])
+def test_linear_log_softmax_values_and_gradients_match_autograd_in_float64(monkeypatch, keep_bytes):
+    """Both backward paths: the softmax made again from the logits, and the forward's kept softmax."""
     monkeypatch.setattr(logprobs, "_CHUNK_ROWS", 3)  # several chunks, the last one short
+    monkeypatch.setattr(logprobs, "_KEEP_SOFTMAX_BYTES", keep_bytes)
     torch.manual_seed(0)
     hidden = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)  # (R, H)
     weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)  # (V, H)
@@ -92,6 +95,24 @@ def test_linear_log_softmax_values_and_gradients_match_autograd_in_float64(monke
     assert torch.autograd.gradcheck(lambda h, w: logprobs.linear_log_softmax(h, w, labels), (hidden, weight))
     expected = torch.log_softmax(hidden @ weight.T, dim=-1).gather(-1, labels[:, None]).squeeze(-1)
     assert_close(logprobs.linear_log_softmax(hidden, weight, labels).double(), expected)
+
+
+def test_the_softmax_is_kept_only_for_a_backward_and_within_the_budget(monkeypatch):
+    hidden = torch.randn(4, 3, requires_grad=True)  # (R, H)
+    weight = torch.randn(6, 3)  # (V, H): R x V float32 softmax = 96 bytes
+    labels = torch.tensor([0, 5, 2, 2])
+
+    def saved_softmax(out):
+        return out.grad_fn.saved_tensors[4]
+
+    assert saved_softmax(logprobs.linear_log_softmax(hidden, weight, labels)).shape == (4, 6)
+    monkeypatch.setattr(logprobs, "_KEEP_SOFTMAX_BYTES", 95)
+    assert saved_softmax(logprobs.linear_log_softmax(hidden, weight, labels)).numel() == 0
+    monkeypatch.setattr(logprobs, "_KEEP_SOFTMAX_BYTES", 96)
+    kept = logprobs.linear_log_softmax(hidden, weight, labels)
+    assert_close(saved_softmax(kept), torch.softmax(hidden.detach() @ weight.T, dim=-1))
+    with torch.no_grad():
+        assert logprobs.linear_log_softmax(hidden, weight, labels).grad_fn is None  # nothing held for a backward
 
 
 def test_linear_log_softmax_by_hand():

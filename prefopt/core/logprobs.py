@@ -18,6 +18,9 @@ from prefopt.core.shared_prompt import SHARED_PROMPT, SharedPrompt
 # Rows of logits processed at once by the selective log-softmax: bounds the
 # float32 temporary to chunk x vocab instead of (B*T) x vocab.
 _CHUNK_ROWS = 1024
+# linear_log_softmax keeps the forward's softmax for the backward, instead of making the logits again, while it
+# holds at most this many bytes (a small batch's response rows: one projection matmul fewer per step).
+_KEEP_SOFTMAX_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -332,22 +335,29 @@ def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         dtype = torch.get_autocast_dtype(device_type)
     else:
         dtype = weight.dtype
-    logps, entropy = _LinearLogSoftmax.apply(hidden, weight, labels, dtype, return_entropy)
+    # Keep the softmax for the backward only when one will come (Function.forward itself runs without grad).
+    softmax_bytes = labels.shape[0] * weight.shape[0] * torch.promote_types(dtype, torch.float32).itemsize
+    keep = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad) and (
+        softmax_bytes <= _KEEP_SOFTMAX_BYTES)
+    logps, entropy = _LinearLogSoftmax.apply(hidden, weight, labels, dtype, return_entropy, keep)
     return (logps, entropy) if return_entropy else logps
 
 
 class _LinearLogSoftmax(torch.autograd.Function):
     """Row chunks of logits are made in the forward and made again in the backward: memory is chunk x V
-    instead of R x V (bf16 logits plus their float32 copy), for one more projection matmul."""
+    instead of R x V (bf16 logits plus their float32 copy), for one more projection matmul. When the rows'
+    float32 softmax fits _KEEP_SOFTMAX_BYTES (and a backward will come) it is kept instead: no second matmul."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, dtype, with_entropy):
+    def forward(ctx, hidden, weight, labels, dtype, with_entropy, keep):
         acc = torch.promote_types(dtype, torch.float32)  # softmax dtype: float32 (float64 for float64 inputs)
+        rows, vocab = labels.shape[0], weight.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)  # (V, H)
             out = torch.empty(labels.shape, dtype=acc, device=hidden.device)  # (R,)
             lse = torch.empty_like(out)  # (R,)
             entropy = torch.empty_like(out) if with_entropy else out.new_empty(0)  # (R,) or unused
+            softmax = torch.empty(rows, vocab, dtype=acc, device=hidden.device) if keep else out.new_empty(0)
             for start in range(0, labels.shape[0], _CHUNK_ROWS):
                 end = start + _CHUNK_ROWS
                 logits = (hidden[start:end].to(dtype) @ w.T).to(acc)  # (r, V)
@@ -355,31 +365,37 @@ class _LinearLogSoftmax(torch.autograd.Function):
                 out[start:end] = logits.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
                 if with_entropy:  # one exp over the chunk, beside its projection
                     entropy[start:end] = _entropy(logits, lse[start:end])
+                if keep:
+                    torch.exp(logits - lse[start:end, None], out=softmax[start:end])  # (r, V)
         ctx.dtype = dtype
-        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.save_for_backward(hidden, weight, labels, lse, softmax)
         ctx.mark_non_differentiable(entropy)
         return out, entropy
 
     @staticmethod
     def backward(ctx, grad_out, _grad_entropy):  # grad_out: (R,); the entropy has no gradient
-        hidden, weight, labels, lse = ctx.saved_tensors
+        hidden, weight, labels, lse, softmax = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_weight else None
+        kept = softmax.numel() > 0
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(ctx.dtype)  # (V, H)
             for start in range(0, labels.shape[0], _CHUNK_ROWS):
                 end = start + _CHUNK_ROWS
                 h = hidden[start:end].to(ctx.dtype)  # (r, H)
                 # d logp[label] / d logits = onehot(label) - softmax(logits)
-                grad_logits = torch.exp((h @ w.T).to(lse.dtype) - lse[start:end, None])  # (r, V) softmax
-                grad_logits.neg_().scatter_add_(-1, labels[start:end, None], torch.ones_like(lse[start:end, None]))
+                if kept:  # a new tensor: the saved softmax stays intact
+                    grad_logits = softmax[start:end].neg()  # (r, V)
+                else:
+                    grad_logits = torch.exp((h @ w.T).to(lse.dtype) - lse[start:end, None]).neg_()  # (r, V)
+                grad_logits.scatter_add_(-1, labels[start:end, None], torch.ones_like(lse[start:end, None]))
                 grad_logits = (grad_logits * grad_out[start:end, None]).to(ctx.dtype)  # (r, V)
                 if need_hidden:
                     grad_hidden[start:end] = grad_logits @ w  # (r, H)
                 if need_weight:
                     grad_weight += (grad_logits.T @ h).to(lse.dtype)  # (V, H)
-        return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None, None
+        return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None, None, None
 
 
 def first_response_position(loss_mask: torch.Tensor) -> int:
