@@ -120,8 +120,9 @@ def test_batches_that_are_not_shared_prompt_pairs_are_left_padded():
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
 
     def shared(ids=None, loss=None, rows=None):
-        ids, loss, attn = (batch["input_ids"] if ids is None else ids), (batch["loss_mask"] if loss is None else loss), \
-            batch["attention_mask"]
+        ids = batch["input_ids"] if ids is None else ids
+        loss = batch["loss_mask"] if loss is None else loss
+        attn = batch["attention_mask"]
         if rows is not None:
             ids, loss, attn = ids[rows], loss[rows], attn[rows]
         return shared_prompt_layout(ids, attn, loss, layout.first, layout.response)
@@ -137,7 +138,8 @@ def test_batches_that_are_not_shared_prompt_pairs_are_left_padded():
 
 def test_auto_shares_prompts_on_a_cpu_with_sdpa_and_the_fused_head(tiny_model):
     assert logprobs.share_prompt_support(tiny_model) is None
-    assert logprobs.use_shared_prompt("auto", tiny_model, "cpu") and logprobs.use_shared_prompt(True, tiny_model, "cuda")
+    assert logprobs.use_shared_prompt("auto", tiny_model, "cpu")
+    assert logprobs.use_shared_prompt(True, tiny_model, "cuda")
     assert not logprobs.use_shared_prompt("auto", tiny_model, "cuda")  # not measured on CUDA: padded there
     assert not logprobs.use_shared_prompt(False, tiny_model, "cpu")
     tiny_model.config._attn_implementation = "eager"  # eager attention adds the mask as floats: not this layout

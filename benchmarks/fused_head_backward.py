@@ -1,0 +1,82 @@
+"""The fused vocabulary projection's forward + backward with the softmax kept against made again.
+
+`linear_log_softmax` (prefopt.core.logprobs) keeps the forward's float32 softmax for the backward when it fits
+`_KEEP_SOFTMAX_BYTES`, else makes each chunk's logits again. This times both on the same (rows x hidden) states
+and a (vocabulary x hidden) weight of the default model's shape, alternating, `--reps` times each.
+
+    python benchmarks/fused_head_backward.py --rows 400 1300 --out results/speed/cpu_fused_head_backward
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from prefopt.core import logprobs
+from prefopt.io import atomic_write_json, atomic_write_text, provenance
+
+
+def seconds(hidden, weight, labels, n: int) -> float:
+    """Mean seconds of one forward + backward over n calls."""
+    started = time.perf_counter()
+    for _ in range(n):
+        logprobs.linear_log_softmax(hidden, weight, labels).sum().backward()
+    return (time.perf_counter() - started) / n
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[400, 1300])
+    parser.add_argument("--hidden", type=int, default=576)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5, help="calls per timing")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    weight = torch.randn(args.vocab, args.hidden) * 0.02  # (V, H), frozen as in LoRA
+    budget = logprobs._KEEP_SOFTMAX_BYTES
+    rows = []
+    for n in args.rows:
+        hidden = torch.randn(n, args.hidden, requires_grad=True)  # (R, H)
+        labels = torch.randint(0, args.vocab, (n,))  # (R,)
+        times = {"recomputed": [], "kept": []}
+        for _ in range(args.reps):
+            for name, keep in (("recomputed", 0), ("kept", max(budget, n * args.vocab * 4))):
+                logprobs._KEEP_SOFTMAX_BYTES = keep
+                seconds(hidden, weight, labels, 1)  # untimed
+                times[name].append(seconds(hidden, weight, labels, args.calls))
+        logprobs._KEEP_SOFTMAX_BYTES = budget
+        size = n * args.vocab * 4  # bytes of the (R, V) float32 softmax
+        rows.append({"rows": n, "softmax_mb": size / 2**20, "kept_by_default": size <= budget, **times})
+        print(rows[-1], flush=True)
+
+    result = {"rows": rows, "hidden": args.hidden, "vocab": args.vocab, "budget_bytes": budget,
+              "command": shlex.join(["python", "benchmarks/fused_head_backward.py", *(argv or sys.argv[1:])]),
+              "provenance": provenance()}
+    lines = [(f"# Fused projection forward + backward: softmax kept vs made again (H {args.hidden}, V {args.vocab}, "
+             f"fp32)"), "", "| rows | softmax MB | kept by default | recomputed ms | kept ms |",
+             "| ---: | ---: | --- | --- | --- |"]
+    for r in rows:
+        fmt = lambda xs: ", ".join(f"{1000 * x:.0f}" for x in xs)
+        lines.append(f"| {r['rows']} | {r['softmax_mb']:.0f} | {'yes' if r['kept_by_default'] else 'no'} | "
+                     f"{fmt(r['recomputed'])} | {fmt(r['kept'])} |")
+    p = result["provenance"]
+    lines += ["", f"`{result['command']}`", "",
+              f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        atomic_write_json(Path(args.out) / "fused_head_backward.json", result)
+        atomic_write_text(Path(args.out) / "fused_head_backward.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

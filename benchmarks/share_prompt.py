@@ -1,0 +1,98 @@
+"""prefopt's DPO step with each pair's prompt run once (`share_prompt`) against the padded rows, same batches.
+
+One process, one trainer (`speed_vs_trl.py`'s setup: the bundled model, LoRA r=16, `--lengths spread` pairs,
+fp32 by default), the same batches in the same order for both layouts; the layouts alternate pass by pass
+(`--passes` of each, after one untimed step), so drift on the machine falls on both. The trainer keeps
+training across passes (the step's cost does not depend on the weights). Also printed: the cells each layout
+computes per batch (rows x columns of the forward).
+
+    python benchmarks/share_prompt.py --batch-size 4 --max-length 128 --batches 4
+    python benchmarks/share_prompt.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_share_prompt
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
+
+from prefopt.core.logprobs import host_layout
+from prefopt.core.shared_prompt import shared_prompt_layout
+from prefopt.io import atomic_write_json, atomic_write_text, provenance
+
+
+def cells(trainer, ids: list[int]) -> tuple[int, int]:
+    """(padded cells, shared cells) of one batch's forward."""
+    batch = trainer.collate([trainer.examples[i] for i in ids])
+    layout = host_layout(batch["attention_mask"], batch["loss_mask"])
+    shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
+                                  layout.response)
+    return batch["input_ids"].numel(), shared.input_ids.numel()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=4, help="batches per pass")
+    parser.add_argument("--passes", type=int, default=2, help="timed passes of each layout, alternating")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
+    parser.add_argument("--out", default=None, help="folder for share_prompt.{json,md} (default: print only)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
+                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
+    tokenizer, pairs, _ = load_pairs(setup)
+    batches = batch_order(pairs, setup, args.batches)
+    seconds = {"padded": [], "shared": []}  # per pass: per-batch seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+        if not trainer.share_prompt:
+            raise SystemExit(f"{args.model} cannot share prompts here (see prefopt.core.logprobs.share_prompt_support)")
+        sizes = [cells(trainer, ids) for ids in batches]
+        trainer.train_step(batches[0])  # untimed: optimizer state, first allocations
+        for p in range(args.passes):
+            for name in ("padded", "shared"):
+                trainer.share_prompt = name == "shared"
+                times = []
+                for ids in batches:
+                    started = time.perf_counter()
+                    trainer.train_step(ids)
+                    times.append(time.perf_counter() - started)
+                seconds[name].append(times)
+                print(f"pass {p} {name}: {' '.join(f'{t:.2f}' for t in times)} s, total {sum(times):.2f}", flush=True)
+
+    totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
+    result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
+              "cells_padded_shared": sizes,
+              "command": shlex.join(["python", "benchmarks/share_prompt.py", *(argv or sys.argv[1:])]),
+              "provenance": provenance()}
+    lines = [(f"# DPO step, prompts run once vs padded rows ({args.model}, batch {args.batch_size}, max length "
+             f"{args.max_length}, spread lengths, {args.precision})"), "",
+             "| pass | padded s (sum over the batches) | shared s | padded / shared |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
+              enumerate(zip(totals["padded"], totals["shared"]))]  # fmt: skip
+    lines += ["", "Cells per forward (padded rows x columns, shared rows x columns): "
+              + ", ".join(f"{a} -> {b}" for a, b in sizes)
+              + f"; {sum(b for _, b in sizes) / sum(a for a, _ in sizes):.2f}x in all.", "",
+              f"`{result['command']}`", ""]
+    p = result["provenance"]
+    lines += [f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        atomic_write_json(Path(args.out) / "share_prompt.json", result)
+        atomic_write_text(Path(args.out) / "share_prompt.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
