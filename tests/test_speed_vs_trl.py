@@ -94,3 +94,35 @@ def test_spread_lengths_fit_without_truncation_and_repeat():
     assert 60 <= replies[200] <= 95  # median near 30% of 256
     assert replies[-1] >= 2.5 * replies[200]  # a long tail
     assert [(len(p.prompt_ids), len(p.chosen_ids)) for p in draw(0)] == [(len(p.prompt_ids), len(p.chosen_ids)) for p in pairs]
+
+
+def _benchmark(name: str):
+    _script()  # registers speed_vs_trl, which the others import by name
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.e2e
+def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path):
+    script = _benchmark("share_prompt")
+    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
+                        "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
+    record = json.loads((tmp_path / "share_prompt.json").read_text())
+    assert [len(p) for p in record["seconds"]["padded"]] == [len(p) for p in record["seconds"]["shared"]] == [2]
+    # one row of P + C + R per pair is fewer cells than two rows of P + max(C, R), every prompt being non-empty
+    assert all(0 < shared < padded for padded, shared in record["cells_padded_shared"])
+    assert "padded / shared" in (tmp_path / "share_prompt.md").read_text()
+
+
+def test_fused_head_backward_benchmark_times_both_paths_and_restores_the_budget(tmp_path):
+    from prefopt.core import logprobs
+
+    budget = logprobs._KEEP_SOFTMAX_BYTES
+    script = _benchmark("fused_head_backward")
+    assert script.main(["--rows", "8", "--hidden", "16", "--vocab", "32", "--reps", "2", "--calls", "1",
+                        "--out", str(tmp_path)]) == 0  # fmt: skip
+    (row,) = json.loads((tmp_path / "fused_head_backward.json").read_text())["rows"]
+    assert row["rows"] == 8 and row["kept_by_default"] and len(row["kept"]) == len(row["recomputed"]) == 2
+    assert logprobs._KEEP_SOFTMAX_BYTES == budget
