@@ -30,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, build_trl, load_pairs
 from torch.profiler import ProfilerActivity, profile
 
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.io import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_WAITS = ("aten::_local_scalar_dense", "aten::nonzero")
@@ -98,14 +99,7 @@ def main(argv=None) -> int:
         lines += ["", "| self CPU ms per step | prefopt | trl |", "| --- | ---: | ---: |"]
         lines += [f"| {n} | {ours['self_ms_per_step'].get(n, 0.0):.0f} | {theirs['self_ms_per_step'].get(n, 0.0):.0f} |"
                   for n in names]  # fmt: skip
-    p = result["provenance"]
-    lines += ["", f"`{result['command']}`", "",
-              f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        atomic_write_json(Path(args.out) / "dispatch_counts.json", result)
-        atomic_write_text(Path(args.out) / "dispatch_counts.md", text)
+    finish(result, lines, args.out, "dispatch_counts")
     return 0
 
 

@@ -13,12 +13,12 @@ import argparse
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
+from report import finish
 
 from prefopt.core import logprobs
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.io import provenance
 
 
 def seconds(hidden, weight, labels, n: int) -> float:
@@ -67,14 +67,7 @@ def main(argv=None) -> int:
         fmt = lambda xs: ", ".join(f"{1000 * x:.0f}" for x in xs)
         lines.append(f"| {r['rows']} | {r['softmax_mb']:.0f} | {'yes' if r['kept_by_default'] else 'no'} | "
                      f"{fmt(r['recomputed'])} | {fmt(r['kept'])} |")
-    p = result["provenance"]
-    lines += ["", f"`{result['command']}`", "",
-              f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        atomic_write_json(Path(args.out) / "fused_head_backward.json", result)
-        atomic_write_text(Path(args.out) / "fused_head_backward.md", text)
+    finish(result, lines, args.out, "fused_head_backward")
     return 0
 
 

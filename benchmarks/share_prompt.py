@@ -20,11 +20,12 @@ import time
 import warnings
 from pathlib import Path
 
+from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
 from prefopt.core.logprobs import host_layout
 from prefopt.core.shared_prompt import shared_prompt_layout
-from prefopt.io import atomic_write_json, atomic_write_text, provenance
+from prefopt.io import provenance
 
 
 def cells(trainer, ids: list[int]) -> tuple[int, int]:
@@ -82,15 +83,8 @@ def main(argv=None) -> int:
               enumerate(zip(totals["padded"], totals["shared"]))]  # fmt: skip
     lines += ["", "Cells per forward (padded rows x columns, shared rows x columns): "
               + ", ".join(f"{a} -> {b}" for a, b in sizes)
-              + f"; {sum(b for _, b in sizes) / sum(a for a, _ in sizes):.2f}x in all.", "",
-              f"`{result['command']}`", ""]
-    p = result["provenance"]
-    lines += [f"Machine: {p['cpu_model']}, {p['cpu_count']} CPUs; torch {p['versions']['torch']}; git {p['git']}", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        atomic_write_json(Path(args.out) / "share_prompt.json", result)
-        atomic_write_text(Path(args.out) / "share_prompt.md", text)
+              + f"; {sum(b for _, b in sizes) / sum(a for a, _ in sizes):.2f}x in all."]
+    finish(result, lines, args.out, "share_prompt")
     return 0
 
 

@@ -118,3 +118,76 @@ def interrupt_on_call(monkeypatch, owner, method: str, n: int):
 
     monkeypatch.setattr(owner, method, dies)
     return lambda: monkeypatch.setattr(owner, method, real)
+
+
+
+def assert_option_trains_alike(tmp_path: Path, model_dir, algo: str, option: str, module, forward: str,
+                               monkeypatch) -> None:
+    """A short tiny-model run with run `option` false and one with it true log the same numbers (to 1e-4; times,
+    speeds and memory aside), and `module.forward` (the code path the option selects) ran only in the second,
+    at least once per step."""
+    import pytest
+
+    import prefopt
+
+    calls = []
+    real = getattr(module, forward)
+    monkeypatch.setattr(module, forward, lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
+    runs = {}
+    for value in (False, True):
+        assert not calls  # nothing on that path before the option's run
+        out = tmp_path / str(value)
+        prefopt.run(algo=algo, data=data, model=str(model_dir), output_dir=str(out), steps=3, batch_size=4,
+                    eval_size=4, max_length=48, precision="fp32", progress=False, lora_r=4, lora_alpha=8,
+                    reference="adapter", **{option: value})  # fmt: skip
+        runs[value] = read_metrics(out)
+    assert len(calls) >= 3
+    assert len(runs[True]) == len(runs[False]) > 3
+    for got, want in zip(runs[True], runs[False]):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, got["step"])
+
+
+def assert_option_refused(tmp_path: Path, model_dir, algo: str, setting: str, capsys, *expected: str) -> None:
+    """`prefopt run --algo algo setting` stops with exit status 2 and one error line holding every `expected`
+    text, before its output folder exists."""
+    data = write_learnable_pairs(tmp_path / "p.jsonl", 16)
+    code = run_cli(["run", "--algo", algo, f"data={data}", f"model={model_dir}", setting,
+                    f"output_dir={tmp_path / 'out'}", "steps=1", "eval_size=4", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and all(text in err[0] for text in expected), err
+    assert not (tmp_path / "out").exists()
+
+
+RAGGED_SHAPES = [(3, 2, 6), (7, 5, 1), (2, 9, 4), (5, 3, 3)]  # (prompt, chosen, rejected) lengths
+
+
+def ragged_pairs(seed: int, shapes=RAGGED_SHAPES) -> dict:
+    """Pairs of ragged lengths (random ids), collated the way training does (right padding, chosen rows then
+    rejected)."""
+    import torch
+
+    from prefopt.data import TokenizedPair, collate_pairs
+
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+
+    pairs = [TokenizedPair(i, ids(p), ids(c), ids(r)) for i, (p, c, r) in enumerate(shapes)]
+    return collate_pairs(pairs, pad_id=0)
+
+
+def lora_with_random_b(model):
+    """`model` under a small peft LoRA whose B matrices are random (B = 0 would leave the model unchanged)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model

@@ -5,33 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import lora_with_random_b, ragged_pairs
 from torch.testing import assert_close
 
 from prefopt.core import logprobs
 from prefopt.core.logprobs import PADDING_FREE
-from prefopt.data import TokenizedPair, collate_pairs
-
-
-def _pairs(seed: int) -> dict:
-    """Four pairs of ragged lengths, collated the way training does (right padding, chosen rows then rejected)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def ids(n: int) -> list[int]:
-        return torch.randint(3, 300, (n,), generator=g).tolist()
-
-    pairs = [TokenizedPair(i, ids(p), ids(c), ids(r)) for i, (p, c, r) in
-             enumerate([(3, 2, 6), (7, 5, 1), (2, 9, 4), (5, 3, 3)])]  # fmt: skip
-    return collate_pairs(pairs, pad_id=0)
-
-
-def _lora(model):
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    return model
 
 
 def _run(model, batch: dict, fused: bool):
@@ -45,8 +23,8 @@ def _run(model, batch: dict, fused: bool):
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter, fused):
-    model = _lora(tiny_model) if adapter == "lora" else tiny_model
-    batch = _pairs(0)
+    model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
+    batch = ragged_pairs(0)
     assert (batch["attention_mask"] == 0).any()  # there is padding to skip
     padded = _run(model, batch, fused)
     packed = _run(model, {**batch, PADDING_FREE: True}, fused)
@@ -61,7 +39,7 @@ def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_mode
 
 def test_packed_rows_never_see_each_other_or_the_padding(tiny_model):
     """Changing one row's tokens (or the pad ids) leaves every other row's packed log-probs unchanged."""
-    batch = {**_pairs(1), PADDING_FREE: True}
+    batch = {**ragged_pairs(1), PADDING_FREE: True}
     with torch.no_grad():
         before, _ = logprobs.forward_token_logps(tiny_model, batch)
         changed = batch["input_ids"].clone()
@@ -73,7 +51,7 @@ def test_packed_rows_never_see_each_other_or_the_padding(tiny_model):
 
 
 def test_a_sub_batch_lines_up_with_the_full_batch_columns(tiny_model):
-    batch = _pairs(2)
+    batch = ragged_pairs(2)
     first = logprobs.first_response_position(batch["loss_mask"])
     rows = torch.tensor([1, 6])
     sub = {k: v[rows] for k, v in batch.items() if k != "index"}
@@ -93,31 +71,11 @@ def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
 @pytest.mark.e2e
 @pytest.mark.parametrize("algo", ["dpo", "kto", "sft"])
 def test_a_padding_free_run_trains_like_a_padded_one(tmp_path, tiny_model_dir, algo, monkeypatch):
-    import json
+    """Every step's policy (and adapter-reference) forward goes packed, and the run logs the padded run's numbers."""
+    from helpers import assert_option_trains_alike
 
-    from helpers import write_learnable_pairs
-
-    import prefopt
-
-    packed_forwards = []
-    real = logprobs._packed_token_logps
-    monkeypatch.setattr(logprobs, "_packed_token_logps", lambda *a, **k: packed_forwards.append(1) or real(*a, **k))
-    data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
-    runs = {}
-    for mode in (False, True):
-        assert not packed_forwards  # nothing packed before the padding_free=true run
-        out = tmp_path / str(mode)
-        prefopt.run(algo=algo, data=data, model=str(tiny_model_dir), output_dir=str(out), steps=3, batch_size=4,
-                    eval_size=4, max_length=48, precision="fp32", progress=False, lora_r=4, lora_alpha=8,
-                    reference="adapter", padding_free=mode)  # fmt: skip
-        runs[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(packed_forwards) >= 3  # every step's policy (and adapter-reference) forward went packed
-    assert len(runs[True]) == len(runs[False]) > 3
-    for packed, padded in zip(runs[True], runs[False]):
-        assert packed.keys() == padded.keys()
-        for key, value in padded.items():
-            if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
-                assert packed[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, packed["step"])
+    assert_option_trains_alike(tmp_path, tiny_model_dir, algo, "padding_free", logprobs, "_packed_token_logps",
+                               monkeypatch)
 
 
 def test_the_option_reads_as_a_user_types_it():
@@ -130,14 +88,9 @@ def test_the_option_reads_as_a_user_types_it():
 
 @pytest.mark.parametrize("algo", ["reward", "grpo"])
 def test_padding_free_is_refused_where_no_log_prob_batch_is_packed(tmp_path, tiny_model_dir, algo, capsys):
-    from helpers import run_cli, write_learnable_pairs
+    from helpers import assert_option_refused
 
-    data = write_learnable_pairs(tmp_path / "p.jsonl", 16)
-    code = run_cli(["run", "--algo", algo, f"data={data}", f"model={tiny_model_dir}", "padding_free=true",
-                    f"output_dir={tmp_path / 'out'}", "steps=1", "eval_size=4", "progress=false"])  # fmt: skip
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "option 'padding_free'" in err[0] and algo in err[0]
-    assert not (tmp_path / "out").exists()
+    assert_option_refused(tmp_path, tiny_model_dir, algo, "padding_free=true", capsys, "option 'padding_free'", algo)
 
 
 def test_a_kto_half_batch_stays_padding_free():
@@ -145,7 +98,7 @@ def test_a_kto_half_batch_stays_padding_free():
     from prefopt.core.logprobs import LAYOUT, host_layout
     from prefopt.training.inputs import rows
 
-    batch = _pairs(5)
+    batch = ragged_pairs(5)
     batch = {**batch, PADDING_FREE: True, LAYOUT: host_layout(batch["attention_mask"], batch["loss_mask"])}
     half = rows(batch, 0, 4)
     assert half[PADDING_FREE] is True and LAYOUT not in half and half["input_ids"].equal(batch["input_ids"][:4])

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import RAGGED_SHAPES, lora_with_random_b, ragged_pairs
 from torch.testing import assert_close
 
 from prefopt.core import logprobs
 from prefopt.core.logprobs import LAYOUT, host_layout
 from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
 from prefopt.data import TokenizedPair, collate_pairs
-
-SHAPES = [(3, 2, 6), (7, 5, 1), (2, 9, 4), (5, 3, 3)]  # (prompt, chosen, rejected) lengths
-
-
-def _pairs(seed: int, shapes=SHAPES) -> dict:
-    """Pairs of ragged lengths, collated the way training does (right padding, chosen rows then rejected)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def ids(n: int) -> list[int]:
-        return torch.randint(3, 300, (n,), generator=g).tolist()
-
-    pairs = [TokenizedPair(i, ids(p), ids(c), ids(r)) for i, (p, c, r) in enumerate(shapes)]
-    return collate_pairs(pairs, pad_id=0)
 
 
 def _with_layouts(batch: dict, shared: bool = True) -> dict:
@@ -34,16 +22,6 @@ def _with_layouts(batch: dict, shared: bool = True) -> dict:
                                                   layout.first, layout.response)
         assert out[SHARED_PROMPT] is not None
     return out
-
-
-def _lora(model):
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    return model
 
 
 def _run(model, batch: dict):
@@ -75,9 +53,9 @@ def test_the_layout_of_one_pair_by_hand():
 
 
 def test_padding_rows_attend_to_themselves_only():
-    batch = _with_layouts(_pairs(0))
+    batch = _with_layouts(ragged_pairs(0))
     shared = batch[SHARED_PROMPT]
-    lengths = [p + c + r for p, c, r in SHAPES]
+    lengths = [p + c + r for p, c, r in RAGGED_SHAPES]
     assert shared.input_ids.shape == (4, max(lengths))  # one row per pair: 4 x 14 cells instead of 8 x 13
     for i, n in enumerate(lengths):
         for q in range(n, shared.input_ids.shape[1]):
@@ -87,8 +65,8 @@ def test_padding_rows_attend_to_themselves_only():
 
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_shared_prompts_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter):
-    model = _lora(tiny_model) if adapter == "lora" else tiny_model
-    batch = _pairs(0)
+    model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
+    batch = ragged_pairs(0)
     padded = _run(model, _with_layouts(batch, shared=False))
     shared = _run(model, _with_layouts(batch))
     assert shared[0].shape == padded[0].shape and shared[1].equal(padded[1])
@@ -103,11 +81,11 @@ def test_shared_prompts_give_the_padded_log_probs_entropies_and_gradients(tiny_m
 def test_a_reply_never_sees_the_other_reply_or_the_padding(tiny_model):
     """Changing pair 0's chosen reply (or every pad id) leaves its rejected log-probs, and every other pair's,
     unchanged."""
-    batch = _pairs(1)
+    batch = ragged_pairs(1)
     with torch.no_grad():
         before, _ = logprobs.forward_token_logps(tiny_model, _with_layouts(batch))
         changed = batch["input_ids"].clone()
-        p, c, _ = SHAPES[0]
+        p, c, _ = RAGGED_SHAPES[0]
         changed[0, p : p + c] = torch.tensor([5, 6])  # pair 0's chosen reply
         changed[batch["attention_mask"] == 0] = 7  # every pad id
         after, _ = logprobs.forward_token_logps(tiny_model, _with_layouts({**batch, "input_ids": changed}))
@@ -116,7 +94,7 @@ def test_a_reply_never_sees_the_other_reply_or_the_padding(tiny_model):
 
 
 def test_batches_that_are_not_shared_prompt_pairs_are_left_padded():
-    batch = _pairs(2)
+    batch = ragged_pairs(2)
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
 
     def shared(ids=None, loss=None, rows=None):
@@ -131,7 +109,7 @@ def test_batches_that_are_not_shared_prompt_pairs_are_left_padded():
     other[5, 0] += 1  # pair 1's rejected row has another prompt
     assert shared(ids=other) is None
     gap = batch["loss_mask"].clone()
-    gap[0, SHAPES[0][0] + 1] = 0  # a hole in pair 0's chosen reply
+    gap[0, RAGGED_SHAPES[0][0] + 1] = 0  # a hole in pair 0's chosen reply
     assert shared(loss=gap) is None
     assert shared(rows=torch.tensor([0, 1, 2])) is None  # an odd number of rows
 
@@ -160,43 +138,17 @@ def test_the_option_reads_as_a_user_types_it():
 def test_a_shared_prompt_run_trains_like_a_padded_one(tmp_path, tiny_model_dir, algo, monkeypatch):
     """DPO (policy and adapter-reference forwards shared) and KTO (its reference forward of whole pair batches
     shared; the policy's half batches padded) log the same numbers either way."""
-    import json
+    from helpers import assert_option_trains_alike
 
-    from helpers import write_learnable_pairs
-
-    import prefopt
-
-    shared_forwards = []
-    real = logprobs._shared_token_logps
-    monkeypatch.setattr(logprobs, "_shared_token_logps", lambda *a, **k: shared_forwards.append(1) or real(*a, **k))
-    data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
-    runs = {}
-    for mode in (False, True):
-        assert not shared_forwards  # nothing shared in the share_prompt=false run
-        out = tmp_path / str(mode)
-        prefopt.run(algo=algo, data=data, model=str(tiny_model_dir), output_dir=str(out), steps=3, batch_size=4,
-                    eval_size=4, max_length=48, precision="fp32", progress=False, lora_r=4, lora_alpha=8,
-                    reference="adapter", share_prompt=mode)  # fmt: skip
-        runs[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(shared_forwards) >= 3  # every step's reference forward (and DPO's policy forward) went shared
-    assert len(runs[True]) == len(runs[False]) > 3
-    for shared, padded in zip(runs[True], runs[False]):
-        assert shared.keys() == padded.keys()
-        for key, value in padded.items():
-            if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
-                assert shared[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, shared["step"])
+    assert_option_trains_alike(tmp_path, tiny_model_dir, algo, "share_prompt", logprobs, "_shared_token_logps",
+                               monkeypatch)
 
 
 @pytest.mark.parametrize("algo", ["reward", "sft", "grpo"])
 def test_share_prompt_is_refused_where_there_are_no_pairs_to_share(tmp_path, tiny_model_dir, algo, capsys):
-    from helpers import run_cli, write_learnable_pairs
+    from helpers import assert_option_refused
 
-    data = write_learnable_pairs(tmp_path / "p.jsonl", 16)
-    code = run_cli(["run", "--algo", algo, f"data={data}", f"model={tiny_model_dir}", "share_prompt=true",
-                    f"output_dir={tmp_path / 'out'}", "steps=1", "eval_size=4", "progress=false"])  # fmt: skip
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "option 'share_prompt'" in err[0] and algo in err[0]
-    assert not (tmp_path / "out").exists()
+    assert_option_refused(tmp_path, tiny_model_dir, algo, "share_prompt=true", capsys, "option 'share_prompt'", algo)
 
 
 def test_share_prompt_with_padding_free_or_on_a_model_that_cannot_is_refused(tmp_path, tiny_model_dir, capsys,

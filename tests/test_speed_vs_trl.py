@@ -96,8 +96,10 @@ def test_spread_lengths_fit_without_truncation_and_repeat():
     assert [(len(p.prompt_ids), len(p.chosen_ids)) for p in draw(0)] == [(len(p.prompt_ids), len(p.chosen_ids)) for p in pairs]
 
 
-def _benchmark(name: str):
-    _script()  # registers speed_vs_trl, which the others import by name
+def _benchmark(name: str, monkeypatch):
+    """A benchmarks/ script as a module, importing its neighbours (speed_vs_trl, report) as when it runs."""
+    _script()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -105,8 +107,8 @@ def _benchmark(name: str):
 
 
 @pytest.mark.e2e
-def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path):
-    script = _benchmark("share_prompt")
+def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    script = _benchmark("share_prompt", monkeypatch)
     assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
                         "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     record = json.loads((tmp_path / "share_prompt.json").read_text())
@@ -116,11 +118,11 @@ def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path):
     assert "padded / shared" in (tmp_path / "share_prompt.md").read_text()
 
 
-def test_fused_head_backward_benchmark_times_both_paths_and_restores_the_budget(tmp_path):
+def test_fused_head_backward_benchmark_times_both_paths_and_restores_the_budget(tmp_path, monkeypatch):
     from prefopt.core import logprobs
 
     budget = logprobs._KEEP_SOFTMAX_BYTES
-    script = _benchmark("fused_head_backward")
+    script = _benchmark("fused_head_backward", monkeypatch)
     assert script.main(["--rows", "8", "--hidden", "16", "--vocab", "32", "--reps", "2", "--calls", "1",
                         "--out", str(tmp_path)]) == 0  # fmt: skip
     (row,) = json.loads((tmp_path / "fused_head_backward.json").read_text())["rows"]
