@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_padding_free import _lora, _pairs
+from helpers import lora_with_random_b, ragged_pairs
 from torch.profiler import ProfilerActivity, profile
 from torch.testing import assert_close
 
@@ -42,8 +42,8 @@ def test_a_batch_with_its_layout_gives_the_same_log_probs_entropies_and_gradient
                                                                                   monkeypatch):
     if not fused:
         monkeypatch.setattr(logprobs, "fused_head", lambda model: None)
-    model = _lora(tiny_model)
-    batch = {**_pairs(3), PADDING_FREE: packed}
+    model = lora_with_random_b(tiny_model)
+    batch = {**ragged_pairs(3), PADDING_FREE: packed}
     plain = _forward(model, batch)
     laid = _forward(model, {**batch, LAYOUT: host_layout(batch["attention_mask"], batch["loss_mask"])})
     assert laid[1].equal(plain[1]) and len(laid[3]) > 0 and laid[3].keys() == plain[3].keys()
@@ -55,7 +55,7 @@ def test_a_batch_with_its_layout_gives_the_same_log_probs_entropies_and_gradient
 
 def test_a_layout_for_other_columns_is_not_used(tiny_model):
     """A sub-batch lined up with the full batch's first column must not take a layout made for its own."""
-    batch = _pairs(2)
+    batch = ragged_pairs(2)
     first = logprobs.first_response_position(batch["loss_mask"])
     rows = torch.tensor([1, 3])  # their own first response column is 5, the batch's 2
     sub = {k: v[rows] for k, v in batch.items() if k != "index"}
@@ -77,8 +77,8 @@ def _host_waits(run) -> int:
 def test_with_a_layout_the_log_prob_code_adds_no_host_waits_to_the_models_own(tiny_model, packed):
     """Counted on the CPU: the operations that would make the host wait for an accelerator. The model's own
     forward has a few (transformers checks its masks); with the layout, the log-prob forward adds none."""
-    model = _lora(tiny_model)
-    batch = {**_pairs(4), PADDING_FREE: packed}
+    model = lora_with_random_b(tiny_model)
+    batch = {**ragged_pairs(4), PADDING_FREE: packed}
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
     if packed:
         ids = batch["input_ids"].flatten()[layout.real][None]  # (1, S)
