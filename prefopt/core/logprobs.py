@@ -225,9 +225,13 @@ def use_padding_free(option: bool | str, model, device) -> bool:
     ``benchmarks/padding_free.py``, docs/speed.md."""
     if option != "auto":
         return bool(option)
+    return torch.device(device).type == "cuda" and _attention_implementation(model).startswith("flash_attention")
+
+
+def _attention_implementation(model) -> str:
+    """The attention kernel family transformers runs the model with ('sdpa', 'eager', 'flash_attention_2' ...)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
-    return torch.device(device).type == "cuda" and attention.startswith("flash_attention")
+    return str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
 
 
 def share_prompt_support(model) -> str | None:
@@ -236,8 +240,7 @@ def share_prompt_support(model) -> str | None:
     (B, 1, T', T') mask as it is."""
     if fused_head(model) is None:
         return "its output layer is not a plain projection of the final hidden state (or it is FSDP-wrapped)"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    attention = str(getattr(getattr(base, "config", None), "_attn_implementation", "") or "")
+    attention = _attention_implementation(model)
     if attention != "sdpa":
         return f"its attention implementation is '{attention}', not sdpa"
     return None
@@ -246,7 +249,7 @@ def share_prompt_support(model) -> str | None:
 def use_shared_prompt(option: bool | str, model, device) -> bool:
     """The run option ``share_prompt`` resolved for a model: false as said; true where the model supports it
     (see share_prompt_support); ``auto`` also only on a CPU, where it was measured faster
-    (``benchmarks/speed_vs_trl.py --share-prompt``, docs/speed.md). On CUDA SDPA leaves its flash kernel for
+    (``benchmarks/share_prompt.py``, docs/speed.md). On CUDA SDPA leaves its flash kernel for
     one that takes a mask, not measured here."""
     if option is False or share_prompt_support(model) is not None:
         return False

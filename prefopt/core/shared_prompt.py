@@ -93,4 +93,3 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     position = torch.where(rejected & (offset > 0), p[pair] + c[pair] + offset - 1, column - 1)  # (R,)
     position = torch.where(rejected & (offset == 0), p[pair] - 1, position)  # (R,)
     return SharedPrompt(ids, positions, allowed, pair * total + position)
-
