@@ -270,15 +270,60 @@ def build_trl(setup: Setup, tokenizer, pairs: list[TokenizedPair], batches: list
     )
     base = AutoModelForCausalLM.from_pretrained(resolve_model(setup.model), dtype=torch.float32)
     peft_config = copy.deepcopy(prefopt_model.peft_config["default"])
+    rebinds = ModuleRebinds(sys.modules[type(base).__module__])
     trainer = _trl_trainer_class()(
         model=base, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=peft_config, callbacks=list(callbacks),
     )
+    trainer.modeling_rebinds = rebinds  # Liger's module-wide kernels: for trl's phases only
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     trainer.step_losses = []
     copy_lora(prefopt_model, trainer.model)
     return trainer
+
+
+class ModuleRebinds:
+    """Names of a module rebound since this object was made: taken out for a while (``undone``) or for good.
+
+    trl's ``use_liger_kernel`` applies Liger's kernels when its ``train()`` starts, to its model instance, but
+    Liger also rebinds names in transformers' modeling module for everyone in the process: the rotary embedding
+    function every attention layer calls, and the norm and MLP classes every model built later gets. prefopt's
+    trainer lives in the same process and runs its phases inside trl's ``train()``, so without this its steps
+    would run Liger's kernels too.
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.before = dict(vars(module))
+
+    def changed(self) -> dict:
+        return {k: v for k, v in vars(self.module).items() if k in self.before and self.before[k] is not v}
+
+    def _set(self, values: dict) -> None:
+        for k, v in values.items():
+            setattr(self.module, k, v)
+
+    @contextlib.contextmanager
+    def undone(self):
+        """The module's own names inside; the rebinds back on the way out."""
+        changed = self.changed()
+        self._set({k: self.before[k] for k in changed})
+        try:
+            yield
+        finally:
+            self._set(changed)
+
+    def undo(self) -> None:
+        self._set({k: self.before[k] for k in self.changed()})
+
+
+def train_trl(trainer) -> None:
+    """trl's train(); afterwards the modeling module's names are its own again (models built later get them)."""
+    try:
+        trainer.train()
+    finally:
+        trainer.modeling_rebinds.undo()
 
 
 def copy_lora(src, dst) -> int:
@@ -458,7 +503,7 @@ def loss_check(setup: Setup, tokenizer, pairs: list[TokenizedPair], batches: lis
         perturb_lora_b(ours.model, seed=setup.seed + 1)
         theirs = build_trl(setup, tokenizer, pairs, batches, ours.model, Path(tmp))
         prefopt_losses = [ours.train_step(ids)["loss"] for ids in batches]
-        theirs.train()
+        train_trl(theirs)
         trl_losses = list(theirs.step_losses)
     del ours, theirs
     gc.collect()
@@ -493,7 +538,8 @@ def machine(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "trl", "accelerate", "datasets")},
+        "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "trl", "accelerate", "datasets",
+                                             "liger-kernel", "triton")},
     }
 
 
@@ -571,9 +617,13 @@ def main(argv=None) -> int:
         reference_mode = ours.reference.mode
         shared_prompts = ours.share_prompt
 
+        theirs = None
+
         def prefopt_phase(rep: int) -> dict:
-            return run_prefopt_phase(ours, batches[rep * phase_len : (rep + 1) * phase_len], args.warmup, device,
-                                     memory)
+            # runs inside trl's train(), so with trl's module-wide rebinds (Liger's) taken out for its duration
+            with theirs.modeling_rebinds.undone():
+                return run_prefopt_phase(ours, batches[rep * phase_len : (rep + 1) * phase_len], args.warmup,
+                                         device, memory)
 
         alternate = _alternating_callback(phase_len, args.reps, args.warmup, prefopt_phase, device, memory)
         theirs = build_trl(setup, tokenizer, pairs, batches, ours.model, Path(tmp), callbacks=[alternate])
@@ -581,7 +631,7 @@ def main(argv=None) -> int:
             page_in(model)
         params = sum(p.numel() for p in ours.model.parameters())
         trainable = sum(p.numel() for p in ours.model.parameters() if p.requires_grad)
-        theirs.train()
+        train_trl(theirs)
         trl_losses = list(theirs.step_losses)
         prefopt_losses = [x for ph in alternate.prefopt for x in ph["losses"]]
         checkpointed = {"prefopt": checkpointed_layers(ours.model), "trl": checkpointed_layers(theirs.model)}

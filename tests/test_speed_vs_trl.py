@@ -128,3 +128,39 @@ def test_fused_head_backward_benchmark_times_both_paths_and_restores_the_budget(
     (row,) = json.loads((tmp_path / "fused_head_backward.json").read_text())["rows"]
     assert row["rows"] == 8 and row["kept_by_default"] and len(row["kept"]) == len(row["recomputed"]) == 2
     assert logprobs._KEEP_SOFTMAX_BYTES == budget
+
+
+def test_module_rebinds_keep_trl_kernels_out_of_prefopt_phases():
+    """trl's Liger option rebinds names in transformers' modeling module for the whole process; the benchmark
+    takes them out for prefopt's phases (run inside trl's train()) and for good once trl has trained."""
+    import types
+
+    script = _script()
+    own_rope, own_norm = object(), object()
+    module = types.SimpleNamespace(apply_rotary_pos_emb=own_rope, Norm=own_norm, other=1)
+    rebinds = script.ModuleRebinds(module)
+    liger_rope, liger_norm = object(), object()
+    module.apply_rotary_pos_emb, module.Norm = liger_rope, liger_norm  # what train() does when it starts
+    module.added = 2  # a name the module did not have: not the module's own, left alone
+    assert rebinds.changed() == {"apply_rotary_pos_emb": liger_rope, "Norm": liger_norm}
+    with rebinds.undone():
+        assert (module.apply_rotary_pos_emb, module.Norm, module.other) == (own_rope, own_norm, 1)
+    assert (module.apply_rotary_pos_emb, module.Norm) == (liger_rope, liger_norm)
+    rebinds.undo()
+    assert (module.apply_rotary_pos_emb, module.Norm, module.added) == (own_rope, own_norm, 2)
+    assert rebinds.changed() == {}
+
+
+@pytest.mark.e2e
+def test_dispatch_counts_leave_warm_up_steps_out(tiny_model_dir, tmp_path, monkeypatch):
+    script = _benchmark("dispatch_counts", monkeypatch)
+    args = ["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--precision", "fp32"]
+    assert script.main([*args, "--warmup", "2", "--steps", "2", "--out", str(tmp_path / "warm")]) == 0
+    assert script.main([*args, "--steps", "2", "--out", str(tmp_path / "cold")]) == 0
+    warm = json.loads((tmp_path / "warm" / "dispatch_counts.json").read_text())
+    cold = json.loads((tmp_path / "cold" / "dispatch_counts.json").read_text())
+    for name in ("prefopt", "trl"):
+        assert warm[name]["aten_per_step"] > 0
+        # the cold count holds the first step (optimizer state created) and, for trl, its train() setup
+        assert cold[name]["aten_per_step"] > warm[name]["aten_per_step"]
+    assert "gpu_busy_fraction" not in warm["prefopt"]
