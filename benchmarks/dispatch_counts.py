@@ -22,8 +22,10 @@ The wall time printed is CPU time on this machine; only the counts carry over to
 
 On a GPU (`--device cuda`, bf16) the profiler also records the CUDA timeline: per step, the kernels and copies
 launched, the time the GPU spent in them (busy) against the step's wall time, and the host's waits for the
-device (`cudaStreamSynchronize` and kin). `--warmup N` leaves each trainer's first N steps out (the first
-steps build the optimizer state and tune kernels), e.g.
+device (`cudaStreamSynchronize` and kin). `--warmup N` runs N unprofiled steps first, on the profiled steps'
+batches (cycled), so each trainer has built its optimizer state and met every profiled batch shape (on a GPU,
+cuDNN attention builds a plan per new shape, a host cost the first trainer to meet a shape would pay alone:
+benchmarks/shape_split.py), e.g.
 
     python benchmarks/dispatch_counts.py --model /tmp/smollm2-random --device cuda --batch-size 4 \
         --max-length 512 --lengths spread --warmup 3 --steps 5 --top 12 --out /tmp/counts
@@ -88,7 +90,9 @@ def counts(run, steps: int, warmup: int = 0, cuda: bool = False) -> dict:
         "profiled_seconds_per_step": seconds,
     }
     if cuda:
-        device_events = [e for e in averages if e.device_type == DeviceType.CUDA]
+        # kernels and copies only: the profiler also puts its step marks and annotations on the GPU's timeline
+        device_events = [e for e in averages if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                         and not e.key.startswith("ProfilerStep")]
         busy_ms = sum(e.self_device_time_total for e in device_events) / 1e3 / steps
         result.update({
             "gpu_launches_per_step": sum(e.count for e in device_events) / steps,
@@ -108,8 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the CUDA timeline too")
-    parser.add_argument("--warmup", type=int, default=0, help="unprofiled first steps of each (0: count from the "
-                        "fresh trainer's first step, setup included)")
+    parser.add_argument("--warmup", type=int, default=0, help="unprofiled first steps of each, on the profiled "
+                        "batches (0: count from the fresh trainer's first step, setup included)")
     parser.add_argument("--steps", type=int, default=6, help="profiled steps of each")
     parser.add_argument("--lengths", choices=("data", "spread"), default="data", help="as speed_vs_trl.py")
     parser.add_argument("--top", type=int, default=0, help="also list the N operations with most self CPU time")
@@ -123,7 +127,8 @@ def main(argv=None) -> int:
                   lengths=args.lengths)
     cuda = args.device == "cuda"
     tokenizer, pairs, _ = load_pairs(setup)
-    batches = batch_order(pairs, setup, args.warmup + args.steps)
+    profiled = batch_order(pairs, setup, args.steps)
+    batches = [profiled[i % len(profiled)] for i in range(args.warmup)] + profiled
     with tempfile.TemporaryDirectory() as tmp:
         # Both from a fresh trainer (each creates its optimizer state in its first step).
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))

@@ -18,8 +18,11 @@ trl's. Its dataset is the batches laid out in order with
 step is timed from the end of the previous step's callback to `on_step_end`, so
 it includes fetching and collating the batch, as prefopt's `train_step` does.
 The same callback runs prefopt's phases between trl's phases, inside one
-`train()` call: for each of `--reps` repetitions, prefopt does `--warmup`
-untimed then `--steps` timed steps, then trl does the same on the same batches.
+`train()` call: for each of `--reps` repetitions, one trainer does `--warmup`
+untimed then `--steps` timed steps, then the other does the same on the same
+batches; prefopt goes first in even repetitions, trl in odd ones. (The second
+meets shapes the process has met: on a GPU cheaper, as cuDNN attention builds
+a plan per new shape; `benchmarks/shape_split.py`. Use an even `--reps` there.)
 
 Memory: the peak over each phase's timed steps (reset after its warm-up, so
 the weights have been paged in and the optimizer state exists). On CPU the RSS
@@ -430,17 +433,23 @@ def run_prefopt_phase(trainer: Trainer, batches: list[list[int]], warmup: int, d
 
 
 def _alternating_callback(phase_len: int, reps: int, warmup: int, prefopt_phase, device: str, memory: Memory):
-    """A TrainerCallback that times trl's steps and runs prefopt's phase before each of trl's phases."""
+    """A TrainerCallback that times trl's steps and runs prefopt's phase of each repetition next to trl's: before
+    it in even repetitions, after it in odd ones. Whichever trainer goes second meets batch shapes the process
+    has already met, and on a GPU that is cheaper (cuDNN attention plans are built once per shape and cached:
+    benchmarks/shape_split.py), so neither trainer always goes first."""
     from transformers import TrainerCallback
 
     class Alternate(TrainerCallback):
         def __init__(self):
             self.trl: list[dict] = []
             self.prefopt: list[dict] = []
+            self.order: list[list[str]] = []
             self.t0 = 0.0
 
         def _begin_rep(self, rep: int) -> None:
-            self.prefopt.append(prefopt_phase(rep))
+            self.order.append(["prefopt", "trl"] if rep % 2 == 0 else ["trl", "prefopt"])
+            if self.order[rep][0] == "prefopt":
+                self.prefopt.append(prefopt_phase(rep))
             self.trl.append({"seconds": [], "start_mb": memory.start() if warmup == 0 else 0.0})
             _sync(device)
             self.t0 = time.perf_counter()
@@ -459,6 +468,9 @@ def _alternating_callback(phase_len: int, reps: int, warmup: int, prefopt_phase,
                 phase["start_mb"] = memory.start()  # peak over the timed steps only
             if step_in_phase == phase_len - 1:
                 phase["peak_mb"] = memory.peak()
+                rep = len(self.trl) - 1
+                if self.order[rep][0] == "trl":
+                    self.prefopt.append(prefopt_phase(rep))
                 if len(self.trl) < reps:
                     self._begin_rep(len(self.trl))
             self.t0 = time.perf_counter()
@@ -668,7 +680,9 @@ def main(argv=None) -> int:
         "prefopt_setup_seconds": setup_seconds,  # model load + LoRA + (precomputed mode) the reference pass, untimed
         "optimizer": f"AdamW lr={setup.lr} constant, no weight decay, clip 1.0",
         "protocol": {"reps": args.reps, "warmup_steps": args.warmup, "timed_steps": args.steps,
-                     "order": "per rep: prefopt warm-up + timed, then trl warm-up + timed, same batches"},
+                     "order": ("per rep: one trainer's warm-up + timed steps, then the other's on the same batches; "
+                               "prefopt first in even reps, trl first in odd ones")},
+        "phase_order": alternate.order,
         "trl_driver": TRL_DRIVER,
         "checkpointed_layers": checkpointed,
         "memory": {"kind": memory.kind, "note": "peak over each phase's timed steps (reset after warm-up); *_added = peak - memory at that reset"},
@@ -705,7 +719,8 @@ def markdown(record: dict) -> str:
         f"{record['reference']['prefopt']}, trl adapter disabled; prefopt runs each pair's prompt "
         f"{'once (share_prompt)' if record.get('prefopt_share_prompt') else 'twice, as trl'}. "
         f"{record['protocol']['reps']} reps x "
-        f"{record['protocol']['timed_steps']} timed steps each (after {record['protocol']['warmup_steps']} warm-up)."
+        f"{record['protocol']['timed_steps']} timed steps each (after {record['protocol']['warmup_steps']} warm-up)"
+        + ("; the trainers take turns to go first." if record.get("phase_order") else ".")
         + (f" prefopt's setup (load, LoRA, the one reference pass over the pairs the batches use) took "
            f"{record['prefopt_setup_seconds']:.1f} s, not timed." if record["reference"]["prefopt"] == "precomputed" else ""),
         "",

@@ -65,6 +65,7 @@ def test_benchmark_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     assert record["loss_check"]["passed"]
     assert record["reference"]["prefopt"] == "adapter"
     assert record["machine"]["versions"]["trl"]
+    assert record["phase_order"] == [["prefopt", "trl"], ["trl", "prefopt"]]  # taking turns to go first
     ours, theirs = record["train_losses"]["prefopt"], record["train_losses"]["trl"]
     assert len(ours) == len(theirs) == 6
     assert ours == pytest.approx(theirs, abs=1e-4)
@@ -164,3 +165,25 @@ def test_dispatch_counts_leave_warm_up_steps_out(tiny_model_dir, tmp_path, monke
         # the cold count holds the first step (optimizer state created) and, for trl, its train() setup
         assert cold[name]["aten_per_step"] > warm[name]["aten_per_step"]
     assert "gpu_busy_fraction" not in warm["prefopt"]
+
+
+def test_shape_split_replays_the_run_order(monkeypatch):
+    """A step is 'seen' when any earlier step of the process, either trainer's, warm-up or loss check, had its
+    padded length; the other trainer's times on the same steps come alongside. Worked by hand below."""
+    script = _benchmark("shape_split", monkeypatch)
+    # 2 reps of 1 warm-up + 2 timed steps; one loss-check step (length 10); rep 1 has trl go first
+    lengths = [10, 20, 30, 40, 20, 50]
+    record = {
+        "protocol": {"reps": 2, "warmup_steps": 1, "timed_steps": 2},
+        "loss_check": {"steps": 1},
+        "phase_order": [["prefopt", "trl"], ["trl", "prefopt"]],
+        "results": {"prefopt": {"seconds_per_step": [[1.0, 2.0], [3.0, 4.0]]},
+                    "trl": {"seconds_per_step": [[5.0, 6.0], [7.0, 8.0]]}},
+    }
+    result = script.split(record, lengths)
+    # prefopt rep 0 meets 20 (new), 30 (new); rep 1, after trl's phase, 20 (seen), 50 (seen: trl met it)
+    assert result["prefopt"]["new"] == {"steps": 2, "median_s": 1.5, "trl_same_steps_median_s": 5.5}
+    assert result["prefopt"]["seen"] == {"steps": 2, "median_s": 3.5, "trl_same_steps_median_s": 7.5}
+    # trl rep 0 follows prefopt: 20, 30 seen; rep 1 goes first: 20 seen (rep 0), 50 new
+    assert result["trl"]["new"] == {"steps": 1, "median_s": 8.0, "prefopt_same_steps_median_s": 4.0}
+    assert result["trl"]["seen"] == {"steps": 3, "median_s": 6.0, "prefopt_same_steps_median_s": 2.0}
