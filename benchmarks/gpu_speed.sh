@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU speed runs: prefopt's DPO vs trl's DPOTrainer, and vs trl with use_liger_kernel=True, at batch 4 and
 # 16 pairs (max length 512, lengths spread like chat data), on a 135M and a 1B-class model; then the CUDA
-# timeline of one batch-4 step of each (benchmarks/dispatch_counts.py --device cuda).
+# timeline of one batch-4 step of each (benchmarks/dispatch_counts.py --device cuda), both trainers with
+# batch widths padded to multiples of 64, and prefopt with each pair's prompt run once.
 #
 #   benchmarks/gpu_speed.sh MODEL_135M MODEL_1B OUT_DIR [SECONDS]
 #
@@ -43,7 +44,8 @@ run() {  # NAME LIMIT_S SCRIPT ARGS...
   echo "  $name: $(( $(date +%s) - started )) s"
 }
 
-spread=(--lengths spread --max-length 512)
+# 4 reps: each trainer goes first in two (the second meets shapes the process has met, cheaper on a GPU)
+spread=(--lengths spread --max-length 512 --reps 4)
 run 135m_b4 120 speed_vs_trl.py --model "$small" --batch-size 4 "${spread[@]}"
 run 135m_b4_liger 120 speed_vs_trl.py --model "$small" --batch-size 4 "${spread[@]}" --trl-liger
 run 135m_b16 120 speed_vs_trl.py --model "$small" --batch-size 16 "${spread[@]}"
@@ -54,5 +56,6 @@ run 1b_b4_liger 150 speed_vs_trl.py --model "$large" --batch-size 4 "${spread[@]
 run 1b_b16_liger 150 speed_vs_trl.py --model "$large" --batch-size 16 "${spread[@]}" --trl-liger
 run 135m_b4_timeline 100 dispatch_counts.py --model "$small" --device cuda --batch-size 4 --max-length 512 \
   --lengths spread --warmup 3 --steps 5 --top 15
-run 1b_b16_share_prompt 120 speed_vs_trl.py --model "$large" --batch-size 16 "${spread[@]}" --share-prompt true
+run 1b_b4_multiple64 150 speed_vs_trl.py --model "$large" --batch-size 4 "${spread[@]}" --pad-to-multiple-of 64
+run 1b_b16_share_prompt 150 speed_vs_trl.py --model "$large" --batch-size 16 "${spread[@]}" --share-prompt true
 exit $status

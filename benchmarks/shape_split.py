@@ -34,8 +34,10 @@ def padded_lengths(setup: Setup, n_batches: int) -> list[int]:
     """T of each of the run's first n_batches (2B, T) batches: the longest prompt + reply in the batch."""
     _, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, n_batches)
-    return [max(len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)) for i in b)
-            for b in batches]  # fmt: skip
+    m = setup.pad_to_multiple_of
+    longest = [max(len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)) for i in b)
+               for b in batches]  # fmt: skip
+    return [-(-t // m) * m for t in longest]  # rounded up as --pad-to-multiple-of widens them
 
 
 def split(record: dict, lengths: list[int]) -> dict:

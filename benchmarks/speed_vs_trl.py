@@ -108,6 +108,7 @@ class Setup:
     gradient_checkpointing: bool = False
     trl_liger: bool = False  # trl with use_liger_kernel=True (Liger's fused kernels; needs liger-kernel and a GPU)
     share_prompt: bool | str = "auto"  # prefopt's run option: each pair's prompt once (auto: on a CPU)
+    pad_to_multiple_of: int = 1  # both trainers' option of that name: batch widths rounded up to a multiple
     device: str = "cpu"
 
 
@@ -191,7 +192,7 @@ def build_prefopt(setup: Setup, tokenizer, pairs: list[TokenizedPair], used: lis
         lr=setup.lr, weight_decay=0.0, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
         max_length=setup.pad_to or setup.max_length, max_prompt_length=setup.max_prompt_length, seed=setup.seed,
         gradient_checkpointing=setup.gradient_checkpointing, eval_size=0, progress=False,
-        share_prompt=setup.share_prompt,
+        share_prompt=setup.share_prompt, pad_to_multiple_of=setup.pad_to_multiple_of,
     )
     algorithm = _dpo(setup)
     inputs = inputs_for(algorithm)
@@ -246,6 +247,7 @@ def build_trl(setup: Setup, tokenizer, pairs: list[TokenizedPair], batches: list
         gradient_accumulation_steps=1,
         max_steps=len(batches),
         max_length=setup.pad_to or setup.max_length,
+        pad_to_multiple_of=setup.pad_to_multiple_of if setup.pad_to_multiple_of > 1 else None,
         learning_rate=setup.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -587,6 +589,8 @@ def parse_args(argv=None):
     parser.add_argument("--trl-liger", action="store_true", help="trl with use_liger_kernel=True (needs liger-kernel)")
     parser.add_argument("--share-prompt", choices=("auto", "true", "false"), default="auto",
                         help="prefopt's share_prompt option: each pair's prompt run once (auto: on a CPU)")
+    parser.add_argument("--pad-to-multiple-of", type=int, default=1,
+                        help="both trainers' option of that name (batch widths rounded up; 1: off)")
     parser.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS, help="for the MFU estimate (CUDA)")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed"))
     return parser.parse_args(argv)
@@ -607,6 +611,7 @@ def main(argv=None) -> int:
         precision=resolve_precision(args.precision, device), reference=args.reference, lr=args.lr, beta=args.beta,
         seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, trl_liger=args.trl_liger, device=device,
         share_prompt={"true": True, "false": False}.get(args.share_prompt, "auto"),
+        pad_to_multiple_of=args.pad_to_multiple_of,
     )
     phase_len = args.warmup + args.steps
     tokenizer, pairs, truncation = load_pairs(setup)
@@ -715,6 +720,8 @@ def markdown(record: dict) -> str:
         f"Model `{s['model']}`, LoRA r={s['lora_r']}, batch {s['batch_size']} pairs, "
         + (f"every sequence {s['pad_to']} tokens" if s["pad_to"] else f"max length {s['max_length']}")
         + (" (lengths spread like chat data)" if s.get("lengths") == "spread" else "")
+        + (f", widths padded to a multiple of {s['pad_to_multiple_of']} by both"
+           if s.get("pad_to_multiple_of", 1) > 1 else "")
         + f", gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}; reference: prefopt "
         f"{record['reference']['prefopt']}, trl adapter disabled; prefopt runs each pair's prompt "
         f"{'once (share_prompt)' if record.get('prefopt_share_prompt') else 'twice, as trl'}. "

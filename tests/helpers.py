@@ -122,10 +122,10 @@ def interrupt_on_call(monkeypatch, owner, method: str, n: int):
 
 
 def assert_option_trains_alike(tmp_path: Path, model_dir, algo: str, option: str, module, forward: str,
-                               monkeypatch) -> None:
-    """A short tiny-model run with run `option` false and one with it true log the same numbers (to 1e-4; times,
-    speeds and memory aside), and `module.forward` (the code path the option selects) ran only in the second,
-    at least once per step."""
+                               monkeypatch, values=(False, True)) -> None:
+    """A short tiny-model run with run `option` off (values[0]) and one with it on (values[1]) log the same
+    numbers (to 1e-4; times, speeds and memory aside), and `module.forward` (the code path the option selects)
+    ran only in the second, at least once per step."""
     import pytest
 
     import prefopt
@@ -135,7 +135,8 @@ def assert_option_trains_alike(tmp_path: Path, model_dir, algo: str, option: str
     monkeypatch.setattr(module, forward, lambda *a, **k: calls.append(1) or real(*a, **k))
     data = str(write_learnable_pairs(tmp_path / "p.jsonl", 24))
     runs = {}
-    for value in (False, True):
+    off, on = values
+    for value in values:
         assert not calls  # nothing on that path before the option's run
         out = tmp_path / str(value)
         prefopt.run(algo=algo, data=data, model=str(model_dir), output_dir=str(out), steps=3, batch_size=4,
@@ -143,8 +144,8 @@ def assert_option_trains_alike(tmp_path: Path, model_dir, algo: str, option: str
                     reference="adapter", **{option: value})  # fmt: skip
         runs[value] = read_metrics(out)
     assert len(calls) >= 3
-    assert len(runs[True]) == len(runs[False]) > 3
-    for got, want in zip(runs[True], runs[False]):
+    assert len(runs[on]) == len(runs[off]) > 3
+    for got, want in zip(runs[on], runs[off]):
         assert got.keys() == want.keys()
         for key, value in want.items():
             if isinstance(value, float) and "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):

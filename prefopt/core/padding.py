@@ -37,6 +37,30 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = Non
     return _pad(rows, pad_id, width, left=True)
 
 
+# The (N, T) tensors of a right-padded training batch and what their added columns hold (input ids: the pad id).
+WIDENED_COLUMNS = {"input_ids": None, "attention_mask": 0, "loss_mask": 0}
+
+
+def widen_right(batch: dict, multiple: int, pad_id: int) -> dict:
+    """`batch` with its right-padded (N, T) tensors (WIDENED_COLUMNS) widened to the next multiple of `multiple`.
+
+    The added columns are padding (attention and loss mask 0), after every real token, so under causal attention
+    no real token's result changes; a run then meets at most max_length / multiple distinct batch widths, which
+    matters where each new width costs setup (on a GPU, cuDNN attention builds and caches a plan per shape).
+    """
+    width = batch["input_ids"].shape[1]
+    wider = -(-width // multiple) * multiple
+    if wider == width:
+        return batch
+    out = dict(batch)
+    for key, fill in WIDENED_COLUMNS.items():
+        if key in batch:
+            t = batch[key]  # (N, T)
+            pad = torch.full((t.shape[0], wider - width), pad_id if fill is None else fill, dtype=t.dtype)
+            out[key] = torch.cat([t, pad], dim=1)  # (N, wider)
+    return out
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(N, T) positions counting real tokens only (0 on left padding), so a padded row computes what it would alone."""
     return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)

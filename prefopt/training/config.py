@@ -52,6 +52,7 @@ class RunConfig:
     divergence_factor: float = 0.0  # stop when the grad norm passes this x the first step's, or is 0 with loss > 0 (0: off)
     padding_free: bool | Literal["auto"] = "auto"  # pack a batch's rows into one sequence, no padding (offline log-prob objectives); auto: true with flash-attention on CUDA, where it is faster
     share_prompt: bool | Literal["auto"] = "auto"  # run each pair's prompt once for both replies (offline pair objectives, the same values); auto: true on a CPU, where it is faster
+    pad_to_multiple_of: int = 1  # widen each batch's padded length to a multiple of this (as trl): fewer distinct shapes (offline objectives); on a GPU each new length costs cuDNN attention a plan (docs/speed.md)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end
@@ -90,6 +91,7 @@ def check_ranges(run: RunConfig) -> None:
         check_at_least(option, getattr(run, option), 0)
     check_at_least("max_length", run.max_length, 2)  # a prompt token and a response token
     check_at_least("max_prompt_length", run.max_prompt_length, 1)
+    check_in_range("pad_to_multiple_of", run.pad_to_multiple_of, 1, 65536)
     # lr=0 is a run that leaves the model as it is (a baseline); max_grad_norm=0 turns clipping off
     for option in ("lr", "weight_decay", "max_grad_norm", "divergence_factor", "epochs"):
         check_finite(option, getattr(run, option))

@@ -33,6 +33,7 @@ from prefopt.core.logprobs import (
     use_shared_prompt,
 )
 from prefopt.core.models import autocast, load_tokenizer, model_fingerprint, pick_device, resolve_precision
+from prefopt.core.padding import widen_right
 from prefopt.core.reference import build_reference, resolve_reference_mode, starting_model
 from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
 from prefopt.data import PreferenceRecord, as_kind, bucketed_batches, collate_pairs, tokenize_pairs
@@ -148,6 +149,8 @@ class Trainer:
         """The batch's tensors on the device, with its Layout (token positions, found on the host so the forward
         never waits for the device), marked padding-free when the run packs its rows, and with its one-row-per-pair
         form when the run shares prompts (see prefopt.core.shared_prompt)."""
+        if self.run.pad_to_multiple_of > 1:
+            batch = widen_right(batch, self.run.pad_to_multiple_of, self.tokenizer.pad_token_id)
         layout = host_layout(batch["attention_mask"], batch["loss_mask"]) if "loss_mask" in batch else None
         shared = None
         if self.share_prompt and layout is not None:

@@ -230,6 +230,9 @@ def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
     if run.share_prompt is True:
         raise PrefoptError(f"option 'share_prompt': runs the prompts of offline preference pairs once; {algo_name} "
                            "samples and scores its own rollouts (leave it at auto or false)")
+    if run.pad_to_multiple_of != 1:
+        raise PrefoptError(f"option 'pad_to_multiple_of': widens the batches of offline objectives; {algo_name} samples "
+                           "and scores its own rollouts (leave it at 1)")
     if run.reference == "precomputed":
         raise PrefoptError(f"option 'reference': {algo_name} scores new samples every step, so its reference cannot be "
                            "precomputed; use reference=auto, adapter or copy")
