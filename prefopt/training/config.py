@@ -53,6 +53,7 @@ class RunConfig:
     padding_free: bool | Literal["auto"] = "auto"  # pack a batch's rows into one sequence, no padding (offline log-prob objectives); auto: true with flash-attention on CUDA, where it is faster
     share_prompt: bool | Literal["auto"] = "auto"  # run each pair's prompt once for both replies (offline pair objectives, the same values); auto: true on a CPU, where it is faster
     pad_to_multiple_of: int = 1  # widen each batch's padded length to a multiple of this (as trl): fewer distinct shapes (offline objectives); on a GPU each new length costs cuDNN attention a plan (docs/speed.md)
+    release_host_memory: bool | Literal["auto"] = "auto"  # give a freed tensor's memory (4 MiB and up) back to the system at once (glibc): lower peak RSS, slower steps; auto: on for CPU runs (docs/speed.md)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     max_length: int = 256  # prompt + response tokens
     max_prompt_length: int = 128  # longer prompts keep their end

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from prefopt.core.algorithm import Algorithm, PairLogps, PairRewards, preference_accuracy
+from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
@@ -312,6 +313,8 @@ def train_offline(algo_name: str, algorithm: Algorithm, run: RunConfig, out: Pat
             check_even_shares(global_batch, dist.world)
         device = dist.device if dist.distributed else pick_device()
         precision = resolve_precision(run.precision, device)
+        if use_release(run.release_host_memory, device):
+            release_freed_memory()
 
     with dist.agree():  # only process 0 creates the folder; the others wait here until it exists
         if dist.is_main:

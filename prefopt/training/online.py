@@ -29,6 +29,7 @@ import torch
 
 from prefopt.core.algorithm import Algorithm
 from prefopt.core.generate import Rollout, SamplingConfig, generate
+from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import SequenceLogps, forward_token_logps
 from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference
@@ -299,6 +300,8 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
     run = steps_for_epochs(run, len(train_prompts), run.batch_size)
     device = pick_device()
     precision = resolve_precision(run.precision, device)
+    if use_release(run.release_host_memory, device):
+        release_freed_memory()
 
     folder.create()
     try:
