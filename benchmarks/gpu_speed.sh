@@ -9,7 +9,8 @@
 # MODEL_*: model folders, e.g. made by benchmarks/random_init_model.py (same architecture, random weights):
 #   python benchmarks/random_init_model.py smollm2-135m-instruct /tmp/smollm2-random
 #   python benchmarks/random_init_model.py benchmarks/configs/llama-3.2-1b /tmp/llama-1b --tokenizer /tmp/smollm2-random
-# The Liger rows need the liger-kernel package. Runs go in order of importance; SECONDS (default 3600) is a
+# On a machine without a package registry, benchmarks/gpu_pack.sh packs what this needs. The Liger rows need
+# the liger-kernel package. Runs go in order of importance; SECONDS (default 3600) is a
 # budget for all of them: a run that cannot get 40 s of it is skipped and named. Each run's log is
 # OUT_DIR/NAME.log, its results OUT_DIR/NAME/.
 set -u
