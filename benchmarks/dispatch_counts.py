@@ -91,8 +91,8 @@ def counts(run, steps: int, warmup: int = 0, cuda: bool = False) -> dict:
     }
     if cuda:
         # kernels and copies only: the profiler also puts its step marks and annotations on the GPU's timeline
-        device_events = [e for e in averages if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-                         and not e.key.startswith("ProfilerStep")]
+        device_events = [e for e in averages if e.device_type == DeviceType.CUDA
+                         and not getattr(e, "is_user_annotation", False) and not e.key.startswith("ProfilerStep")]
         busy_ms = sum(e.self_device_time_total for e in device_events) / 1e3 / steps
         result.update({
             "gpu_launches_per_step": sum(e.count for e in device_events) / steps,

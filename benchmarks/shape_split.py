@@ -28,6 +28,7 @@ from report import finish
 from speed_vs_trl import Setup, batch_order, load_pairs
 
 from prefopt.io import provenance
+from prefopt.training.inputs import PairInputs
 
 
 def padded_lengths(setup: Setup, n_batches: int) -> list[int]:
@@ -35,8 +36,7 @@ def padded_lengths(setup: Setup, n_batches: int) -> list[int]:
     _, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, n_batches)
     m = setup.pad_to_multiple_of
-    longest = [max(len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)) for i in b)
-               for b in batches]  # fmt: skip
+    longest = [max(PairInputs().length(pairs[i]) for i in b) for b in batches]
     return [-(-t // m) * m for t in longest]  # rounded up as --pad-to-multiple-of widens them
 
 
