@@ -8,6 +8,7 @@ shifted together with the labels.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ _CHUNK_ROWS = 1024
 # linear_log_softmax keeps the forward's softmax for the backward, instead of making the logits again, while it
 # holds at most this many bytes (a small batch's response rows: one projection matmul fewer per step).
 _KEEP_SOFTMAX_BYTES = 256 * 2**20
+# linear_log_softmax makes about this many logits at once (32 MB in float32).
+_CHUNK_LOGITS = 8 * 2**20
 
 
 @dataclass
@@ -348,28 +351,45 @@ def linear_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
 
 class _LinearLogSoftmax(torch.autograd.Function):
     """Row chunks of logits are made in the forward and made again in the backward: memory is chunk x V
-    instead of R x V (bf16 logits plus their float32 copy), for one more projection matmul. When the rows'
-    float32 softmax fits _KEEP_SOFTMAX_BYTES (and a backward will come) it is kept instead: no second matmul."""
+    instead of R x V, for one more projection matmul. When the rows' float32 softmax fits _KEEP_SOFTMAX_BYTES
+    (and a backward will come) it is kept instead: no second matmul.
+
+    Each chunk's float32 logits are worked on in place in one buffer (max, shift, exp, sum, normalise), never
+    as a new R x V tensor per operation: on a CPU the head's element-wise passes over the vocabulary, each
+    writing fresh memory, had cost more than its matmul. The backward multiplies the softmax part of
+    d logp / d logits (-softmax x grad) in the projection dtype and adds the one-hot part, grad x weight[label],
+    in float32."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, dtype, with_entropy, keep):
         acc = torch.promote_types(dtype, torch.float32)  # softmax dtype: float32 (float64 for float64 inputs)
         rows, vocab = labels.shape[0], weight.shape[0]
+        step = _chunk_rows(vocab)
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)  # (V, H)
+            w = projection_weight(weight, dtype)  # (V, H)
             out = torch.empty(labels.shape, dtype=acc, device=hidden.device)  # (R,)
             lse = torch.empty_like(out)  # (R,)
             entropy = torch.empty_like(out) if with_entropy else out.new_empty(0)  # (R,) or unused
             softmax = torch.empty(rows, vocab, dtype=acc, device=hidden.device) if keep else out.new_empty(0)
-            for start in range(0, labels.shape[0], _CHUNK_ROWS):
-                end = start + _CHUNK_ROWS
-                logits = (hidden[start:end].to(dtype) @ w.T).to(acc)  # (r, V)
-                lse[start:end] = torch.logsumexp(logits, dim=-1)
-                out[start:end] = logits.gather(-1, labels[start:end, None]).squeeze(-1) - lse[start:end]
-                if with_entropy:  # one exp over the chunk, beside its projection
-                    entropy[start:end] = _entropy(logits, lse[start:end])
+            scratch = out.new_empty(0) if keep else torch.empty(min(step, rows), vocab, dtype=acc,
+                                                                 device=hidden.device)  # (r, V)
+            for start in range(0, rows, step):
+                end = min(start + step, rows)
+                z = softmax[start:end] if keep else scratch[: end - start]  # (r, V) float32
+                _project_into(z, hidden[start:end], w)
+                top = z.amax(dim=-1, keepdim=True)  # (r, 1)
+                picked = z.gather(-1, labels[start:end, None])  # (r, 1)
+                z.sub_(top)  # shifted logits: exp cannot overflow
+                if with_entropy:  # H = lse - sum p z = log(total) - sum p (z - top)
+                    shifted_dot = z.exp() * z  # (r, V)
+                z.exp_()  # unnormalised softmax
+                total = z.sum(dim=-1, keepdim=True)  # (r, 1)
+                lse[start:end] = (top + total.log()).squeeze(-1)
+                out[start:end] = picked.squeeze(-1) - lse[start:end]
+                if with_entropy:
+                    entropy[start:end] = total.log().squeeze(-1) - shifted_dot.sum(-1) / total.squeeze(-1)
                 if keep:
-                    torch.exp(logits - lse[start:end, None], out=softmax[start:end])  # (r, V)
+                    z.div_(total)  # the softmax, kept for the backward
         ctx.dtype = dtype
         ctx.save_for_backward(hidden, weight, labels, lse, softmax)
         ctx.mark_non_differentiable(entropy)
@@ -379,26 +399,73 @@ class _LinearLogSoftmax(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_entropy):  # grad_out: (R,); the entropy has no gradient
         hidden, weight, labels, lse, softmax = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows, vocab = labels.shape[0], weight.shape[0]
+        step = _chunk_rows(vocab)
+        acc = lse.dtype
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_weight else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         kept = softmax.numel() > 0
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(ctx.dtype)  # (V, H)
-            for start in range(0, labels.shape[0], _CHUNK_ROWS):
-                end = start + _CHUNK_ROWS
-                h = hidden[start:end].to(ctx.dtype)  # (r, H)
-                # d logp[label] / d logits = onehot(label) - softmax(logits)
-                if kept:  # a new tensor: the saved softmax stays intact
-                    grad_logits = softmax[start:end].neg()  # (r, V)
+            w = projection_weight(weight, ctx.dtype)  # (V, H)
+            scratch = None if kept else torch.empty(min(step, rows), vocab, dtype=acc, device=hidden.device)
+            scaled = torch.empty(min(step, rows), vocab, dtype=ctx.dtype, device=hidden.device)  # (r, V)
+            for start in range(0, rows, step):
+                end = min(start + step, rows)
+                if kept:
+                    p = softmax[start:end]  # (r, V), read only
                 else:
-                    grad_logits = torch.exp((h @ w.T).to(lse.dtype) - lse[start:end, None]).neg_()  # (r, V)
-                grad_logits.scatter_add_(-1, labels[start:end, None], torch.ones_like(lse[start:end, None]))
-                grad_logits = (grad_logits * grad_out[start:end, None]).to(ctx.dtype)  # (r, V)
+                    p = scratch[: end - start]
+                    _project_into(p, hidden[start:end], w)
+                    p.sub_(lse[start:end, None]).exp_()  # (r, V) softmax
+                g = grad_out[start:end, None].to(acc)  # (r, 1)
+                # d logp[label] / d logits = onehot(label) - softmax: the softmax part here, in the projection
+                # dtype; the one-hot part below.
+                part = torch.mul(p, g.neg(), out=scaled[: end - start])  # (r, V)
+                label_rows = labels[start:end]  # (r,)
                 if need_hidden:
-                    grad_hidden[start:end] = grad_logits @ w  # (r, H)
+                    onehot_part = g * w.index_select(0, label_rows).to(acc)  # (r, H)
+                    grad_hidden[start:end] = (part @ w).to(acc) + onehot_part
                 if need_weight:
-                    grad_weight += (grad_logits.T @ h).to(lse.dtype)  # (V, H)
+                    h = hidden[start:end]  # (r, H)
+                    grad_weight += (part.T @ h.to(ctx.dtype)).to(acc)  # (V, H)
+                    grad_weight.index_add_(0, label_rows, g * h.to(acc))
         return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None), None, None, None, None
+
+
+def _chunk_rows(vocab: int) -> int:
+    """Rows of logits made at once: about _CHUNK_LOGITS of them (32 MB in float32), at least 32 rows (the
+    projection matmul slows below that on a CPU)."""
+    return max(32, _CHUNK_LOGITS // vocab)
+
+
+def _project_into(z: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor) -> None:
+    """z (r, V) in the softmax dtype <- hidden (r, H) @ w.T in w's dtype (the projection dtype)."""
+    if w.dtype == z.dtype:
+        torch.mm(hidden.to(w.dtype), w.T, out=z)
+    else:
+        z.copy_(hidden.to(w.dtype) @ w.T)
+
+
+# id(weight) -> (weakref to it, its version and storage, its copy in the projection dtype)
+_PROJECTION_COPIES: dict[int, tuple] = {}
+
+
+def projection_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in the projection dtype. A frozen weight's copy (a LoRA run's output layer under bf16 autocast)
+    is kept until the weight changes in place, gets new storage or is freed: made afresh it was a V x H copy
+    in each forward and backward. A trained weight is cast every time (it changes every step)."""
+    if weight.dtype == dtype:
+        return weight
+    if weight.requires_grad:
+        return weight.to(dtype)
+    key = id(weight)
+    state = (weight._version, weight.data_ptr(), dtype)
+    held = _PROJECTION_COPIES.get(key)
+    if held is not None and held[0]() is weight and held[1] == state:
+        return held[2]
+    copy = weight.detach().to(dtype)
+    _PROJECTION_COPIES[key] = (weakref.ref(weight, lambda _ref: _PROJECTION_COPIES.pop(key, None)), state, copy)
+    return copy
 
 
 def first_response_position(loss_mask: torch.Tensor) -> int:
