@@ -5,6 +5,7 @@
 and a (vocabulary x hidden) weight of the default model's shape, alternating, `--reps` times each.
 
     python benchmarks/fused_head_backward.py --rows 400 1300 --out results/speed/cpu_fused_head_backward
+    python benchmarks/fused_head_backward.py --rows 320 1300 --precision bf16   # as in a bf16 LoRA run
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from prefopt.core import logprobs
 from prefopt.io import provenance
 
 
-def seconds(hidden, weight, labels, n: int) -> float:
-    """Mean seconds of one forward + backward over n calls."""
+def seconds(hidden, weight, labels, n: int, precision: str = "fp32") -> float:
+    """Mean seconds of one forward + backward over n calls (under CPU bf16 autocast for "bf16")."""
     started = time.perf_counter()
     for _ in range(n):
-        logprobs.linear_log_softmax(hidden, weight, labels).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = logprobs.linear_log_softmax(hidden, weight, labels)
+        out.sum().backward()
     return (time.perf_counter() - started) / n
 
 
@@ -36,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5, help="calls per timing")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: the projection under CPU bf16 autocast, as in a bf16 run")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -50,18 +55,19 @@ def main(argv=None) -> int:
         for _ in range(args.reps):
             for name, keep in (("recomputed", 0), ("kept", max(budget, n * args.vocab * 4))):
                 logprobs._KEEP_SOFTMAX_BYTES = keep
-                seconds(hidden, weight, labels, 1)  # untimed
-                times[name].append(seconds(hidden, weight, labels, args.calls))
+                seconds(hidden, weight, labels, 1, args.precision)  # untimed
+                times[name].append(seconds(hidden, weight, labels, args.calls, args.precision))
         logprobs._KEEP_SOFTMAX_BYTES = budget
         size = n * args.vocab * 4  # bytes of the (R, V) float32 softmax
         rows.append({"rows": n, "softmax_mb": size / 2**20, "kept_by_default": size <= budget, **times})
         print(rows[-1], flush=True)
 
     result = {"rows": rows, "hidden": args.hidden, "vocab": args.vocab, "budget_bytes": budget,
+              "precision": args.precision,
               "command": shlex.join(["python", "benchmarks/fused_head_backward.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
     lines = [(f"# Fused projection forward + backward: softmax kept vs made again (H {args.hidden}, V {args.vocab}, "
-             f"fp32)"), "", "| rows | softmax MB | kept by default | recomputed ms | kept ms |",
+             f"{args.precision})"), "", "| rows | softmax MB | kept by default | recomputed ms | kept ms |",
              "| ---: | ---: | --- | --- | --- |"]
     for r in rows:
         fmt = lambda xs: ", ".join(f"{1000 * x:.0f}" for x in xs)
