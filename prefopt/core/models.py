@@ -333,6 +333,29 @@ def _add_lora(model, lora: LoraSettings):
         raise PrefoptError(f"LoRA setup failed: {exc}") from exc
 
 
+def hold_frozen_lora_bases_in(model, dtype: torch.dtype) -> int:
+    """Hold the frozen weights under a LoRA model's adapted layers (peft's ``base_layer`` Linears) in ``dtype``;
+    returns how many were converted.
+
+    For a bf16 run: autocast casts every float32 weight to bf16 for each matmul, the same values each time, so
+    holding the frozen ones in bf16 gives the same products without a cast of every frozen weight in every
+    forward (the policy's and the reference's), and halves their memory. The LoRA matrices, norms, embeddings
+    and output layer stay as they are. A merged model is these bf16 bases in float32 plus the adapter's update:
+    the weights the run's products used."""
+    from peft.tuners.lora import LoraLayer
+
+    converted = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        weight = getattr(base, "weight", None)
+        if type(base) is torch.nn.Linear and not weight.requires_grad and weight.dtype != dtype:
+            base.weight.data = weight.data.to(dtype)
+            converted += 1
+    return converted
+
+
 @contextlib.contextmanager
 def _peft_deprecations_quiet():
     """peft 0.21 calls `is_gradient_checkpointing`, deprecated in transformers 5: not the user's problem."""

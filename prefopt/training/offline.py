@@ -358,7 +358,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
     with dist.agree():
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
-        model = load_policy(run, algorithm, device, precision)
+        model = load_policy(run, algorithm, device, precision, sharded=dist.sharded)
         if run.share_prompt is True and (why := share_prompt_support(model)) is not None:
             raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
                                "(leave it at auto or false)")
@@ -383,7 +383,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
     if dist.sharded:  # process 0 saves an unsharded copy holding the gathered weights
         full = dist.full_state_dict(model)
         if dist.is_main:
-            model = load_policy(run, algorithm, "cpu", precision)
+            model = load_policy(run, algorithm, "cpu", precision, sharded=True)  # the dtypes of `full`
             model.load_state_dict(full)
     if not dist.is_main:
         return dist.broadcast(None)  # process 0's summary, once it has written everything

@@ -6,11 +6,11 @@ import torch
 
 from prefopt.core.algorithm import Algorithm
 from prefopt.core.heads import attach_scalar_head
-from prefopt.core.models import LoraSettings, load_model
+from prefopt.core.models import LoraSettings, hold_frozen_lora_bases_in, load_model
 from prefopt.training.config import RunConfig
 
 
-def load_policy(run: RunConfig, algorithm: Algorithm, device, precision):
+def load_policy(run: RunConfig, algorithm: Algorithm, device, precision, sharded: bool = False):
     """The model to train: LoRA/QLoRA/full as configured, with a scalar head if the algorithm declares one.
 
     With ``run.gradient_checkpointing`` every decoder layer of the HF model
@@ -19,10 +19,15 @@ def load_policy(run: RunConfig, algorithm: Algorithm, device, precision):
     backward: non-reentrant ``torch.utils.checkpoint``, so the gradients are the
     ones without it (dropout masks are replayed from the saved RNG state). It
     acts in train mode only; evaluation and reference forwards run as before.
+
+    A bf16 LoRA run holds the frozen weights of its adapted layers in bf16 (``hold_frozen_lora_bases_in``: the
+    values autocast would cast them to in every forward), except when ``sharded`` (FSDP shards keep one dtype).
     """
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA and head initialisation
     model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
+    if run.adapter == "lora" and precision == "bf16" and not sharded:
+        hold_frozen_lora_bases_in(model, torch.bfloat16)
     if run.gradient_checkpointing:
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         kwargs = {"use_reentrant": False}
