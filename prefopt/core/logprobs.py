@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prefopt.core.attention import is_sdpa
 from prefopt.core.fsdp import is_fsdp_unit
 from prefopt.core.shared_prompt import SHARED_PROMPT, SharedPrompt
 
@@ -244,7 +245,7 @@ def share_prompt_support(model) -> str | None:
     if fused_head(model) is None:
         return "its output layer is not a plain projection of the final hidden state (or it is FSDP-wrapped)"
     attention = _attention_implementation(model)
-    if attention != "sdpa":
+    if not is_sdpa(attention):
         return f"its attention implementation is '{attention}', not sdpa"
     return None
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from prefopt.core.attention import use_float32_cpu_attention
 from prefopt.errors import PrefoptError
 from prefopt.io import atomic_dir
 
@@ -278,8 +279,9 @@ def load_model(
     adapter "lora" / "qlora": a peft ``PeftModel`` whose only trainable
     parameters are the LoRA matrices (B starts at zero, so the policy equals
     the base model at step 0). "full": the plain model, every parameter
-    trainable. ``precision`` only picks the QLoRA compute dtype ("bf16" or
-    "fp32"); weights stay float32. The model is returned in eval mode, as
+    trainable. ``precision`` picks the QLoRA compute dtype ("bf16" or
+    "fp32"), and for a CPU bf16 run attention in float32 (prefopt.core.attention);
+    weights stay float32. The model is returned in eval mode, as
     from_pretrained leaves it: the trainer switches modes.
     """
     if adapter not in ADAPTERS:
@@ -291,13 +293,16 @@ def load_model(
         if is_adapter_folder(resolved):
             raise PrefoptError(f"adapter=qlora cannot start from the adapter folder '{spec}'; train with "
                                "adapter=lora, or save the merged model first (merge=true) and start from it")
-        return _load_qlora(resolved, lora or LoraSettings(), device, precision)
-    model = _load_float(resolved).to(device)
-    if adapter == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    return _add_lora(model, lora or LoraSettings())
+        model = _load_qlora(resolved, lora or LoraSettings(), device, precision)
+    else:
+        model = _load_float(resolved).to(device)
+        if adapter == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            model = _add_lora(model, lora or LoraSettings())
+    use_float32_cpu_attention(model, device, precision)
+    return model
 
 
 def _load_float(resolved: str):

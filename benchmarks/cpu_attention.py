@@ -1,0 +1,79 @@
+"""prefopt's DPO step on a CPU in bf16 with SDPA run in float32 (`prefopt.core.attention`) against bf16 SDPA.
+
+One process, one trainer (`speed_vs_trl.py`'s setup: the bundled model, LoRA r=16, `--lengths spread` pairs,
+bf16 autocast), the same batches in the same order for both kernels; the two alternate pass by pass
+(`--passes` of each, after one untimed step), so drift on the machine falls on both. The trainer keeps
+training across passes (the step's cost does not depend on the weights).
+
+    python benchmarks/cpu_attention.py --batch-size 4 --max-length 128 --batches 5
+    python benchmarks/cpu_attention.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_attention/b8_len256
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from report import finish
+from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
+
+from prefopt.core.attention import FLOAT32_CPU_SDPA
+from prefopt.io import provenance
+
+KERNELS = {"bf16 sdpa": "sdpa", "float32 sdpa": FLOAT32_CPU_SDPA}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=4, help="batches per pass")
+    parser.add_argument("--passes", type=int, default=2, help="timed passes of each kernel, alternating")
+    parser.add_argument("--out", default=None, help="folder for cpu_attention.{json,md} (default: print only)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
+                  max_prompt_length=args.max_length // 2, precision="bf16", device="cpu", lengths="spread")
+    tokenizer, pairs, _ = load_pairs(setup)
+    batches = batch_order(pairs, setup, args.batches)
+    seconds = {name: [] for name in KERNELS}  # per pass: per-batch seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+        config = trainer.model.get_base_model().config
+        if config._attn_implementation != FLOAT32_CPU_SDPA:
+            raise SystemExit(f"{args.model} does not run SDPA here ('{config._attn_implementation}')")
+        trainer.train_step(batches[0])  # untimed: optimizer state, first allocations
+        for p in range(args.passes):
+            for name, kernel in KERNELS.items():
+                config._attn_implementation = kernel
+                times = []
+                for ids in batches:
+                    started = time.perf_counter()
+                    trainer.train_step(ids)
+                    times.append(time.perf_counter() - started)
+                seconds[name].append(times)
+                print(f"pass {p} {name}: {' '.join(f'{t:.2f}' for t in times)} s, total {sum(times):.2f}", flush=True)
+
+    totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
+    result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
+              "command": shlex.join(["python", "benchmarks/cpu_attention.py", *(argv or sys.argv[1:])]),
+              "provenance": provenance()}
+    lines = [(f"# DPO step, SDPA in float32 vs in bf16 ({args.model}, batch {args.batch_size}, max length "
+              f"{args.max_length}, spread lengths, bf16 autocast, CPU)"), "",
+             "| pass | bf16 SDPA s (sum over the batches) | float32 SDPA s | bf16 / float32 |",
+             "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
+              enumerate(zip(totals["bf16 sdpa"], totals["float32 sdpa"]))]  # fmt: skip
+    finish(result, lines, args.out, "cpu_attention")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

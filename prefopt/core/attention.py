@@ -1,0 +1,59 @@
+"""SDPA attention that runs in float32 on a CPU when autocast hands it bf16 or fp16 inputs.
+
+Under CPU bf16 autocast the query, key and value come out of bf16 projections, and PyTorch's CPU
+flash-attention kernel is slower on bf16 than on float32 for the shapes a preference batch has (forward and
+backward of a LoRA DPO step on the 135M model: 4 x 128 pairs 11.3 -> 9.7 s over 5 steps, 8 x 256 12.2 -> 10.1 s
+over 3, 4 x 512 20.7 -> 19.8 s; `benchmarks/cpu_attention.py`). Upcasting the three tensors costs little
+beside the attention itself, and float32 attention is also the more exact one. Everywhere else (CUDA,
+float32 inputs) the function is transformers' own SDPA, unchanged.
+
+The function is registered with transformers under its own name and set on the models prefopt loads for CPU
+bf16 runs; a model's saved config does not record it (transformers drops the attention implementation when it
+writes a config).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT32_CPU_SDPA = "sdpa_float32_cpu"
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa_attention_forward, with CPU low-precision query/key/value upcast to float32 (and the
+    output cast back to their dtype). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or query.dtype not in _LOW_PRECISION:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)  # fmt: skip
+    return out.to(query.dtype), weights
+
+
+def _register() -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    ALL_ATTENTION_FUNCTIONS.register(FLOAT32_CPU_SDPA, sdpa_float32_on_cpu)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(FLOAT32_CPU_SDPA, sdpa_mask)  # the masks SDPA takes
+
+
+def use_float32_cpu_attention(model, device, precision: str) -> bool:
+    """Switch an SDPA model to sdpa_float32_on_cpu for a CPU bf16 run; True when switched. Other models,
+    devices and precisions are left as they are."""
+    config = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "config", None)
+    if torch.device(device).type != "cpu" or precision != "bf16" or config is None:
+        return False
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    _register()
+    config._attn_implementation = FLOAT32_CPU_SDPA
+    return True
+
+
+def is_sdpa(implementation: str) -> bool:
+    """Whether an attention implementation name is SDPA (plain, or run in float32 on a CPU)."""
+    return implementation in ("sdpa", FLOAT32_CPU_SDPA)

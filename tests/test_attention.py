@@ -1,0 +1,70 @@
+"""SDPA in float32 for CPU bf16 runs (prefopt.core.attention)."""
+
+import json
+
+import torch
+from tiny import make_model
+from torch.testing import assert_close
+
+from prefopt.core import logprobs
+from prefopt.core.attention import FLOAT32_CPU_SDPA, sdpa_float32_on_cpu, use_float32_cpu_attention
+from prefopt.core.models import load_model
+
+
+class _Attention(torch.nn.Module):
+    is_causal = True
+    num_key_value_groups = 2  # 4 query heads over 2 key/value heads
+
+
+def _qkv(dtype):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=g)  # (B, heads, T, D)
+    k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(2))  # (B, kv heads, T, D)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def test_bf16_inputs_are_attended_in_float32_and_the_output_keeps_their_dtype():
+    q, k, v = _qkv(torch.bfloat16)
+    out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v, None)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 4, 8)  # (B, T, heads, D)
+    k2, v2 = k.float().repeat_interleave(2, dim=1), v.float().repeat_interleave(2, dim=1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k2, v2, is_causal=True)  # (B, h, T, D)
+    assert torch.equal(out, expected.transpose(1, 2).to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not pull it back to bf16
+        assert torch.equal(sdpa_float32_on_cpu(_Attention(), q, k, v, None)[0], out)
+
+
+def test_float32_inputs_go_through_transformers_sdpa_unchanged():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v = _qkv(torch.float32)
+    assert torch.equal(sdpa_float32_on_cpu(_Attention(), q, k, v, None)[0],
+                       sdpa_attention_forward(_Attention(), q, k, v, None)[0])
+
+
+def test_only_cpu_bf16_runs_of_sdpa_models_switch(tiny_tokenizer):
+    model = make_model(tiny_tokenizer)
+    assert not use_float32_cpu_attention(model, "cpu", "fp32")
+    assert not use_float32_cpu_attention(model, "cuda", "bf16")  # decided from the names, nothing moves
+    assert model.config._attn_implementation == "sdpa"
+    eager = make_model(tiny_tokenizer)
+    eager.config._attn_implementation = "eager"
+    assert not use_float32_cpu_attention(eager, "cpu", "bf16")
+    assert use_float32_cpu_attention(model, "cpu", "bf16")
+    assert model.config._attn_implementation == FLOAT32_CPU_SDPA
+    assert logprobs.share_prompt_support(model) is None  # still SDPA: takes the shared-prompt mask
+
+
+def test_a_switched_model_computes_the_same_log_probs_and_saves_a_plain_config(tiny_model_dir, tmp_path):
+    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids)}
+    logps = {}
+    for precision in ("fp32", "bf16"):
+        model = load_model(str(tiny_model_dir), adapter="full", precision=precision)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"), torch.no_grad():
+            logps[precision] = logprobs.forward_token_logps(model, batch)[0]  # (N, K)
+    assert model.config._attn_implementation == FLOAT32_CPU_SDPA
+    assert_close(logps["bf16"], logps["fp32"], rtol=0, atol=0.1)  # bf16 projections, float32 attention
+    model.save_pretrained(tmp_path / "saved")
+    assert FLOAT32_CPU_SDPA not in (tmp_path / "saved" / "config.json").read_text()
+    assert "attn_implementation" not in json.loads((tmp_path / "saved" / "config.json").read_text())
