@@ -7,18 +7,24 @@ training across passes (the step's cost does not depend on the weights).
 
     python benchmarks/cpu_attention.py --batch-size 4 --max-length 128 --batches 5
     python benchmarks/cpu_attention.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_attention/b8_len256
+
+`--kernel B,T ...` also times the attention call alone: forward + backward of SDPA with a causal boolean mask
+(as a shared-prompt batch has), 9 heads of 64, bf16 inputs against the same inputs upcast to float32, median of
+`--kernel-reps`.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import torch
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
@@ -28,6 +34,21 @@ from prefopt.io import provenance
 KERNELS = {"bf16 sdpa": "sdpa", "float32 sdpa": FLOAT32_CPU_SDPA}
 
 
+def kernel_ms(batch: int, length: int, dtype: torch.dtype, reps: int) -> float:
+    """Median ms of one SDPA forward + backward, (batch, 9 heads, length, 64), causal boolean mask."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, 9, length, 64, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    mask = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length).contiguous()
+    grad = torch.randn(batch, 9, length, 64, generator=g).to(dtype)
+    times = []
+    for i in range(reps + 2):  # the first two untimed
+        started = time.perf_counter()
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -35,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batches", type=int, default=4, help="batches per pass")
     parser.add_argument("--passes", type=int, default=2, help="timed passes of each kernel, alternating")
+    parser.add_argument("--kernel", nargs="*", default=[], help="B,T shapes to time the attention call alone at")
+    parser.add_argument("--kernel-reps", type=int, default=10)
     parser.add_argument("--out", default=None, help="folder for cpu_attention.{json,md} (default: print only)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -61,8 +84,15 @@ def main(argv=None) -> int:
                 seconds[name].append(times)
                 print(f"pass {p} {name}: {' '.join(f'{t:.2f}' for t in times)} s, total {sum(times):.2f}", flush=True)
 
+    kernels = []
+    for shape in args.kernel:
+        batch, length = (int(x) for x in shape.split(","))
+        kernels.append({"batch": batch, "length": length,
+                        "bf16_ms": kernel_ms(batch, length, torch.bfloat16, args.kernel_reps),
+                        "float32_ms": kernel_ms(batch, length, torch.float32, args.kernel_reps)})
+        print(kernels[-1], flush=True)
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
-    result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
+    result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals, "kernels": kernels,
               "command": shlex.join(["python", "benchmarks/cpu_attention.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
     lines = [(f"# DPO step, SDPA in float32 vs in bf16 ({args.model}, batch {args.batch_size}, max length "
@@ -71,6 +101,12 @@ def main(argv=None) -> int:
              "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
               enumerate(zip(totals["bf16 sdpa"], totals["float32 sdpa"]))]  # fmt: skip
+    if kernels:
+        lines += ["", ("The attention call alone (forward + backward, 9 heads of 64, causal boolean mask, median of "
+                  f"{args.kernel_reps}):"), "", "| batch | length | bf16 ms | float32 ms | bf16 / float32 |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k['batch']} | {k['length']} | {k['bf16_ms']:.1f} | {k['float32_ms']:.1f} | "
+                  f"{k['bf16_ms'] / k['float32_ms']:.2f}x |" for k in kernels]
     finish(result, lines, args.out, "cpu_attention")
     return 0
 
