@@ -34,6 +34,19 @@ def test_bf16_inputs_are_attended_in_float32_and_the_output_keeps_their_dtype():
         assert torch.equal(sdpa_float32_on_cpu(_Attention(), q, k, v, None)[0], out)
 
 
+def test_under_autocast_float32_query_and_key_beside_a_bf16_value_are_attended_in_float32():
+    """After RoPE (float32 cos/sin) the query and key are float32 and the value bf16; autocast would run SDPA in
+    bf16 on all three."""
+    q, k, _ = _qkv(torch.float32)
+    v = _qkv(torch.bfloat16)[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v, None)
+    assert out.dtype == torch.bfloat16
+    k2, v2 = k.repeat_interleave(2, dim=1), v.float().repeat_interleave(2, dim=1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k2, v2, is_causal=True)  # (B, h, T, D)
+    assert torch.equal(out, expected.transpose(1, 2).to(torch.bfloat16))
+
+
 def test_float32_inputs_go_through_transformers_sdpa_unchanged():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

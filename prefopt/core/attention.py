@@ -21,16 +21,27 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa_attention_forward, with CPU low-precision query/key/value upcast to float32 (and the
-    output cast back to their dtype). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
+    """transformers' sdpa_attention_forward with query, key and value in float32 where it would run in bf16 or
+    fp16 on a CPU (the output in that dtype). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.device.type != "cpu" or query.dtype not in _LOW_PRECISION:
+    low = _low_precision(query, key, value)
+    if query.device.type != "cpu" or low is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
                                               **kwargs)  # fmt: skip
-    return out.to(query.dtype), weights
+    return out.to(low), weights
+
+
+def _low_precision(*tensors: torch.Tensor) -> torch.dtype | None:
+    """The dtype SDPA would run in if it is below float32, else None: CPU autocast's when it is on (it casts all
+    three: after RoPE, whose cos/sin are float32, the query and key arrive in float32 and only the value in
+    bf16), else a low-precision input's."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype in _LOW_PRECISION else None
+    return next((t.dtype for t in tensors if t.dtype in _LOW_PRECISION), None)
 
 
 def _register() -> None:
