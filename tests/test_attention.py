@@ -47,6 +47,20 @@ def test_under_autocast_float32_query_and_key_beside_a_bf16_value_are_attended_i
     assert torch.equal(out, expected.transpose(1, 2).to(torch.bfloat16))
 
 
+def test_from_256_keys_on_the_call_stays_in_bf16():
+    from prefopt.core.attention import FLOAT32_BELOW_KEYS
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 3, 8, generator=g)  # (B, heads, T, D): float32, as after RoPE
+    k, v = (torch.randn(1, 2, FLOAT32_BELOW_KEYS, 8, generator=g) for _ in range(2))  # 256 keys
+    mask = torch.ones(1, 1, 3, FLOAT32_BELOW_KEYS, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v.bfloat16(), mask)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(2, dim=1), v.bfloat16().repeat_interleave(2, dim=1), attn_mask=mask)  # bf16
+    assert torch.equal(out, expected.transpose(1, 2))
+
+
 def test_float32_inputs_go_through_transformers_sdpa_unchanged():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -1,11 +1,13 @@
-"""SDPA attention that runs in float32 on a CPU when autocast hands it bf16 or fp16 inputs.
+"""SDPA attention that runs in float32 on a CPU where autocast would run it in bf16, over short key lengths.
 
-Under CPU bf16 autocast the query, key and value come out of bf16 projections, and PyTorch's CPU
-flash-attention kernel is slower on bf16 than on float32 for the shapes a preference batch has (forward and
-backward of a LoRA DPO step on the 135M model: 4 x 128 pairs 11.3 -> 9.7 s over 5 steps, 8 x 256 12.2 -> 10.1 s
-over 3, 4 x 512 20.7 -> 19.8 s; `benchmarks/cpu_attention.py`). Upcasting the three tensors costs little
-beside the attention itself, and float32 attention is also the more exact one. Everywhere else (CUDA,
-float32 inputs) the function is transformers' own SDPA, unchanged.
+Under CPU bf16 autocast SDPA runs in bf16, and PyTorch's CPU flash-attention kernel is slower on bf16 than on
+float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean mask, 8 x 109 26.2 vs 6.4 ms,
+4 x 181 16.2 vs 7.3, 8 x 200 26.7 vs 16.1; from about 256 keys on the two take the same time or bf16 is
+faster (4 x 400 25.9 vs 26.0), so longer calls stay in bf16. A LoRA DPO step of the 135M model, the two
+alternating over the same batches: 8 pairs x 128 1.14-1.20x as fast, 8 x 256 1.11-1.16x
+(`benchmarks/cpu_attention.py`, results/speed/cpu_attention/). Upcasting the three tensors costs little beside
+the attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function
+is transformers' own SDPA, unchanged.
 
 The function is registered with transformers under its own name and set on the models prefopt loads for CPU
 bf16 runs; a model's saved config does not record it (transformers drops the attention implementation when it
@@ -17,6 +19,9 @@ from __future__ import annotations
 import torch
 
 FLOAT32_CPU_SDPA = "sdpa_float32_cpu"
+# Float32 only over fewer keys than this: from about 256 keys on, the two kernels took the same time or bf16 was
+# faster (`benchmarks/cpu_attention.py --kernel`).
+FLOAT32_BELOW_KEYS = 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -26,7 +31,7 @@ def sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     low = _low_precision(query, key, value)
-    if query.device.type != "cpu" or low is None:
+    if query.device.type != "cpu" or low is None or key.shape[-2] >= FLOAT32_BELOW_KEYS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
