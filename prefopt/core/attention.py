@@ -1,13 +1,14 @@
 """SDPA attention that runs in float32 on a CPU where autocast would run it in bf16, over short key lengths.
 
 Under CPU bf16 autocast SDPA runs in bf16, and PyTorch's CPU flash-attention kernel is slower on bf16 than on
-float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean mask, 8 x 109 26.2 vs 6.4 ms,
-4 x 181 16.2 vs 7.3, 8 x 200 26.7 vs 16.1; from about 256 keys on the two take the same time or bf16 is
-faster (4 x 400 25.9 vs 26.0), so longer calls stay in bf16. A LoRA DPO step of the 135M model, the two
-alternating over the same batches: 8 pairs x 128 1.14-1.20x as fast, 8 x 256 1.11-1.16x
-(`benchmarks/cpu_attention.py`, results/speed/cpu_attention/). Upcasting the three tensors costs little beside
-the attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function
-is transformers' own SDPA, unchanged.
+float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean mask, batch x keys 8 x 109
+17.7 vs 6.4 ms, 4 x 181 14.7 vs 7.1, 8 x 200 24.7 vs 16.4, 4 x 400 28.6 vs 25.8. In a LoRA DPO step of the
+135M model, the two alternating over the same batches with float32 at every length: 8 pairs x max length 128
+1.14-1.20x as fast, 8 x 256 1.11-1.16x, but 4 x 512 0.84-0.99x (results/speed/cpu_attention_prethreshold/,
+`benchmarks/cpu_attention.py`). Further kernel timings put the crossover near 256 keys, so calls over 256
+keys or more stay in bf16 (results/speed/cpu_attention/). Upcasting the three tensors costs little beside the
+attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function is
+transformers' own SDPA, unchanged.
 
 The function is registered with transformers under its own name and set on the models prefopt loads for CPU
 bf16 runs; a model's saved config does not record it (transformers drops the attention implementation when it
@@ -19,8 +20,8 @@ from __future__ import annotations
 import torch
 
 FLOAT32_CPU_SDPA = "sdpa_float32_cpu"
-# Float32 only over fewer keys than this: from about 256 keys on, the two kernels took the same time or bf16 was
-# faster (`benchmarks/cpu_attention.py --kernel`).
+# Float32 only over fewer keys than this: from about 256 keys on, the two kernels took about the same time or
+# bf16 was faster (`benchmarks/cpu_attention.py --kernel`).
 FLOAT32_BELOW_KEYS = 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
