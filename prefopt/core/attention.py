@@ -5,8 +5,9 @@ float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean
 17.7 vs 6.4 ms, 4 x 181 14.7 vs 7.1, 8 x 200 24.7 vs 16.4, 4 x 400 28.6 vs 25.8. In a LoRA DPO step of the
 135M model, the two alternating over the same batches with float32 at every length: 8 pairs x max length 128
 1.14-1.20x as fast, 8 x 256 1.11-1.16x, but 4 x 512 0.84-0.99x (results/speed/cpu_attention_prethreshold/,
-`benchmarks/cpu_attention.py`). Further kernel timings put the crossover near 256 keys, so calls over 256
-keys or more stay in bf16 (results/speed/cpu_attention/). Upcasting the three tensors costs little beside the
+`benchmarks/cpu_attention.py`). Kernel timings put the crossover near 256 keys (they move by tens of percent
+from run to run), so calls over 256 keys or more stay in bf16; with that, 8 x 128 1.14-1.19x, 4 x 512
+1.07-1.21x (results/speed/cpu_attention/). Upcasting the three tensors costs little beside the
 attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function is
 transformers' own SDPA, unchanged.
 
