@@ -1,9 +1,6 @@
 """prefopt's DPO step on a CPU in bf16 with SDPA run in float32 (`prefopt.core.attention`) against bf16 SDPA.
 
-One process, one trainer (`speed_vs_trl.py`'s setup: the bundled model, LoRA r=16, `--lengths spread` pairs,
-bf16 autocast), the same batches in the same order for both kernels; the two alternate pass by pass
-(`--passes` of each, after one untimed step), so drift on the machine falls on both. The trainer keeps
-training across passes (the step's cost does not depend on the weights).
+The two kernels alternate pass by pass over the same batches in one process (`alternating.py`), bf16 autocast.
 
     python benchmarks/cpu_attention.py --batch-size 4 --max-length 128 --batches 5
     python benchmarks/cpu_attention.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_attention/b8_len256
@@ -22,9 +19,11 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
+from alternating import add_step_arguments, time_settings
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
@@ -51,11 +50,7 @@ def kernel_ms(batch: int, length: int, dtype: torch.dtype, reps: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=4, help="batches per pass")
-    parser.add_argument("--passes", type=int, default=2, help="timed passes of each kernel, alternating")
+    add_step_arguments(parser)
     parser.add_argument("--kernel", nargs="*", default=[], help="B,T shapes to time the attention call alone at")
     parser.add_argument("--kernel-reps", type=int, default=10)
     parser.add_argument("--out", default=None, help="folder for cpu_attention.{json,md} (default: print only)")
@@ -66,23 +61,13 @@ def main(argv=None) -> int:
                   max_prompt_length=args.max_length // 2, precision="bf16", device="cpu", lengths="spread")
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.batches)
-    seconds = {name: [] for name in KERNELS}  # per pass: per-batch seconds
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         config = trainer.model.get_base_model().config
         if config._attn_implementation != FLOAT32_CPU_SDPA:
             raise SystemExit(f"{args.model} does not run SDPA here ('{config._attn_implementation}')")
-        trainer.train_step(batches[0])  # untimed: optimizer state, first allocations
-        for p in range(args.passes):
-            for name, kernel in KERNELS.items():
-                config._attn_implementation = kernel
-                times = []
-                for ids in batches:
-                    started = time.perf_counter()
-                    trainer.train_step(ids)
-                    times.append(time.perf_counter() - started)
-                seconds[name].append(times)
-                print(f"pass {p} {name}: {' '.join(f'{t:.2f}' for t in times)} s, total {sum(times):.2f}", flush=True)
+        settings = {name: partial(setattr, config, "_attn_implementation", kernel) for name, kernel in KERNELS.items()}
+        seconds = time_settings(trainer, batches, settings, args.passes)
 
     kernels = []
     for shape in args.kernel:

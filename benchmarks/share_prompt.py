@@ -1,10 +1,7 @@
 """prefopt's DPO step with each pair's prompt run once (`share_prompt`) against the padded rows, same batches.
 
-One process, one trainer (`speed_vs_trl.py`'s setup: the bundled model, LoRA r=16, `--lengths spread` pairs,
-fp32 by default), the same batches in the same order for both layouts; the layouts alternate pass by pass
-(`--passes` of each, after one untimed step), so drift on the machine falls on both. The trainer keeps
-training across passes (the step's cost does not depend on the weights). Also printed: the cells each layout
-computes per batch (rows x columns of the forward).
+The two layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
+default. Also printed: the cells each layout computes per batch (rows x columns of the forward).
 
     python benchmarks/share_prompt.py --batch-size 4 --max-length 128 --batches 4
     python benchmarks/share_prompt.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_share_prompt
@@ -16,10 +13,11 @@ import argparse
 import shlex
 import sys
 import tempfile
-import time
 import warnings
+from functools import partial
 from pathlib import Path
 
+from alternating import add_step_arguments, time_settings
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
@@ -39,11 +37,7 @@ def cells(trainer, ids: list[int]) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=4, help="batches per pass")
-    parser.add_argument("--passes", type=int, default=2, help="timed passes of each layout, alternating")
+    add_step_arguments(parser)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
     parser.add_argument("--out", default=None, help="folder for share_prompt.{json,md} (default: print only)")
     args = parser.parse_args(argv)
@@ -53,23 +47,13 @@ def main(argv=None) -> int:
                   max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.batches)
-    seconds = {"padded": [], "shared": []}  # per pass: per-batch seconds
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         if not trainer.share_prompt:
             raise SystemExit(f"{args.model} cannot share prompts here (see prefopt.core.logprobs.share_prompt_support)")
         sizes = [cells(trainer, ids) for ids in batches]
-        trainer.train_step(batches[0])  # untimed: optimizer state, first allocations
-        for p in range(args.passes):
-            for name in ("padded", "shared"):
-                trainer.share_prompt = name == "shared"
-                times = []
-                for ids in batches:
-                    started = time.perf_counter()
-                    trainer.train_step(ids)
-                    times.append(time.perf_counter() - started)
-                seconds[name].append(times)
-                print(f"pass {p} {name}: {' '.join(f'{t:.2f}' for t in times)} s, total {sum(times):.2f}", flush=True)
+        layouts = {name: partial(setattr, trainer, "share_prompt", name == "shared") for name in ("padded", "shared")}
+        seconds = time_settings(trainer, batches, layouts, args.passes)
 
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
     result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
