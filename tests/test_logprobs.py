@@ -138,7 +138,7 @@ def test_linear_log_softmax_under_bf16_autocast_projects_in_bf16_and_reduces_in_
     assert_close(hidden.grad, reference_hidden.grad, rtol=2e-2, atol=2e-2)
 
 
-def test_a_frozen_weight_is_cast_once_until_it_changes(monkeypatch):
+def test_a_frozen_weight_is_cast_once_until_it_changes():
     weight = torch.randn(6, 3)  # frozen
     first = logprobs.projection_weight(weight, torch.bfloat16)
     assert first.dtype == torch.bfloat16 and torch.equal(first, weight.bfloat16())

@@ -372,8 +372,7 @@ class _LinearLogSoftmax(torch.autograd.Function):
             lse = torch.empty_like(out)  # (R,)
             entropy = torch.empty_like(out) if with_entropy else out.new_empty(0)  # (R,) or unused
             softmax = torch.empty(rows, vocab, dtype=acc, device=hidden.device) if keep else out.new_empty(0)
-            scratch = out.new_empty(0) if keep else torch.empty(min(step, rows), vocab, dtype=acc,
-                                                                 device=hidden.device)  # (r, V)
+            scratch = None if keep else torch.empty(min(step, rows), vocab, dtype=acc, device=hidden.device)
             for start in range(0, rows, step):
                 end = min(start + step, rows)
                 z = softmax[start:end] if keep else scratch[: end - start]  # (r, V) float32
@@ -385,10 +384,11 @@ class _LinearLogSoftmax(torch.autograd.Function):
                     shifted_dot = z.exp() * z  # (r, V)
                 z.exp_()  # unnormalised softmax
                 total = z.sum(dim=-1, keepdim=True)  # (r, 1)
-                lse[start:end] = (top + total.log()).squeeze(-1)
+                log_total = total.log()  # (r, 1)
+                lse[start:end] = (top + log_total).squeeze(-1)
                 out[start:end] = picked.squeeze(-1) - lse[start:end]
                 if with_entropy:
-                    entropy[start:end] = total.log().squeeze(-1) - shifted_dot.sum(-1) / total.squeeze(-1)
+                    entropy[start:end] = log_total.squeeze(-1) - shifted_dot.sum(-1) / total.squeeze(-1)
                 if keep:
                     z.div_(total)  # the softmax, kept for the backward
         ctx.dtype = dtype

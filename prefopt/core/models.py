@@ -354,9 +354,8 @@ def hold_frozen_lora_bases_in(model, dtype: torch.dtype) -> int:
         if not isinstance(module, LoraLayer):
             continue
         base = module.get_base_layer()
-        weight = getattr(base, "weight", None)
-        if type(base) is torch.nn.Linear and not weight.requires_grad and weight.dtype != dtype:
-            base.weight.data = weight.data.to(dtype)
+        if type(base) is torch.nn.Linear and not base.weight.requires_grad and base.weight.dtype != dtype:
+            base.weight.data = base.weight.data.to(dtype)
             converted += 1
     return converted
 
