@@ -22,12 +22,18 @@ def load_policy(run: RunConfig, algorithm: Algorithm, device, precision, sharded
 
     A bf16 LoRA run holds the frozen weights of its adapted layers in bf16 (``hold_frozen_lora_bases_in``: the
     values autocast would cast them to in every forward), except when ``sharded`` (FSDP shards keep one dtype).
+    An unsharded LoRA run's adapted Linears run forward and backward as one function each
+    (``prefopt.core.lora_linear``: the same values, fewer passes over the activations).
     """
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA and head initialisation
     model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
     if run.adapter == "lora" and precision == "bf16" and not sharded:
         hold_frozen_lora_bases_in(model, torch.bfloat16)
+    if run.adapter == "lora" and not sharded:
+        from prefopt.core.lora_linear import use_fused_lora_linears  # imports peft: only for LoRA runs
+
+        use_fused_lora_linears(model)
     if run.gradient_checkpointing:
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         kwargs = {"use_reentrant": False}

@@ -1,0 +1,100 @@
+"""A LoRA Linear's forward and backward as one autograd function: y = x W^T + bias + (x A^T)(s B)^T.
+
+peft's ``lora.Linear`` runs the frozen layer, then ``lora_B(lora_A(dropout(x))) * scaling`` and adds it, and
+under autocast casts the input again for the adapter: per layer and per direction a cast of the input, a
+multiply and an add over the (tokens, out) output, each writing a fresh tensor, and autograd nodes for each.
+On a CPU those element-wise passes cost a sizeable share of a LoRA step. Here the input is cast once, the
+update is added by the matmul itself (``addmm_`` into the frozen layer's output), and the backward is four
+matmuls and an ``addmm_``:
+
+    forward   xa = x A^T (T, r)          y = x W^T + bias, then y += xa (s B)^T
+    backward  g_b = dy (s B) (T, r)      dx = dy W, then dx += g_b A
+              dA = g_b^T x               dB = s dy^T xa
+
+The values are peft's (float32: to float rounding; under bf16 autocast the update is rounded once instead of
+after each of its three operations). ``use_fused_lora_linears`` switches a model's plain LoRA Linears to this
+forward; every case it does not cover (dropout, DoRA and other variants, several or disabled adapters, merged
+weights, a trained base weight or bias) runs peft's own forward, decided at each call.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora import Linear as PeftLoraLinear
+
+
+class _LoraLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
+        # x: (..., in); weight: (out, in) frozen; bias: (out,) frozen or None; lora_a: (r, in); lora_b: (out, r)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype).reshape(-1, x.shape[-1])  # (T, in)
+            w = weight.to(dtype)  # (out, in): no copy when held in the compute dtype
+            a = lora_a.to(dtype)  # (r, in)
+            b = (lora_b * scaling).to(dtype)  # (out, r)
+            xa = xc @ a.T  # (T, r)
+            y = torch.nn.functional.linear(xc, w, None if bias is None else bias.to(dtype))  # (T, out)
+            y.addmm_(xa, b.T)
+        ctx.save_for_backward(xc, xa, w, a, b)
+        ctx.scaling = scaling
+        ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
+        ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):  # grad_y: (..., out)
+        xc, xa, w, a, b = ctx.saved_tensors
+        dy = grad_y.reshape(-1, grad_y.shape[-1]).to(xc.dtype)  # (T, out)
+        g_b = dy @ b  # (T, r): gradient of xa
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ w  # (T, in)
+            dx.addmm_(g_b, a)
+            grad_x = dx.view(ctx.x_shape).to(ctx.x_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_a = (g_b.T @ xc).to(ctx.a_dtype)  # (r, in)
+        if ctx.needs_input_grad[4]:
+            grad_b = (dy.T @ xa).to(ctx.b_dtype).mul_(ctx.scaling)  # (out, r)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+class FusedLoraLinear(PeftLoraLinear):
+    """peft's LoRA Linear with the fused forward where it applies (see the module's docstring); everything else,
+    its state, saving, merging and adapters, is peft's."""
+
+    def _fused_adapter(self) -> str | None:
+        """The one active adapter the fused forward can run, or None (then peft's forward runs)."""
+        if self.disable_adapters or self.merged or self.fan_in_fan_out or len(self.active_adapters) != 1:
+            return None
+        name = self.active_adapters[0]
+        if name not in self.lora_A or name in self.lora_variant or name in getattr(self, "lora_magnitude_vector", {}):
+            return None
+        if not isinstance(self.lora_dropout[name], torch.nn.Identity):
+            return None
+        base = self.get_base_layer()
+        if type(base) is not torch.nn.Linear or base.weight.requires_grad:
+            return None
+        if base.bias is not None and base.bias.requires_grad:
+            return None
+        return name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = None if (args or kwargs) else self._fused_adapter()
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
+        return _LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                         self.lora_B[name].weight, float(self.scaling[name]), dtype)
+
+
+def use_fused_lora_linears(model) -> int:
+    """Switch the model's plain LoRA Linears (peft's ``lora.Linear`` itself, not its quantized or other
+    subclasses) to FusedLoraLinear; returns how many."""
+    switched = 0
+    for module in model.modules():
+        if type(module) is PeftLoraLinear:
+            module.__class__ = FusedLoraLinear
+            switched += 1
+    return switched
