@@ -17,17 +17,19 @@ import warnings
 from pathlib import Path
 
 from alternating import add_step_arguments, time_settings
-from peft.tuners.lora import Linear as PeftLoraLinear
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
-from prefopt.core.lora_linear import FusedLoraLinear
 from prefopt.core.models import pick_device, resolve_precision
 from prefopt.io import provenance
 
 
 def switch_to(model, cls) -> None:
     """Every LoRA Linear of the model (fused or peft's) made an instance of cls."""
+    from peft.tuners.lora import Linear as PeftLoraLinear
+
+    from prefopt.core.lora_linear import FusedLoraLinear
+
     for module in model.modules():
         if type(module) in (PeftLoraLinear, FusedLoraLinear):
             module.__class__ = cls
@@ -49,6 +51,10 @@ def main(argv=None) -> int:
     batches = batch_order(pairs, setup, args.batches)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+        from peft.tuners.lora import Linear as PeftLoraLinear  # imported by the LoRA model's loading, quietly
+
+        from prefopt.core.lora_linear import FusedLoraLinear
+
         settings = {"peft": lambda: switch_to(trainer.model, PeftLoraLinear),
                     "fused": lambda: switch_to(trainer.model, FusedLoraLinear)}
         seconds = time_settings(trainer, batches, settings, args.passes)

@@ -148,3 +148,24 @@ def test_load_policy_fuses_unsharded_lora_runs(tiny_model_dir, adapter, sharded,
     run = RunConfig(model=str(tiny_model_dir), adapter=adapter, precision="fp32")
     model = load_policy(run, registry.get("dpo"), "cpu", "fp32", sharded=sharded)
     assert any(type(m) is FusedLoraLinear for m in model.modules()) == fused
+
+
+def test_layers_reading_the_same_input_share_one_cast_until_it_changes_or_is_freed():
+    from prefopt.core import lora_linear
+
+    _plain, fused = _peft_pair()
+    up = fused.base_model.model.up
+    x = torch.randn(3, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first, second = up(x), up(x)
+    saved = [out.grad_fn.saved_tensors[0] for out in (first, second)]  # the bf16 input each saved
+    assert saved[0].dtype == torch.bfloat16 and saved[0].data_ptr() == saved[1].data_ptr()
+    with torch.no_grad():
+        x.mul_(2)  # changed in place: cast again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        third = up(x)
+    assert third.grad_fn.saved_tensors[0].data_ptr() != saved[0].data_ptr()
+    torch.testing.assert_close(third.float(), (2 * first).float(), rtol=0.02, atol=0.02)
+    assert lora_linear._LAST_CAST[0] is not None
+    del x, first, second, third, saved
+    assert lora_linear._LAST_CAST[0] is None  # the input freed: its cast is not held

@@ -3,9 +3,9 @@
 peft's ``lora.Linear`` runs the frozen layer, then ``lora_B(lora_A(dropout(x))) * scaling`` and adds it, and
 under autocast casts the input again for the adapter: per layer and per direction a cast of the input, a
 multiply and an add over the (tokens, out) output, each writing a fresh tensor, and autograd nodes for each.
-On a CPU those element-wise passes cost a sizeable share of a LoRA step. Here the input is cast once, the
-update is added by the matmul itself (``addmm_`` into the frozen layer's output), and the backward is four
-matmuls and an ``addmm_``:
+On a CPU those element-wise passes cost a sizeable share of a LoRA step. Here the input is cast once (once for
+all the layers that read it: q, k and v; gate and up), the update is added by the matmul itself (``addmm_``
+into the frozen layer's output), and the backward is four matmuls and an ``addmm_``:
 
     forward   xa = x A^T (T, r)          y = x W^T + bias, then y += xa (s B)^T
     backward  g_b = dy (s B) (T, r)      dx = dy W, then dx += g_b A
@@ -19,8 +19,31 @@ weights, a trained base weight or bias) runs peft's own forward, decided at each
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from peft.tuners.lora import Linear as PeftLoraLinear
+
+# The last input cast to a compute dtype, (weakref to the input, its version, dtype, the cast): q, k and v (gate
+# and up) take the same input, which is then cast once and saved for their backwards once. Dropped with the input.
+_LAST_CAST: list = [None]
+
+
+def _cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype == dtype:
+        return x
+    held = _LAST_CAST[0]
+    if held is not None and held[0]() is x and held[1] == x._version and held[2] == dtype:
+        return held[3]
+    cast = x.to(dtype)
+    _LAST_CAST[0] = (weakref.ref(x, _forget), x._version, dtype, cast)
+    return cast
+
+
+def _forget(ref: weakref.ref) -> None:
+    """The input behind ref is freed: drop its cast, unless a later input's has taken its place."""
+    if _LAST_CAST[0] is not None and _LAST_CAST[0][0] is ref:
+        _LAST_CAST[0] = None
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -28,7 +51,7 @@ class _LoraLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
         # x: (..., in); weight: (out, in) frozen; bias: (out,) frozen or None; lora_a: (r, in); lora_b: (out, r)
         with torch.autocast(x.device.type, enabled=False):
-            xc = x.to(dtype).reshape(-1, x.shape[-1])  # (T, in)
+            xc = _cast_once(x, dtype).reshape(-1, x.shape[-1])  # (T, in)
             w = weight.to(dtype)  # (out, in): no copy when held in the compute dtype
             a = lora_a.to(dtype)  # (r, in)
             b = (lora_b * scaling).to(dtype)  # (out, r)
