@@ -95,3 +95,44 @@ def test_a_switched_model_computes_the_same_log_probs_and_saves_a_plain_config(t
     model.save_pretrained(tmp_path / "saved")
     assert FLOAT32_CPU_SDPA not in (tmp_path / "saved" / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+
+
+def _grads(attend, q, k, v, mask):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, _ = attend(_Attention(), q, k, v, mask)  # (B, T, heads, D)
+    out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def test_grouped_heads_go_to_sdpa_unrepeated_with_transformers_values_and_gradients():
+    """transformers repeats the key/value heads whenever a mask is given; on a CPU they are passed as they are."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from prefopt.core.attention import _sdpa
+
+    q, k, v = _qkv(torch.float32)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    mask[3, 1] = False  # not causal: a shared-prompt batch's reply does not see the other reply
+    for m in (mask.expand(2, 1, 5, 5), None):
+        ours, theirs = _grads(_sdpa, q, k, v, m), _grads(sdpa_attention_forward, q, k, v, m)
+        for a, b in zip(ours, theirs, strict=True):
+            assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_calls_the_grouped_path_does_not_cover_go_to_transformers(monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from prefopt.core.attention import _sdpa
+
+    calls = []
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = _qkv(torch.float32)
+    _sdpa(_Attention(), q, k, v, None)
+    assert calls == []
+    _sdpa(_Attention(), q[:, :, :1], k, v, None)  # one query (decoding with a cache)
+    _sdpa(_Attention(), q, k, v, None, position_bias=torch.zeros(1, 4, 5, 5))
+    ungrouped = _Attention()
+    ungrouped.num_key_value_groups = 1
+    _sdpa(ungrouped, q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), None)
+    assert calls == [1, 1, 1]

@@ -11,6 +11,9 @@ from run to run), so calls over 256 keys or more stay in bf16; with that, 8 x 12
 attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function is
 transformers' own SDPA, unchanged.
 
+On a CPU a grouped-query model's key and value heads also go to SDPA as they are, where transformers would
+repeat them into a copy per query head (see ``_sdpa``).
+
 The function is registered with transformers under its own name and set on the models prefopt loads for CPU
 bf16 runs; a model's saved config does not record it (transformers drops the attention implementation when it
 writes a config).
@@ -30,15 +33,35 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 def sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
     """transformers' sdpa_attention_forward with query, key and value in float32 where it would run in bf16 or
     fp16 on a CPU (the output in that dtype). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     low = _low_precision(query, key, value)
     if query.device.type != "cpu" or low is None or key.shape[-2] >= FLOAT32_BELOW_KEYS:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return _sdpa(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
-                                              **kwargs)  # fmt: skip
+        out, weights = _sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
     return out.to(low), weights
+
+
+def _sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+          is_causal: bool | None = None, **kwargs):
+    """transformers' sdpa_attention_forward, except that on a CPU a grouped-query model's training forward (as many
+    keys as queries, a mask or none, nothing else) passes the key and value heads to SDPA as they are
+    (``enable_gqa``) instead of repeating them into a copy per query head: transformers repeats them whenever a
+    mask is given, for the CUDA kernels' sake, but PyTorch's CPU flash kernel takes grouped heads with a mask
+    (the same values; forward + backward with a causal mask, 9 query heads on 3: 8 x 217 keys float32 32.5 ->
+    25.6 ms, bf16 46.9 -> 42.7; 32 on 8, 2 x 308 bf16 56.5 -> 50.1)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = all(kwargs.get(k) is None or kwargs.get(k) is False for k in ("softcap", "position_bias",
+                                                                          "output_attentions"))
+    if query.device.type != "cpu" or groups <= 1 or not plain or not 1 < query.shape[2] == key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)  # fmt: skip
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=bool(attention_mask is None and causal), enable_gqa=True)  # (B, heads, T, D)
+    return out.transpose(1, 2).contiguous(), None  # (B, T, heads, D), as transformers returns it
 
 
 def _low_precision(*tensors: torch.Tensor) -> torch.dtype | None:
