@@ -4,10 +4,13 @@ The two kernels alternate pass by pass over the same batches in one process (`al
 
     python benchmarks/cpu_attention.py --batch-size 4 --max-length 128 --batches 5
     python benchmarks/cpu_attention.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_attention/b8_len256
+    python benchmarks/cpu_attention.py --skip-step --gqa-kernel 8,217,9,3 16,120,9,3 2,308,32,8
 
 `--kernel B,T ...` also times the attention call alone: forward + backward of SDPA with a causal boolean mask
 (as a shared-prompt batch has), 9 heads of 64, bf16 inputs against the same inputs upcast to float32, median of
-`--kernel-reps`.
+`--kernel-reps`. `--gqa-kernel B,T,H,KV ...` times SDPA with H query heads over KV key/value heads, the key and value
+repeated into H heads (transformers' path when a mask is given) against passed as they are (`enable_gqa`, the path
+`prefopt.core.attention` takes on a CPU), in float32 and bf16.
 """
 
 from __future__ import annotations
@@ -48,26 +51,55 @@ def kernel_ms(batch: int, length: int, dtype: torch.dtype, reps: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def gqa_kernel_ms(batch: int, length: int, heads: int, kv_heads: int, dtype: torch.dtype, grouped: bool,
+                  reps: int) -> float:
+    """Median ms of one SDPA forward + backward, (batch, heads, length, 64) queries over kv_heads key/value heads,
+    causal boolean mask; the key/value heads repeated to `heads` first unless `grouped`."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads, length, 64, generator=g).to(dtype).requires_grad_()
+    k, v = (torch.randn(batch, kv_heads, length, 64, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    mask = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length).contiguous()
+    grad = torch.randn(batch, heads, length, 64, generator=g).to(dtype)
+    n = heads // kv_heads
+    times = []
+    for i in range(reps + 2):  # the first two untimed
+        started = time.perf_counter()
+        if grouped:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            k2, v2 = (t.repeat_interleave(n, dim=1) for t in (k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=mask)
+        out.backward(grad)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_step_arguments(parser)
     parser.add_argument("--kernel", nargs="*", default=[], help="B,T shapes to time the attention call alone at")
     parser.add_argument("--kernel-reps", type=int, default=10)
+    parser.add_argument("--gqa-kernel", nargs="*", default=[], help="B,T,H,KV shapes to time grouped heads at")
+    parser.add_argument("--skip-step", action="store_true", help="kernel timings only, no training steps")
     parser.add_argument("--out", default=None, help="folder for cpu_attention.{json,md} (default: print only)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
                   max_prompt_length=args.max_length // 2, precision="bf16", device="cpu", lengths="spread")
-    tokenizer, pairs, _ = load_pairs(setup)
-    batches = batch_order(pairs, setup, args.batches)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-        config = trainer.model.get_base_model().config
-        if config._attn_implementation != FLOAT32_CPU_SDPA:
-            raise SystemExit(f"{args.model} does not run SDPA here ('{config._attn_implementation}')")
-        settings = {name: partial(setattr, config, "_attn_implementation", kernel) for name, kernel in KERNELS.items()}
-        seconds = time_settings(trainer, batches, settings, args.passes)
+    seconds: dict = {name: [] for name in KERNELS}
+    if not args.skip_step:
+        tokenizer, pairs, _ = load_pairs(setup)
+        batches = batch_order(pairs, setup, args.batches)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+            config = trainer.model.get_base_model().config
+            if config._attn_implementation != FLOAT32_CPU_SDPA:
+                raise SystemExit(f"{args.model} does not run SDPA here ('{config._attn_implementation}')")
+            settings = {name: partial(setattr, config, "_attn_implementation", kernel)
+                        for name, kernel in KERNELS.items()}
+            seconds = time_settings(trainer, batches, settings, args.passes)
 
     kernels = []
     for shape in args.kernel:
@@ -76,22 +108,41 @@ def main(argv=None) -> int:
                         "bf16_ms": kernel_ms(batch, length, torch.bfloat16, args.kernel_reps),
                         "float32_ms": kernel_ms(batch, length, torch.float32, args.kernel_reps)})
         print(kernels[-1], flush=True)
+    grouped = []
+    for shape in args.gqa_kernel:
+        batch, length, heads, kv_heads = (int(x) for x in shape.split(","))
+        row = {"batch": batch, "length": length, "heads": heads, "kv_heads": kv_heads}
+        for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
+            for how, flag in (("repeated", False), ("grouped", True)):
+                row[f"{name}_{how}_ms"] = gqa_kernel_ms(batch, length, heads, kv_heads, dtype, flag, args.kernel_reps)
+        grouped.append(row)
+        print(row, flush=True)
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
-    result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals, "kernels": kernels,
+    result = {"setup": vars(setup), "passes": 0 if args.skip_step else args.passes, "seconds": seconds,
+              "totals": totals, "kernels": kernels, "grouped_kernels": grouped,
               "command": shlex.join(["python", "benchmarks/cpu_attention.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
-    lines = [(f"# DPO step, SDPA in float32 vs in bf16 ({args.model}, batch {args.batch_size}, max length "
-              f"{args.max_length}, spread lengths, bf16 autocast, CPU)"), "",
-             "| pass | bf16 SDPA s (sum over the batches) | float32 SDPA s | bf16 / float32 |",
-             "| ---: | ---: | ---: | ---: |"]
-    lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
-              enumerate(zip(totals["bf16 sdpa"], totals["float32 sdpa"]))]  # fmt: skip
+    lines = [(f"# SDPA on a CPU: float32 vs bf16, grouped heads ({args.model}, batch {args.batch_size}, max length "
+              f"{args.max_length}, spread lengths, bf16 autocast)"), ""]
+    if not args.skip_step:
+        lines += ["| pass | bf16 SDPA s (sum over the batches) | float32 SDPA s | bf16 / float32 |",
+                  "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
+                  enumerate(zip(totals["bf16 sdpa"], totals["float32 sdpa"]))]  # fmt: skip
     if kernels:
         lines += ["", ("The attention call alone (forward + backward, 9 heads of 64, causal boolean mask, median of "
                   f"{args.kernel_reps}):"), "", "| batch | length | bf16 ms | float32 ms | bf16 / float32 |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k['batch']} | {k['length']} | {k['bf16_ms']:.1f} | {k['float32_ms']:.1f} | "
                   f"{k['bf16_ms'] / k['float32_ms']:.2f}x |" for k in kernels]
+    if grouped:
+        lines += ["", ("Grouped-query attention alone (forward + backward, heads of 64, causal boolean mask, median of "
+                  f"{args.kernel_reps}): key/value heads repeated per query head vs passed as they are:"), "",
+                  ("| batch | length | heads / kv heads | float32 repeated ms | float32 grouped ms | bf16 repeated ms "
+                  "| bf16 grouped ms |"), "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {g['batch']} | {g['length']} | {g['heads']} / {g['kv_heads']} | {g['float32_repeated_ms']:.1f} | "
+                  f"{g['float32_grouped_ms']:.1f} | {g['bf16_repeated_ms']:.1f} | {g['bf16_grouped_ms']:.1f} |"
+                  for g in grouped]
     finish(result, lines, args.out, "cpu_attention")
     return 0
 
