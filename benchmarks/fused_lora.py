@@ -1,7 +1,8 @@
 """prefopt's DPO step with its LoRA Linears fused (`prefopt.core.lora_linear`) against peft's own LoRA forward.
 
-The two alternate pass by pass over the same batches in one process (`alternating.py`): the same trainer, its
-LoRA layers switched between `FusedLoraLinear` and peft's `lora.Linear` before each pass.
+The settings alternate pass by pass over the same batches in one process (`alternating.py`): the same trainer,
+its LoRA layers switched between peft's `lora.Linear` and `FusedLoraLinear` (with the q and k projections
+returning float32 for RoPE, prefopt's default on a CPU, and without) before each pass.
 
     python benchmarks/fused_lora.py --batch-size 8 --max-length 256 --batches 4 --passes 2
     python benchmarks/fused_lora.py --model /tmp/llama-1b --batch-size 2 --max-length 256 --batches 3
@@ -24,15 +25,22 @@ from prefopt.core.models import pick_device, resolve_precision
 from prefopt.io import provenance
 
 
-def switch_to(model, cls) -> None:
-    """Every LoRA Linear of the model (fused or peft's) made an instance of cls."""
+def switch_to(model, cls, float32_qk: bool = True) -> None:
+    """Every LoRA Linear of the model (fused or peft's) made an instance of cls; with float32_qk False the q and k
+    projections return the compute dtype (for the fused class)."""
     from peft.tuners.lora import Linear as PeftLoraLinear
 
-    from prefopt.core.lora_linear import FusedLoraLinear
+    from prefopt.core.lora_linear import FusedLoraLinear, use_fused_lora_linears
 
     for module in model.modules():
         if type(module) in (PeftLoraLinear, FusedLoraLinear):
-            module.__class__ = cls
+            module.__class__ = PeftLoraLinear
+    if cls is FusedLoraLinear:
+        use_fused_lora_linears(model)
+        if not float32_qk:
+            for module in model.modules():
+                if type(module) is FusedLoraLinear:
+                    module.float32_output = False
 
 
 def main(argv=None) -> int:
@@ -56,6 +64,7 @@ def main(argv=None) -> int:
         from prefopt.core.lora_linear import FusedLoraLinear
 
         settings = {"peft": lambda: switch_to(trainer.model, PeftLoraLinear),
+                    "fused, q/k in the compute dtype": lambda: switch_to(trainer.model, FusedLoraLinear, False),
                     "fused": lambda: switch_to(trainer.model, FusedLoraLinear)}
         seconds = time_settings(trainer, batches, settings, args.passes)
 
@@ -65,9 +74,12 @@ def main(argv=None) -> int:
               "provenance": provenance()}
     lines = [(f"# DPO step, fused LoRA Linears vs peft's forward ({args.model}, batch {args.batch_size}, max "
               f"length {args.max_length}, spread lengths, {setup.precision}, {device})"), "",
-             "| pass | peft s (sum over the batches) | fused s | peft / fused |", "| ---: | ---: | ---: | ---: |"]
-    lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
-              enumerate(zip(totals["peft"], totals["fused"]))]  # fmt: skip
+             ("The same batches in each pass (seconds, their sum); 'fused' returns q and k in float32 on a CPU for "
+              "models whose RoPE follows them (prefopt's default), the middle column in the compute dtype."), "",
+             "| pass | peft | fused, q/k in the compute dtype | fused | peft / fused |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p} | {a:.2f} | {b:.2f} | {c:.2f} | {a / c:.2f}x |" for p, (a, b, c) in
+              enumerate(zip(totals["peft"], totals["fused, q/k in the compute dtype"], totals["fused"]))]  # fmt: skip
     finish(result, lines, args.out, "fused_lora")
     return 0
 

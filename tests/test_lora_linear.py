@@ -78,14 +78,14 @@ def test_the_backward_by_hand():
     b = torch.randn(3, 2, generator=g, dtype=torch.float64)
     x.requires_grad_(), a.requires_grad_(), b.requires_grad_()
     dy = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    y = _LoraLinearFunction.apply(x, w, bias, a, b, 0.5, torch.float64)
+    y = _LoraLinearFunction.apply(x, w, bias, a, b, 0.5, torch.float64, torch.float64)
     torch.testing.assert_close(y, x @ w.T + 0.5 * (x @ a.T) @ b.T)
     y.backward(dy)
     torch.testing.assert_close(x.grad, dy @ w + 0.5 * (dy @ b) @ a)
     torch.testing.assert_close(a.grad, 0.5 * (dy @ b).T @ x)
     torch.testing.assert_close(b.grad, 0.5 * dy.T @ (x @ a.T))
     assert torch.autograd.gradcheck(
-        lambda x, a, b: _LoraLinearFunction.apply(x, w, bias, a, b, 0.5, torch.float64),
+        lambda x, a, b: _LoraLinearFunction.apply(x, w, bias, a, b, 0.5, torch.float64, torch.float64),
         (x.detach().requires_grad_(), a.detach().requires_grad_(), b.detach().requires_grad_()))
 
 
@@ -169,3 +169,44 @@ def test_layers_reading_the_same_input_share_one_cast_until_it_changes_or_is_fre
     assert lora_linear._LAST_CAST[0] is not None
     del x, first, second, third, saved
     assert lora_linear._LAST_CAST[0] is None  # the input freed: its cast is not held
+
+
+def test_the_reference_forward_under_autocast_is_the_base_layer_s_bits():
+    plain, fused = _peft_pair(bias=True)
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(6))
+    with plain.disable_adapter(), fused.disable_adapter(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fused(x), plain(x))
+
+
+def test_rope_fed_projections_return_float32_on_a_cpu_with_the_same_log_probs(tiny_model_dir):
+    batch = {"input_ids": torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1)),
+             "attention_mask": torch.ones(2, 9, dtype=torch.long),
+             "loss_mask": torch.tensor([[0] * 4 + [1] * 5] * 2)}
+    torch.manual_seed(0)
+    model = load_model(str(tiny_model_dir), adapter="lora")
+    perturb_lora(model)
+    use_fused_lora_linears(model)
+    assert model.get_base_model().config.model_type == "llama"
+    flagged = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if getattr(m, "float32_output", False)}
+    assert flagged == {"q_proj", "k_proj"}
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert q_proj(torch.randn(2, q_proj.in_features)).dtype == torch.float32
+    projections = [m for n, m in model.named_modules() if getattr(m, "float32_output", False)]
+    results = []
+    for float32_output in (False, True):
+        for m in projections:
+            m.float32_output = float32_output
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps, _ = logprobs.forward_token_logps(model, batch)  # (N, K)
+            with model.disable_adapter():
+                reference, _ = logprobs.forward_token_logps(model, batch)
+        logps.sum().backward()
+        results.append((logps.detach(), reference, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                    if p.requires_grad}))
+    (logps0, ref0, g0), (logps1, ref1, g1) = results
+    assert torch.equal(logps1, logps0) and torch.equal(ref1, ref0)  # bf16 -> float32 is exact: the same products
+    for name in g0:  # the query/key gradients are summed in float32 instead of bf16: rounding apart
+        assert (g1[name] - g0[name]).abs().max() <= 0.02 * g0[name].abs().max()
+

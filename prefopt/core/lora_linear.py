@@ -13,7 +13,8 @@ into the frozen layer's output), and the backward is four matmuls and an ``addmm
 
 The values are peft's (float32: to float rounding; under bf16 autocast the update is rounded once instead of
 after each of its three operations). ``use_fused_lora_linears`` switches a model's plain LoRA Linears to this
-forward; every case it does not cover (dropout, DoRA and other variants, several or disabled adapters, merged
+forward, and run the reference forward (adapters disabled) as the frozen layer alone on the shared cast; every
+case it does not cover (dropout, DoRA and other variants, several or disabled adapters, merged
 weights, a trained base weight or bias) runs peft's own forward, decided at each call.
 """
 
@@ -48,7 +49,7 @@ def _forget(ref: weakref.ref) -> None:
 
 class _LoraLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype, out_dtype: torch.dtype):
         # x: (..., in); weight: (out, in) frozen; bias: (out,) frozen or None; lora_a: (r, in); lora_b: (out, r)
         with torch.autocast(x.device.type, enabled=False):
             xc = _cast_once(x, dtype).reshape(-1, x.shape[-1])  # (T, in)
@@ -62,7 +63,7 @@ class _LoraLinearFunction(torch.autograd.Function):
         ctx.scaling = scaling
         ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
         ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return y.view(*x.shape[:-1], y.shape[-1]).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y: (..., out)
@@ -78,7 +79,7 @@ class _LoraLinearFunction(torch.autograd.Function):
             grad_a = (g_b.T @ xc).to(ctx.a_dtype)  # (r, in)
         if ctx.needs_input_grad[4]:
             grad_b = (dy.T @ xa).to(ctx.b_dtype).mul_(ctx.scaling)  # (out, r)
-        return grad_x, None, None, grad_a, grad_b, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 class FusedLoraLinear(PeftLoraLinear):
@@ -101,23 +102,47 @@ class FusedLoraLinear(PeftLoraLinear):
             return None
         return name
 
+    # Set on the q and k projections of models whose query and key go from them straight into RoPE, whose cos and
+    # sin are float32: on a CPU such a layer returns its output in float32, so that RoPE multiplies float32 by
+    # float32 instead of a bf16 tensor by a float32 one (the same products, as bf16 -> float32 is exact: but the
+    # mixed-dtype kernel is several times slower on a CPU).
+    float32_output = False
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        name = None if (args or kwargs) else self._fused_adapter()
-        if name is None:
+        if args or kwargs:
             return super().forward(x, *args, **kwargs)
+        name = self._fused_adapter()
         base = self.get_base_layer()
+        frozen_base = type(base) is torch.nn.Linear and not base.weight.requires_grad and (
+            base.bias is None or not base.bias.requires_grad)
+        plain_base = self.disable_adapters and not self.merged and frozen_base  # the reference forward
+        if name is None and not plain_base:
+            return super().forward(x, *args, **kwargs)
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
+        out_dtype = torch.float32 if self.float32_output and device == "cpu" else dtype
+        if name is None:  # the base layer alone, as autocast would run it (the same cast of x, the same product)
+            with torch.autocast(device, enabled=False):
+                bias = None if base.bias is None else base.bias.to(dtype)
+                return torch.nn.functional.linear(_cast_once(x, dtype), base.weight.to(dtype), bias).to(out_dtype)
         return _LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
-                                         self.lora_B[name].weight, float(self.scaling[name]), dtype)
+                                         self.lora_B[name].weight, float(self.scaling[name]), dtype, out_dtype)
+
+
+# Architectures whose attention applies RoPE directly to q_proj's and k_proj's outputs (no norm between).
+ROPE_ON_PROJECTIONS = frozenset({"llama", "mistral", "qwen2"})
 
 
 def use_fused_lora_linears(model) -> int:
     """Switch the model's plain LoRA Linears (peft's ``lora.Linear`` itself, not its quantized or other
-    subclasses) to FusedLoraLinear; returns how many."""
+    subclasses) to FusedLoraLinear; returns how many. The q and k projections of ROPE_ON_PROJECTIONS models
+    return float32 on a CPU (see FusedLoraLinear.float32_output)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rope_direct = getattr(getattr(base, "config", None), "model_type", None) in ROPE_ON_PROJECTIONS
     switched = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if type(module) is PeftLoraLinear:
             module.__class__ = FusedLoraLinear
+            module.float32_output = rope_direct and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj")
             switched += 1
     return switched
