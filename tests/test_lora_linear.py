@@ -210,3 +210,15 @@ def test_rope_fed_projections_return_float32_on_a_cpu_with_the_same_log_probs(ti
     for name in g0:  # the query/key gradients are summed in float32 instead of bf16: rounding apart
         assert (g1[name] - g0[name]).abs().max() <= 0.02 * g0[name].abs().max()
 
+
+
+def test_a_gradient_through_the_disabled_adapters_reaches_the_input():
+    plain, fused = _peft_pair()
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(7))
+    grads = []
+    for model in (plain, fused):
+        xi = x.clone().requires_grad_()
+        with model.disable_adapter(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(xi).float().sum().backward()
+        grads.append(xi.grad)
+    assert grads[1] is not None and torch.equal(grads[1], grads[0])

@@ -46,9 +46,11 @@ def _sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scali
     """transformers' sdpa_attention_forward, except that on a CPU a grouped-query model's training forward (as many
     keys as queries, a mask or none, nothing else) passes the key and value heads to SDPA as they are
     (``enable_gqa``) instead of repeating them into a copy per query head: transformers repeats them whenever a
-    mask is given, for the CUDA kernels' sake, but PyTorch's CPU flash kernel takes grouped heads with a mask
-    (the same values; forward + backward with a causal mask, 9 query heads on 3: 8 x 217 keys float32 32.5 ->
-    25.6 ms, bf16 46.9 -> 42.7; 32 on 8, 2 x 308 bf16 56.5 -> 50.1)."""
+    mask is given, for the CUDA kernels' sake, but PyTorch's CPU flash kernel takes grouped heads with a mask:
+    the same values, no copy, and key/value tensors saved for the backward a third (9 query heads on 3) or a
+    quarter (32 on 8) of the size. The call alone, forward + backward (results/speed/cpu_attention_gqa/): float32
+    as fast or faster (21.0 -> 20.7 ms at 8 x 217 keys, 20.7 -> 14.5 at 16 x 120), bf16 faster at 2 x 308 (37.3
+    -> 32.9) but slower at 16 x 120 (40.7 -> 52.0), a length at which a bf16 run attends in float32 anyway."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)

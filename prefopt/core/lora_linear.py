@@ -122,9 +122,11 @@ class FusedLoraLinear(PeftLoraLinear):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
         out_dtype = torch.float32 if self.float32_output and device == "cpu" else dtype
         if name is None:  # the base layer alone, as autocast would run it (the same cast of x, the same product)
+            tracked = torch.is_grad_enabled() and x.requires_grad  # the cast must then be in the graph: not shared
             with torch.autocast(device, enabled=False):
+                xc = x.to(dtype) if tracked else _cast_once(x, dtype)
                 bias = None if base.bias is None else base.bias.to(dtype)
-                return torch.nn.functional.linear(_cast_once(x, dtype), base.weight.to(dtype), bias).to(out_dtype)
+                return torch.nn.functional.linear(xc, base.weight.to(dtype), bias).to(out_dtype)
         return _LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
                                          self.lora_B[name].weight, float(self.scaling[name]), dtype, out_dtype)
 
