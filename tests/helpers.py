@@ -192,3 +192,32 @@ def lora_with_random_b(model):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
     return model
+
+
+def tiny_pair_batch() -> dict:
+    """Two rows of 9 tokens, the last 5 scored: a batch for forward_token_logps on the tiny model."""
+    import torch
+
+    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros_like(ids)
+    mask[:, 4:] = 1
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": mask}
+
+
+def lora_logps_and_grads(model_dir, prepare=None, autocast: bool = False):
+    """(log-probs (N, K), {name: gradient} of the LoRA parameters) of the tiny model with LoRA (B non-zero) on
+    tiny_pair_batch, after prepare(model) if given, under bf16 autocast if asked."""
+    import torch
+
+    from prefopt.core import logprobs
+    from prefopt.core.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(str(model_dir), adapter="lora")
+    perturb_lora(model)
+    if prepare is not None:
+        prepare(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logps, _ = logprobs.forward_token_logps(model, tiny_pair_batch())  # (N, K)
+    logps.sum().backward()
+    return logps.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}

@@ -2,19 +2,12 @@
 
 import pytest
 import torch
-from helpers import perturb_lora
+from helpers import lora_logps_and_grads, perturb_lora
 
-from prefopt.core import logprobs, registry
+from prefopt.core import registry
 from prefopt.core.models import hold_frozen_lora_bases_in, load_model, merged_copy
 from prefopt.training.config import RunConfig
 from prefopt.training.policy import load_policy
-
-
-def _batch():
-    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.zeros_like(ids)
-    mask[:, 4:] = 1
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": mask}
 
 
 def _dtypes(model) -> dict[str, torch.dtype]:
@@ -33,18 +26,8 @@ def test_only_the_frozen_bases_of_adapted_layers_are_converted(tiny_model_dir):
 
 
 def test_under_autocast_the_log_probs_and_lora_gradients_are_the_same_bits(tiny_model_dir):
-    results = []
-    for hold in (False, True):
-        torch.manual_seed(0)
-        model = load_model(str(tiny_model_dir), adapter="lora")
-        perturb_lora(model)
-        if hold:
-            hold_frozen_lora_bases_in(model, torch.bfloat16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logps, _ = logprobs.forward_token_logps(model, _batch())  # (N, K)
-        logps.sum().backward()
-        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-        results.append((logps.detach(), grads))
+    results = [lora_logps_and_grads(tiny_model_dir, prepare, autocast=True)
+               for prepare in (None, lambda model: hold_frozen_lora_bases_in(model, torch.bfloat16))]
     (plain, plain_grads), (held, held_grads) = results
     assert torch.equal(plain, held)
     assert plain_grads.keys() == held_grads.keys() and len(plain_grads) > 0

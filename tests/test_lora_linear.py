@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import perturb_lora
+from helpers import lora_logps_and_grads, perturb_lora, tiny_pair_batch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as PeftLoraLinear
 
@@ -122,19 +122,7 @@ def test_only_plain_lora_linears_switch_and_saving_and_merging_are_peft_s(tiny_m
 
 
 def test_a_model_s_log_probs_and_lora_gradients_are_unchanged(tiny_model_dir):
-    batch = {"input_ids": torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1)),
-             "attention_mask": torch.ones(2, 9, dtype=torch.long),
-             "loss_mask": torch.tensor([[0] * 4 + [1] * 5] * 2)}
-    results = []
-    for fuse in (False, True):
-        torch.manual_seed(0)
-        model = load_model(str(tiny_model_dir), adapter="lora")
-        perturb_lora(model)
-        if fuse:
-            use_fused_lora_linears(model)
-        logps, _ = logprobs.forward_token_logps(model, batch)  # (N, K)
-        logps.sum().backward()
-        results.append((logps.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    results = [lora_logps_and_grads(tiny_model_dir, prepare) for prepare in (None, use_fused_lora_linears)]
     (logps0, g0), (logps1, g1) = results
     torch.testing.assert_close(logps1, logps0, rtol=1e-5, atol=1e-5)
     assert g0.keys() == g1.keys() and len(g0) > 0
@@ -179,9 +167,7 @@ def test_the_reference_forward_under_autocast_is_the_base_layer_s_bits():
 
 
 def test_rope_fed_projections_return_float32_on_a_cpu_with_the_same_log_probs(tiny_model_dir):
-    batch = {"input_ids": torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(1)),
-             "attention_mask": torch.ones(2, 9, dtype=torch.long),
-             "loss_mask": torch.tensor([[0] * 4 + [1] * 5] * 2)}
+    batch = tiny_pair_batch()
     torch.manual_seed(0)
     model = load_model(str(tiny_model_dir), adapter="lora")
     perturb_lora(model)
