@@ -260,3 +260,50 @@ def test_fused_head_is_refused_where_logits_are_not_a_plain_projection(tiny_mode
     tiny_model.config.model_type = "llama"
     tiny_model.lm_head = torch.nn.Linear(64, tiny_model.config.vocab_size, bias=True)
     assert logprobs.fused_head(tiny_model) is None
+
+
+
+def _head_grads(hidden, weight, labels, fused: bool = True):
+    """(output, hidden's gradient) of sum_i i * logp_i, through linear_log_softmax (the softmax kept) or plain
+    autograd."""
+    hidden = hidden.detach().clone().requires_grad_()
+    if fused:
+        out = logprobs.linear_log_softmax(hidden, weight, labels)  # (R,)
+    else:
+        out = torch.log_softmax(hidden @ weight.T, -1).gather(-1, labels[:, None]).squeeze(-1)  # (R,)
+    (out * torch.arange(1.0, len(labels) + 1)).sum().backward()
+    return out, hidden.grad
+
+
+def test_a_kept_softmax_buffer_is_reused_once_its_node_is_freed():
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(6, 5, generator=g), torch.randn(11, 5, generator=g)
+    labels = torch.randint(0, 11, (6,), generator=g)
+    logprobs._SPARE_SOFTMAX[0] = None
+    out, _ = _head_grads(hidden, weight, labels)
+    assert logprobs._SPARE_SOFTMAX[0] is None  # its autograd node is alive (out.grad_fn)
+    del out
+    spare = logprobs._SPARE_SOFTMAX[0]
+    assert spare is not None and spare.numel() == 6 * 11
+    out, grad = _head_grads(hidden[:4], weight, labels[:4])  # fewer rows: served by the spare buffer
+    assert logprobs._SPARE_SOFTMAX[0] is None
+    assert_close(grad, _head_grads(hidden[:4], weight, labels[:4], fused=False)[1])
+    del out
+    assert logprobs._SPARE_SOFTMAX[0].data_ptr() == spare.data_ptr()  # back, whole
+
+
+def test_a_graph_kept_for_a_second_backward_keeps_its_softmax_to_itself():
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(6, 5, generator=g), torch.randn(11, 5, generator=g)
+    labels = torch.randint(0, 11, (6,), generator=g)
+    logprobs._SPARE_SOFTMAX[0] = None
+    leaf = hidden.clone().requires_grad_()
+    held = logprobs.linear_log_softmax(leaf, weight, labels)  # (R,)
+    held.sum().backward(retain_graph=True)
+    first = leaf.grad.clone()
+    _head_grads(-hidden, weight, labels)  # another forward and backward in between, on other values
+    assert logprobs._SPARE_SOFTMAX[0] is not None  # that one's buffer, not held's
+    _head_grads(2 * hidden, weight, labels)  # ... which this one fills
+    leaf.grad = None
+    held.sum().backward()  # held's kept softmax is intact
+    assert_close(leaf.grad, first)
