@@ -25,9 +25,9 @@ from prefopt.core.models import pick_device, resolve_precision
 from prefopt.io import provenance
 
 
-def switch_to(model, cls, float32_qk: bool = True) -> None:
-    """Every LoRA Linear of the model (fused or peft's) made an instance of cls; with float32_qk False the q and k
-    projections return the compute dtype (for the fused class)."""
+def switch_to(model, fused: bool, float32_qk: bool = True) -> None:
+    """Every LoRA Linear of the model (fused or peft's) made peft's, then with fused prefopt's fused one, its q and
+    k projections returning the compute dtype when float32_qk is False."""
     from peft.tuners.lora import Linear as PeftLoraLinear
 
     from prefopt.core.lora_linear import FusedLoraLinear, use_fused_lora_linears
@@ -35,7 +35,7 @@ def switch_to(model, cls, float32_qk: bool = True) -> None:
     for module in model.modules():
         if type(module) in (PeftLoraLinear, FusedLoraLinear):
             module.__class__ = PeftLoraLinear
-    if cls is FusedLoraLinear:
+    if fused:
         use_fused_lora_linears(model)
         if not float32_qk:
             for module in model.modules():
@@ -59,13 +59,10 @@ def main(argv=None) -> int:
     batches = batch_order(pairs, setup, args.batches)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-        from peft.tuners.lora import Linear as PeftLoraLinear  # imported by the LoRA model's loading, quietly
-
-        from prefopt.core.lora_linear import FusedLoraLinear
-
-        settings = {"peft": lambda: switch_to(trainer.model, PeftLoraLinear),
-                    "fused, q/k in the compute dtype": lambda: switch_to(trainer.model, FusedLoraLinear, False),
-                    "fused": lambda: switch_to(trainer.model, FusedLoraLinear)}
+        # switch_to imports peft after the model's loading has (quietly)
+        settings = {"peft": lambda: switch_to(trainer.model, fused=False),
+                    "fused, q/k in the compute dtype": lambda: switch_to(trainer.model, fused=True, float32_qk=False),
+                    "fused": lambda: switch_to(trainer.model, fused=True)}
         seconds = time_settings(trainer, batches, settings, args.passes)
 
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}

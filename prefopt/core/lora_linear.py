@@ -13,9 +13,9 @@ into the frozen layer's output), and the backward is four matmuls and an ``addmm
 
 The values are peft's (float32: to float rounding; under bf16 autocast the update is rounded once instead of
 after each of its three operations). ``use_fused_lora_linears`` switches a model's plain LoRA Linears to this
-forward, and run the reference forward (adapters disabled) as the frozen layer alone on the shared cast; every
-case it does not cover (dropout, DoRA and other variants, several or disabled adapters, merged
-weights, a trained base weight or bias) runs peft's own forward, decided at each call.
+forward, which also runs the reference forward (adapters disabled) as the frozen layer alone on the shared cast;
+every case it does not cover (dropout, DoRA and other variants, several adapters, merged weights, a trained base
+weight or bias) runs peft's own forward, decided at each call.
 """
 
 from __future__ import annotations
@@ -93,14 +93,15 @@ class FusedLoraLinear(PeftLoraLinear):
         name = self.active_adapters[0]
         if name not in self.lora_A or name in self.lora_variant or name in getattr(self, "lora_magnitude_vector", {}):
             return None
-        if not isinstance(self.lora_dropout[name], torch.nn.Identity):
-            return None
-        base = self.get_base_layer()
-        if type(base) is not torch.nn.Linear or base.weight.requires_grad:
-            return None
-        if base.bias is not None and base.bias.requires_grad:
+        if not isinstance(self.lora_dropout[name], torch.nn.Identity) or not self._frozen_linear_base():
             return None
         return name
+
+    def _frozen_linear_base(self) -> bool:
+        """Whether the base layer is a plain Linear whose weight and bias are frozen."""
+        base = self.get_base_layer()
+        return type(base) is torch.nn.Linear and not base.weight.requires_grad and (
+            base.bias is None or not base.bias.requires_grad)
 
     # Set on the q and k projections of models whose query and key go from them straight into RoPE, whose cos and
     # sin are float32: on a CPU such a layer returns its output in float32, so that RoPE multiplies float32 by
@@ -112,12 +113,10 @@ class FusedLoraLinear(PeftLoraLinear):
         if args or kwargs:
             return super().forward(x, *args, **kwargs)
         name = self._fused_adapter()
-        base = self.get_base_layer()
-        frozen_base = type(base) is torch.nn.Linear and not base.weight.requires_grad and (
-            base.bias is None or not base.bias.requires_grad)
-        plain_base = self.disable_adapters and not self.merged and frozen_base  # the reference forward
+        plain_base = self.disable_adapters and not self.merged and self._frozen_linear_base()  # the reference
         if name is None and not plain_base:
             return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
         out_dtype = torch.float32 if self.float32_output and device == "cpu" else dtype

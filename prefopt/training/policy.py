@@ -28,11 +28,11 @@ def load_policy(run: RunConfig, algorithm: Algorithm, device, precision, sharded
     lora = LoraSettings(run.lora_r, run.lora_alpha, run.lora_dropout, run.lora_target_modules)
     torch.manual_seed(run.seed)  # LoRA and head initialisation
     model = load_model(run.model, adapter=run.adapter, lora=lora, device=device, precision=precision)
-    if run.adapter == "lora" and precision == "bf16" and not sharded:
-        hold_frozen_lora_bases_in(model, torch.bfloat16)
     if run.adapter == "lora" and not sharded:
         from prefopt.core.lora_linear import use_fused_lora_linears  # imports peft: only for LoRA runs
 
+        if precision == "bf16":
+            hold_frozen_lora_bases_in(model, torch.bfloat16)
         use_fused_lora_linears(model)
     if run.gradient_checkpointing:
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
