@@ -29,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def write_pairs(path: Path, batch: int, length: int, rows: int, seed: int) -> tuple[str, float]:
+def write_pairs(path: Path, model: str, batch: int, length: int, rows: int, seed: int) -> tuple[str, float]:
     """The speed_vs_trl `--lengths spread` pairs, decoded to text; returns the model folder and mean tokens/pair."""
     sys.path.insert(0, str(HERE))
     from speed_vs_trl import Setup, load_pairs
 
     from prefopt.core.models import resolve_model
 
-    setup = Setup(batch_size=batch, max_length=length, max_prompt_length=length // 2, lengths="spread",
+    setup = Setup(model=model, batch_size=batch, max_length=length, max_prompt_length=length // 2, lengths="spread",
                   rows=rows, seed=seed)  # fmt: skip
     tokenizer, pairs, _ = load_pairs(setup)
     with path.open("w") as f:
@@ -58,9 +58,10 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
-def run_prefopt(data: Path, out: Path, args) -> dict:
+def run_prefopt(model: str, data: Path, out: Path, args) -> dict:
     cmd = [
-        sys.executable, "-m", "prefopt", "run", "--algo", "dpo", "--data", str(data), "--output-dir", str(out),
+        sys.executable, "-m", "prefopt", "run", "--algo", "dpo", "--model", model, "--data", str(data),
+        "--output-dir", str(out),
         f"steps={args.steps}", f"batch_size={args.batch_size}", f"max_length={args.max_length}",
         f"max_prompt_length={args.max_length // 2}", f"precision={args.precision}", "eval_size=0", "progress=false",
         "warmup_ratio=0", "schedule=constant", f"lr={args.lr}", "lora_r=16", "lora_alpha=32", "lora_dropout=0",
@@ -90,6 +91,11 @@ def run_trl(model: str, data: Path, out: Path, args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="model both trainers load (a local folder, e.g. from random_init_model.py)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
@@ -105,11 +111,11 @@ def main(argv=None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
-        model, tokens = write_pairs(data, args.batch_size, args.max_length, args.rows, seed=0)
+        model, tokens = write_pairs(data, args.model, args.batch_size, args.max_length, args.rows, seed=0)
         for rep in range(args.reps):
             for name in ("prefopt", "trl") if rep % 2 == 0 else ("trl", "prefopt"):
                 out = Path(tmp) / f"{name}{rep}"
-                run = run_prefopt(data, out, args) if name == "prefopt" else run_trl(model, data, out, args)
+                run = run_prefopt(model, data, out, args) if name == "prefopt" else run_trl(model, data, out, args)
                 if not any(out.rglob("adapter_model.safetensors")):
                     raise SystemExit(f"{name} saved no adapter under {out}")
                 runs.append({"rep": rep, **run})
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
     atomic_write_json(out / "whole_process.json", record)
     lines = [
         (f"# Whole processes: prefopt run vs a plain trl script (batch {args.batch_size}, max length "
-        f"{args.max_length}, {args.steps} steps, {args.precision})"), "",
+        f"{args.max_length}, {args.steps} steps, {args.precision}, model {args.model})"), "",
         (f"`{command}`; {args.reps} repetitions, alternating which runs first; pairs of {tokens:.0f} tokens on "
         "average (chosen + rejected rows). Wall = launch to saved adapter; training = the steps alone."), "",
         "| | wall s (median) | training s (median) | peak RSS MB (max) |", "| --- | ---: | ---: | ---: |",
