@@ -5,7 +5,9 @@ the training steps and saving the LoRA adapter, each trainer in its own process 
 read by `os.wait4`). Both read the same JSONL of plain-string pairs (`--lengths spread` pairs of
 `speed_vs_trl.py`, decoded to text; plain strings get no chat template in either), with the same LoRA, optimizer,
 lr, clipping, beta, batch size, max length and steps; each trainer keeps its own defaults otherwise (prefopt's
-length-bucketed order and reference without the adapter; trl's random order, reference without the adapter).
+length-bucketed order and reference without the adapter, gradient checkpointing off; trl's random order,
+reference without the adapter, gradient checkpointing on, which DPOConfig defaults to: `--trl-checkpointing off`
+turns it off, to compare the two at the same setting).
 The runs alternate which goes first, `--reps` times. Their batches differ in order, so per-step losses are not
 compared here: `speed_grid.py` checks the two losses agree to 1e-4 on identical batches at each grid point.
 
@@ -82,6 +84,7 @@ def run_trl(model: str, data: Path, out: Path, args) -> dict:
         sys.executable, str(HERE / "trl_dpo_plain.py"), "--model", model, "--data", str(data), "--out", str(out),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
         "--lr", str(args.lr), *(["--bf16"] if args.precision == "bf16" else []),
+        *(["--no-gradient-checkpointing"] if args.trl_checkpointing == "off" else []),
     ]  # fmt: skip
     seconds, rss = timed(cmd)
     speed = json.loads((out / "speed.json").read_text())
@@ -103,6 +106,12 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--trl-checkpointing",
+        choices=("default", "off"),
+        default="default",
+        help="trl's gradient checkpointing: its default (on) or off, as prefopt's default",
+    )
     parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "cpu_whole_process"))
     args = parser.parse_args(argv)
 
@@ -140,6 +149,8 @@ def main(argv=None) -> int:
     lines = [
         (f"# Whole processes: prefopt run vs a plain trl script (batch {args.batch_size}, max length "
         f"{args.max_length}, {args.steps} steps, {args.precision}, model {args.model})"), "",
+        "Gradient checkpointing: prefopt off (its default), trl "
+        + ("off." if args.trl_checkpointing == "off" else "on (its default)."), "",
         (f"`{command}`; {args.reps} repetitions, alternating which runs first; pairs of {tokens:.0f} tokens on "
         "average (chosen + rejected rows). Wall = launch to saved adapter; training = the steps alone."), "",
         "| | wall s (median) | training s (median) | peak RSS MB (max) |", "| --- | ---: | ---: | ---: |",

@@ -1,6 +1,8 @@
 """A plain trl DPO script, as a user writes one: JSONL pairs in, LoRA adapter out. The trl side of
 `speed_whole_process.py`; the settings mirror the prefopt command there (LoRA r=16 alpha=32 on every linear layer,
 AdamW at a constant lr, clipping 1.0, beta 0.1, sigmoid loss, no evaluation, no checkpoints, fp32 or bf16).
+Everything else is trl's default, including gradient checkpointing, which DPOConfig turns on
+(`--no-gradient-checkpointing` turns it off).
 
     python benchmarks/trl_dpo_plain.py --data pairs.jsonl --out /tmp/trl_run --steps 10 --batch-size 4 --max-length 256
 """
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, required=True)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true", help="off, instead of trl's default on")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -41,6 +44,7 @@ def main() -> None:
         weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", beta=0.1, loss_type=["sigmoid"], bf16=args.bf16,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, seed=0,
         use_cpu=not torch.cuda.is_available(),
+        **({"gradient_checkpointing": False} if args.no_gradient_checkpointing else {}),
     )  # fmt: skip
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
