@@ -349,13 +349,16 @@ def hold_frozen_lora_bases_in(model, dtype: torch.dtype) -> int:
     the weights the run's products used."""
     from peft.tuners.lora import LoraLayer
 
+    from prefopt.core.checkpoint_memory import checkpoint_mappings, replace_data
+
+    mappings = checkpoint_mappings()  # a float32 weight read from the file's map leaves no pages behind
     converted = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
         base = module.get_base_layer()
         if type(base) is torch.nn.Linear and not base.weight.requires_grad and base.weight.dtype != dtype:
-            base.weight.data = base.weight.data.to(dtype)
+            replace_data(base.weight, base.weight.data.to(dtype), mappings)
             converted += 1
     return converted
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from prefopt.core.algorithm import Algorithm
+from prefopt.core.checkpoint_memory import move_off_checkpoint_files
 from prefopt.core.heads import attach_scalar_head
 from prefopt.core.models import LoraSettings, hold_frozen_lora_bases_in, load_model
 from prefopt.training.config import RunConfig
@@ -34,6 +35,7 @@ def load_policy(run: RunConfig, algorithm: Algorithm, device, precision, sharded
         if precision == "bf16":
             hold_frozen_lora_bases_in(model, torch.bfloat16)
         use_fused_lora_linears(model)
+    move_off_checkpoint_files(model)  # no weight left in the file's map: its pages would stay resident beside them
     if run.gradient_checkpointing:
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         kwargs = {"use_reentrant": False}
