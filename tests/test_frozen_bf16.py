@@ -5,7 +5,7 @@ import torch
 from helpers import lora_logps_and_grads, perturb_lora
 
 from prefopt.core import registry
-from prefopt.core.models import hold_frozen_lora_bases_in, load_model, merged_copy
+from prefopt.core.models import LoraSettings, hold_frozen_lora_bases_in, load_model, merged_copy
 from prefopt.training.config import RunConfig
 from prefopt.training.policy import load_policy
 
@@ -57,3 +57,11 @@ def test_a_merged_model_is_the_held_bases_in_float32_plus_the_update(tiny_model_
     weight = merged.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(weight, lora.base_layer.weight.float() + update)
     assert (weight - expected).abs().max() <= expected.abs().max() * 2**-8  # bf16 rounding of the base only
+
+
+def test_an_adapted_output_layer_tied_to_the_embedding_stays_float32(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), adapter="lora", lora=LoraSettings(target_modules="q_proj,lm_head"))
+    embedding = model.get_input_embeddings().weight
+    assert model.base_model.model.lm_head.get_base_layer().weight is embedding  # the tiny model ties them
+    assert hold_frozen_lora_bases_in(model, torch.bfloat16) == 2  # the two layers' q_proj
+    assert embedding.dtype == torch.float32

@@ -71,7 +71,9 @@ def _drop_pages(start: int, nbytes: int) -> None:
 
 def replace_data(tensor: torch.Tensor, new: torch.Tensor, mappings: list[tuple[int, int]]) -> None:
     """``tensor.data = new``; if the old data lay in one of ``mappings``, its pages are dropped first (while this
-    view still keeps the map alive, so the range cannot belong to anything else yet)."""
+    view still keeps the map alive, so the range cannot belong to anything else yet). ``new`` is made before the
+    call, so it holds the current values even of a page written since loading (an adapter merged in place); a
+    dropped page read again is the file's, which matters only to a tensor sharing these bytes."""
     old = tensor.data
     if old.numel() and _in_map(old, mappings):
         start, end = _span(old)

@@ -345,20 +345,24 @@ def hold_frozen_lora_bases_in(model, dtype: torch.dtype) -> int:
     For a bf16 run: autocast casts every float32 weight to bf16 for each matmul, the same values each time, so
     holding the frozen ones in bf16 gives the same products without a cast of every frozen weight in every
     forward (the policy's and the reference's), and halves their memory. The LoRA matrices, norms, embeddings
-    and output layer stay as they are. A merged model is these bf16 bases in float32 plus the adapter's update:
-    the weights the run's products used."""
+    and output layer stay as they are (an adapted output layer too when it shares its weight with the
+    embedding). A merged model is these bf16 bases in float32 plus the adapter's update: the weights the run's
+    products used."""
     from peft.tuners.lora import LoraLayer
 
     from prefopt.core.checkpoint_memory import checkpoint_mappings, replace_data
 
     mappings = checkpoint_mappings()  # a float32 weight read from the file's map leaves no pages behind
+    embedding = model.get_input_embeddings().weight  # an adapted output layer tied to it: the lookup stays float32
     converted = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
         base = module.get_base_layer()
-        if type(base) is torch.nn.Linear and not base.weight.requires_grad and base.weight.dtype != dtype:
-            replace_data(base.weight, base.weight.data.to(dtype), mappings)
+        weight = base.weight
+        frozen = type(base) is torch.nn.Linear and not weight.requires_grad and weight is not embedding
+        if frozen and weight.dtype != dtype:
+            replace_data(weight, weight.data.to(dtype), mappings)
             converted += 1
     return converted
 
