@@ -45,8 +45,12 @@ def test_only_private_maps_of_checkpoint_files_count():
         "7f0000040000-7f0000050000 r-xp 00000000 fe:00 13 /usr/lib/libc.so.6\n"
         "7f0000060000-7f0000070000 rw-p 00000000 00:00 0\n"
         "7f0000080000-7f0000090000 r--p 00001000 fe:00 14 /data/my model/shard-00001.safetensors\n"
+        "7f00000a0000-7f00000b0000 rw-p 00000000 fe:00 15 /models/c/pytorch_model.bin\n"
+        "7f00000c0000-7f00000d0000 r--p 00000000 fe:00 16 /usr/share/locale/locale-archive\n"
     )
-    assert checkpoint_mappings(maps) == [(0x7F0000000000, 0x7F0000010000), (0x7F0000080000, 0x7F0000090000)]
+    assert checkpoint_mappings(maps) == [
+        (0x7F0000000000, 0x7F0000010000), (0x7F0000080000, 0x7F0000090000), (0x7F00000A0000, 0x7F00000B0000)
+    ]
 
 
 @pytest.fixture
@@ -135,3 +139,17 @@ def test_bf16_bases_converted_from_the_map_drop_its_pages(tiny_model_dir, monkey
     bases = [p for n, p in model.named_parameters() if n.endswith("base_layer.weight")]
     assert converted == len(bases) == len(dropped) > 0
     assert sorted(dropped) == sorted(p.nelement() * 4 for p in bases)  # the float32 bytes each one left
+
+
+@linux
+def test_a_pytorch_bin_checkpoint_is_moved_off_too(tmp_path, tiny_model_dir):
+    """transformers reads a .bin checkpoint with torch.load(mmap=True): a private map of the file as well."""
+    source = load_model(str(tiny_model_dir), adapter="full")
+    source.config.save_pretrained(tmp_path)
+    torch.save({n: p.detach().clone() for n, p in source.named_parameters()}, tmp_path / "pytorch_model.bin")
+    model = load_model(str(tmp_path), adapter="full")
+    assert _mapped_names(model), "the .bin file's weights are views of its map"
+    assert move_off_checkpoint_files(model) > 0
+    assert _mapped_names(model) == []
+    for (name, p), q in zip(model.named_parameters(), source.parameters(), strict=True):
+        assert torch.equal(p, q), name

@@ -1,10 +1,11 @@
 """Weights off the checkpoint file's memory map.
 
-transformers loads a safetensors file whose dtype is the one asked for as views of a private memory map of the
-file: nothing is read until used, but each page read stays in the process's resident memory for as long as any
-weight points into the map, on top of whatever the run makes of those weights (bf16 copies of frozen bases, a full
-fine-tune's updated copies). On the Llama-3.2-1B shape (a 4.9 GB float32 file) a bf16 LoRA run held 3.8 GB of file
-pages beside 2.2 GB of its own weights after converting its frozen bases, and trained at 8.5-9 GB resident.
+transformers loads a safetensors file whose dtype is the one asked for (and a .bin file, through
+``torch.load(mmap=True)``) as views of a private memory map of the file: nothing is read until used, but each page
+read stays in the process's resident memory for as long as any weight points into the map, on top of whatever the
+run makes of those weights (bf16 copies of frozen bases, a full fine-tune's updated copies). On the Llama-3.2-1B
+shape (a 4.9 GB float32 file) a bf16 LoRA run held 3.8 GB of file pages beside 2.2 GB of its own weights after
+converting its frozen bases, and trained at 8.5-9 GB resident.
 
 ``move_off_checkpoint_files`` copies each weight still in such a map into the process's own memory and, before
 letting go of the view, tells the kernel its pages are not needed (``madvise(MADV_DONTNEED)``; in a private file
@@ -22,7 +23,7 @@ import sys
 import torch
 
 _MADV_DONTNEED = 4  # Linux's value
-_CHECKPOINT_SUFFIXES = (".safetensors",)
+_CHECKPOINT_SUFFIXES = (".safetensors", ".bin")  # .bin: torch.load(mmap=True), as transformers reads one
 
 
 def checkpoint_mappings(maps_text: str | None = None) -> list[tuple[int, int]]:
