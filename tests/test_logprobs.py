@@ -262,7 +262,6 @@ def test_fused_head_is_refused_where_logits_are_not_a_plain_projection(tiny_mode
     assert logprobs.fused_head(tiny_model) is None
 
 
-
 def _head_grads(hidden, weight, labels, fused: bool = True):
     """(output, hidden's gradient) of sum_i i * logp_i, through linear_log_softmax (the softmax kept) or plain
     autograd."""

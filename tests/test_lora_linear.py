@@ -197,7 +197,6 @@ def test_rope_fed_projections_return_float32_on_a_cpu_with_the_same_log_probs(ti
         assert (g1[name] - g0[name]).abs().max() <= 0.02 * g0[name].abs().max()
 
 
-
 def test_a_gradient_through_the_disabled_adapters_reaches_the_input():
     plain, fused = _peft_pair()
     x = torch.randn(3, 12, generator=torch.Generator().manual_seed(7))
