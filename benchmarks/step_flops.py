@@ -1,0 +1,143 @@
+"""Floating-point work per DPO step, prefopt vs trl's DPOTrainer, and what it bounds.
+
+A step whose time is nearly all matrix products (fp32 on a CPU: benchmarks/dispatch_counts.py --top shows
+`aten::mm` taking most of it) can be no faster than its FLOPs allow. This script counts each trainer's FLOPs per
+step with `torch.utils.flop_counter.FlopCounterMode` (matrix products; attention on a CPU and elementwise
+work are not counted), on the setup of `benchmarks/speed_vs_trl.py` (same model, LoRA, batches, precision), and times this
+machine's matrix products at the model's own layer shapes. Then:
+
+- trl's FLOPs / prefopt's FLOPs is the most prefopt's steps/s can exceed trl's by when both run their matrix
+  products equally fast and spend nothing else;
+- each trainer's FLOPs / the machine's measured rate is the floor under its step time.
+
+    python benchmarks/step_flops.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \\
+        --max-length 128 --lengths spread --steps 2 --out results/speed/cpu_step_flops_fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from dispatch_counts import _StepDone
+from report import finish
+from speed_vs_trl import Setup, batch_order, build_prefopt, build_trl, load_pairs
+from torch.utils.flop_counter import FlopCounterMode
+
+from prefopt.io import provenance
+
+
+def step_flops(run, steps: int) -> dict:
+    """FLOPs per step of `run(step_done)`, which runs `steps` steps and calls `step_done()` after each; the
+    counts between the first step's end and the last's (so setup before the first step is left out: the
+    first step itself is a warm-up and not counted)."""
+    marks: list[dict[str, int]] = []
+    with FlopCounterMode(display=False) as counter:
+
+        def step_done() -> None:
+            by_op: dict[str, int] = defaultdict(int)
+            for op, flops in counter.get_flop_counts()["Global"].items():
+                by_op[str(op).split(".")[-1] if "." in str(op) else str(op)] += flops
+            marks.append(dict(by_op))
+
+        run(step_done)
+    if len(marks) != steps + 1:
+        raise RuntimeError(f"expected {steps + 1} step ends, saw {len(marks)}")
+    first, last = marks[0], marks[-1]
+    per_op = {op: (last.get(op, 0) - first.get(op, 0)) / steps for op in set(first) | set(last)}
+    per_op = {op: f for op, f in sorted(per_op.items(), key=lambda kv: -kv[1]) if f > 0}
+    return {"flops_per_step": sum(per_op.values()), "flops_per_step_by_op": per_op}
+
+
+def matmul_rate(config, rows: int, dtype: torch.dtype, reps: int = 5) -> dict:
+    """This machine's matrix-product rate (FLOP/s, median of `reps`) at the model's layer shapes, `rows` rows:
+    the attention and MLP projections and the output projection, forward."""
+    hidden = config.hidden_size
+    heads_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * heads_dim
+    shapes = {"q/o": (hidden, hidden), "k/v": (hidden, kv), "mlp up": (hidden, config.intermediate_size),
+              "mlp down": (config.intermediate_size, hidden), "output projection": (hidden, config.vocab_size)}
+    rates = {}
+    for name, (k, n) in shapes.items():
+        # as nn.Linear stores and applies its weight: (out, in), x @ weight.T
+        a, weight = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        torch.nn.functional.linear(a, weight)  # warm-up
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.nn.functional.linear(a, weight)
+            times.append(time.perf_counter() - start)
+        rates[name] = 2 * rows * k * n / statistics.median(times)
+    return rates
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="bundled name, local HF folder or hub id")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
+    parser.add_argument("--steps", type=int, default=2, help="counted steps of each (after one uncounted)")
+    parser.add_argument("--lengths", choices=("data", "spread"), default="spread", help="as speed_vs_trl.py")
+    parser.add_argument("--rows", type=int, default=1024, help="rows of the timed matrix products")
+    parser.add_argument("--out", default=None, help="folder for step_flops.{json,md} (default: print only)")
+    args = parser.parse_args(argv)
+
+    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
+                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu",
+                  lengths=args.lengths)
+    tokenizer, pairs, _ = load_pairs(setup)
+    batches = batch_order(pairs, setup, args.steps + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+
+        def prefopt_steps(step_done) -> None:
+            for ids in batches:
+                trainer.train_step(ids)
+                step_done()
+
+        ours = step_flops(prefopt_steps, args.steps)
+        trl_step_end = _StepDone()
+        trl = build_trl(setup, tokenizer, pairs, batches, trainer.model, Path(tmp), callbacks=[trl_step_end])
+
+        def trl_steps(step_done) -> None:
+            trl_step_end.step_done = step_done
+            trl.train()
+
+        theirs = step_flops(trl_steps, args.steps)
+        config = trainer.model.config
+        dtype = next(p.dtype for p in trainer.model.parameters() if not p.requires_grad)
+    rates = matmul_rate(config, args.rows, dtype)
+    best = max(rates.values())
+    result = {"setup": vars(setup), "prefopt": ours, "trl": theirs, "matmul_flop_per_s": rates,
+              "matmul_dtype": str(dtype).removeprefix("torch."), "flops_ratio_trl_over_prefopt":
+              theirs["flops_per_step"] / ours["flops_per_step"],
+              "command": shlex.join(["python", "benchmarks/step_flops.py", *(argv or sys.argv[1:])]),
+              "provenance": provenance()}
+    lines = [f"# FLOPs per DPO step ({args.model}, batch {args.batch_size}, max length {args.max_length}, "
+             f"{args.precision}, lengths {args.lengths}, {args.steps} steps after 1)", "",
+             "| per step | prefopt | trl |", "| --- | ---: | ---: |",
+             f"| GFLOP in matrix products | {ours['flops_per_step'] / 1e9:.1f} | "
+             f"{theirs['flops_per_step'] / 1e9:.1f} |"]
+    ops = list(dict.fromkeys([*ours["flops_per_step_by_op"], *theirs["flops_per_step_by_op"]]))
+    lines += [f"| {op} GFLOP | {ours['flops_per_step_by_op'].get(op, 0) / 1e9:.1f} | "
+              f"{theirs['flops_per_step_by_op'].get(op, 0) / 1e9:.1f} |" for op in ops]
+    lines += [f"| s/step at the fastest measured rate ({best / 1e9:.0f} GFLOP/s) | "
+              f"{ours['flops_per_step'] / best:.2f} | {theirs['flops_per_step'] / best:.2f} |", "",
+              f"trl's FLOPs / prefopt's: **{result['flops_ratio_trl_over_prefopt']:.2f}** (the most prefopt's "
+              "steps/s can exceed trl's when both spend all their time in matrix products at one rate)", "",
+              f"| matrix product ({args.rows} rows, {result['matmul_dtype']}) | GFLOP/s |", "| --- | ---: |"]
+    lines += [f"| {name} | {rate / 1e9:.0f} |" for name, rate in rates.items()]
+    finish(result, lines, args.out, "step_flops")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
