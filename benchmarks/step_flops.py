@@ -8,7 +8,9 @@ machine's matrix products at the model's own layer shapes. Then:
 
 - trl's FLOPs / prefopt's FLOPs is the most prefopt's steps/s can exceed trl's by when both run their matrix
   products equally fast and spend nothing else;
-- each trainer's FLOPs / the machine's measured rate is the floor under its step time.
+- each trainer's FLOPs / the machine's measured rate is the floor under its step time;
+- each trainer's seconds in matrix products / its whole step is how much of the step they are (the whole step is
+  timed with the counting modes on, so it carries their Python overhead per operation: a slight overcount).
 
     python benchmarks/step_flops.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \\
         --max-length 128 --lengths spread --steps 2 --out results/speed/cpu_step_flops_fp32
@@ -29,31 +31,53 @@ import torch
 from dispatch_counts import _StepDone
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, build_trl, load_pairs
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from prefopt.io import provenance
 
+PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten.addmm_.default, torch.ops.aten.baddbmm.default}
+
+
+class _ProductTimer(TorchDispatchMode):
+    """Wall seconds spent inside matrix-product kernels. Entered before FlopCounterMode, so that it sits below
+    it on the mode stack and times the kernel alone."""
+
+    seconds = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in PRODUCTS:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - start
+        return out
+
 
 def step_flops(run, steps: int) -> dict:
-    """FLOPs per step of `run(step_done)`, which runs `steps` steps and calls `step_done()` after each; the
-    counts between the first step's end and the last's (so setup before the first step is left out: the
-    first step itself is a warm-up and not counted)."""
-    marks: list[dict[str, int]] = []
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs, seconds in matrix products and wall seconds per step of `run(step_done)`, which runs `steps + 1`
+    steps and calls `step_done()` after each; all counted between the first step's end and the last's (setup
+    and the first step, a warm-up, are left out). The wall time includes both modes' own Python overhead."""
+    marks: list[tuple[dict[str, int], float, float]] = []
+    with _ProductTimer() as timer, FlopCounterMode(display=False) as counter:
 
         def step_done() -> None:
             by_op: dict[str, int] = defaultdict(int)
             for op, flops in counter.get_flop_counts()["Global"].items():
                 by_op[str(op).split(".")[-1] if "." in str(op) else str(op)] += flops
-            marks.append(dict(by_op))
+            marks.append((dict(by_op), timer.seconds, time.perf_counter()))
 
         run(step_done)
     if len(marks) != steps + 1:
         raise RuntimeError(f"expected {steps + 1} step ends, saw {len(marks)}")
-    first, last = marks[0], marks[-1]
+    (first, first_s, first_t), (last, last_s, last_t) = marks[0], marks[-1]
     per_op = {op: (last.get(op, 0) - first.get(op, 0)) / steps for op in set(first) | set(last)}
     per_op = {op: f for op, f in sorted(per_op.items(), key=lambda kv: -kv[1]) if f > 0}
-    return {"flops_per_step": sum(per_op.values()), "flops_per_step_by_op": per_op}
+    product_seconds = (last_s - first_s) / steps
+    return {"flops_per_step": sum(per_op.values()), "flops_per_step_by_op": per_op,
+            "product_seconds_per_step": product_seconds, "instrumented_seconds_per_step": (last_t - first_t) / steps,
+            "product_flop_per_s": sum(per_op.values()) / product_seconds}
 
 
 def matmul_rate(config, rows: int, dtype: torch.dtype, reps: int = 5) -> dict:
@@ -121,18 +145,24 @@ def main(argv=None) -> int:
               theirs["flops_per_step"] / ours["flops_per_step"],
               "command": shlex.join(["python", "benchmarks/step_flops.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
-    lines = [f"# FLOPs per DPO step ({args.model}, batch {args.batch_size}, max length {args.max_length}, "
-             f"{args.precision}, lengths {args.lengths}, {args.steps} steps after 1)", "",
+    lines = [(f"# FLOPs per DPO step ({args.model}, batch {args.batch_size}, max length {args.max_length}, "
+             f"{args.precision}, lengths {args.lengths}, {args.steps} steps after 1)"), "",
              "| per step | prefopt | trl |", "| --- | ---: | ---: |",
-             f"| GFLOP in matrix products | {ours['flops_per_step'] / 1e9:.1f} | "
-             f"{theirs['flops_per_step'] / 1e9:.1f} |"]
+             (f"| GFLOP in matrix products | {ours['flops_per_step'] / 1e9:.1f} | "
+             f"{theirs['flops_per_step'] / 1e9:.1f} |")]
     ops = list(dict.fromkeys([*ours["flops_per_step_by_op"], *theirs["flops_per_step_by_op"]]))
     lines += [f"| {op} GFLOP | {ours['flops_per_step_by_op'].get(op, 0) / 1e9:.1f} | "
               f"{theirs['flops_per_step_by_op'].get(op, 0) / 1e9:.1f} |" for op in ops]
-    lines += [f"| s/step at the fastest measured rate ({best / 1e9:.0f} GFLOP/s) | "
-              f"{ours['flops_per_step'] / best:.2f} | {theirs['flops_per_step'] / best:.2f} |", "",
-              f"trl's FLOPs / prefopt's: **{result['flops_ratio_trl_over_prefopt']:.2f}** (the most prefopt's "
-              "steps/s can exceed trl's when both spend all their time in matrix products at one rate)", "",
+    lines += [(f"| s/step in matrix products | {ours['product_seconds_per_step']:.2f} | "
+              f"{theirs['product_seconds_per_step']:.2f} |"),
+              (f"| GFLOP/s in matrix products | {ours['product_flop_per_s'] / 1e9:.0f} | "
+              f"{theirs['product_flop_per_s'] / 1e9:.0f} |"),
+              (f"| s/step, whole step (instrumented) | {ours['instrumented_seconds_per_step']:.2f} | "
+              f"{theirs['instrumented_seconds_per_step']:.2f} |")]
+    lines += [(f"| s/step at the fastest measured rate ({best / 1e9:.0f} GFLOP/s) | "
+              f"{ours['flops_per_step'] / best:.2f} | {theirs['flops_per_step'] / best:.2f} |"), "",
+              (f"trl's FLOPs / prefopt's: **{result['flops_ratio_trl_over_prefopt']:.2f}** (the most prefopt's "
+              "steps/s can exceed trl's when both spend all their time in matrix products at one rate)"), "",
               f"| matrix product ({args.rows} rows, {result['matmul_dtype']}) | GFLOP/s |", "| --- | ---: |"]
     lines += [f"| {name} | {rate / 1e9:.0f} |" for name, rate in rates.items()]
     finish(result, lines, args.out, "step_flops")
