@@ -1,16 +1,16 @@
-"""Floating-point work per DPO step, prefopt vs trl's DPOTrainer, and what it bounds.
+"""Matrix-product work per DPO step, prefopt vs trl's DPOTrainer, and how much of each step it takes.
 
-A step whose time is nearly all matrix products (fp32 on a CPU: benchmarks/dispatch_counts.py --top shows
-`aten::mm` taking most of it) can be no faster than its FLOPs allow. This script counts each trainer's FLOPs per
-step with `torch.utils.flop_counter.FlopCounterMode` (matrix products; attention on a CPU and elementwise
-work are not counted), on the setup of `benchmarks/speed_vs_trl.py` (same model, LoRA, batches, precision), and times this
-machine's matrix products at the model's own layer shapes. Then:
+For each trainer, on the setup of `benchmarks/speed_vs_trl.py` (same model, LoRA, batches, precision): the FLOPs
+of its matrix products per step (`torch.utils.flop_counter.FlopCounterMode`; attention on a CPU and element-wise
+work are not counted), the seconds spent inside those products (each timed around its kernel), and the whole
+step's seconds; and this machine's rate for a product alone at the model's layer shapes. Then:
 
-- trl's FLOPs / prefopt's FLOPs is the most prefopt's steps/s can exceed trl's by when both run their matrix
-  products equally fast and spend nothing else;
-- each trainer's FLOPs / the machine's measured rate is the floor under its step time;
-- each trainer's seconds in matrix products / its whole step is how much of the step they are (the whole step is
-  timed with the counting modes on, so it carries their Python overhead per operation: a slight overcount).
+- trl's FLOPs / prefopt's is what prefopt's speed-up would be if both ran their products at one rate and spent
+  nothing else;
+- FLOPs / the machine's rate is the floor under each trainer's step time;
+- seconds in products / the whole step is their share of it. The whole step is timed with the counting modes
+  on, which add Python overhead to every operation of both trainers: the steps are slower than uninstrumented
+  ones, and the products' share of them is an underestimate.
 
     python benchmarks/step_flops.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \\
         --max-length 128 --lengths spread --steps 2 --out results/speed/cpu_step_flops_fp32
