@@ -159,6 +159,28 @@ def test_layers_reading_the_same_input_share_one_cast_until_it_changes_or_is_fre
     assert lora_linear._LAST_CAST[0] is None  # the input freed: its cast is not held
 
 
+def test_a_compiled_model_runs_the_fused_forward_under_bf16_autocast():
+    # torch.compile cannot trace the shared-cast cache (a module-level side effect): compiled, each layer casts
+    # its own input, with the same values and gradients as the eager fused forward.
+    from prefopt.core import lora_linear
+
+    _plain, fused = _peft_pair()
+    x = torch.randn(4, 7, 12, generator=torch.Generator().manual_seed(3))
+    y0, dx0, g0 = _run(fused, x, autocast=True)
+    for p in fused.parameters():
+        p.grad = None
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend="aot_eager", dynamic=False)
+    lora_linear._LAST_CAST[0] = None
+    y1, dx1, g1 = _run(compiled, x, autocast=True)
+    assert lora_linear._LAST_CAST[0] is None  # the compiled forward kept nothing in the cache
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=0)
+    assert len(g1) == len(g0) == 4
+    for name in g0:
+        torch.testing.assert_close(g1[f"_orig_mod.{name}"], g0[name], rtol=0, atol=0)
+
+
 def test_the_reference_forward_under_autocast_is_the_base_layer_s_bits():
     plain, fused = _peft_pair(bias=True)
     x = torch.randn(3, 12, generator=torch.Generator().manual_seed(6))

@@ -33,6 +33,8 @@ _LAST_CAST: list = [None]
 def _cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if x.dtype == dtype:
         return x
+    if torch.compiler.is_compiling():  # the cache is a side effect a compiled graph cannot hold
+        return x.to(dtype)
     held = _LAST_CAST[0]
     if held is not None and held[0]() is x and held[1] == x._version and held[2] == dtype:
         return held[3]
