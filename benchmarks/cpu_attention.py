@@ -1,8 +1,11 @@
-"""prefopt's DPO step on a CPU in bf16 with SDPA run in float32 (`prefopt.core.attention`) against bf16 SDPA.
+"""prefopt's DPO step on a CPU with its own SDPA (`prefopt.core.attention`) against transformers' SDPA.
 
-The two kernels alternate pass by pass over the same batches in one process (`alternating.py`), bf16 autocast.
+The two alternate pass by pass over the same batches in one process (`alternating.py`). In bf16 (the default)
+prefopt's runs attention in float32 below 256 keys and passes grouped key/value heads unrepeated; in fp32
+(`--precision fp32`) only the latter differs.
 
     python benchmarks/cpu_attention.py --batch-size 4 --max-length 128 --batches 5
+    python benchmarks/cpu_attention.py --precision fp32 --batch-size 8 --max-length 128 --passes 3
     python benchmarks/cpu_attention.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_attention/b8_len256
     python benchmarks/cpu_attention.py --skip-step --gqa-kernel 8,217,9,3 16,120,9,3 2,308,32,8
 
@@ -30,10 +33,10 @@ from alternating import add_step_arguments, time_settings
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
-from prefopt.core.attention import FLOAT32_CPU_SDPA
+from prefopt.core.attention import CPU_SDPA
 from prefopt.io import provenance
 
-KERNELS = {"bf16 sdpa": "sdpa", "float32 sdpa": FLOAT32_CPU_SDPA}
+KERNELS = {"transformers": "sdpa", "prefopt": CPU_SDPA}
 
 
 def kernel_ms(batch: int, length: int, dtype: torch.dtype, reps: int) -> float:
@@ -78,6 +81,7 @@ def gqa_kernel_ms(batch: int, length: int, heads: int, kv_heads: int, dtype: tor
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_step_arguments(parser)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="the training steps'")
     parser.add_argument("--kernel", nargs="*", default=[], help="B,T shapes to time the attention call alone at")
     parser.add_argument("--kernel-reps", type=int, default=10)
     parser.add_argument("--gqa-kernel", nargs="*", default=[], help="B,T,H,KV shapes to time grouped heads at")
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
-                  max_prompt_length=args.max_length // 2, precision="bf16", device="cpu", lengths="spread")
+                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
     seconds: dict = {name: [] for name in KERNELS}
     if not args.skip_step:
         tokenizer, pairs, _ = load_pairs(setup)
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
             config = trainer.model.get_base_model().config
-            if config._attn_implementation != FLOAT32_CPU_SDPA:
+            if config._attn_implementation != CPU_SDPA:
                 raise SystemExit(f"{args.model} does not run SDPA here ('{config._attn_implementation}')")
             settings = {name: partial(setattr, config, "_attn_implementation", kernel)
                         for name, kernel in KERNELS.items()}
@@ -122,13 +126,13 @@ def main(argv=None) -> int:
               "totals": totals, "kernels": kernels, "grouped_kernels": grouped,
               "command": shlex.join(["python", "benchmarks/cpu_attention.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
-    lines = [(f"# SDPA on a CPU: float32 vs bf16, grouped heads ({args.model}, batch {args.batch_size}, max length "
-              f"{args.max_length}, spread lengths, bf16 autocast)"), ""]
+    lines = [(f"# SDPA on a CPU: prefopt's vs transformers', float32 vs bf16, grouped heads ({args.model}, batch "
+              f"{args.batch_size}, max length {args.max_length}, spread lengths, {args.precision})"), ""]
     if not args.skip_step:
-        lines += ["| pass | bf16 SDPA s (sum over the batches) | float32 SDPA s | bf16 / float32 |",
+        lines += ["| pass | transformers' SDPA s (sum over the batches) | prefopt's SDPA s | ratio |",
                   "| ---: | ---: | ---: | ---: |"]
         lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
-                  enumerate(zip(totals["bf16 sdpa"], totals["float32 sdpa"]))]  # fmt: skip
+                  enumerate(zip(totals["transformers"], totals["prefopt"]))]  # fmt: skip
     if kernels:
         lines += ["", ("The attention call alone (forward + backward, 9 heads of 64, causal boolean mask, median of "
                   f"{args.kernel_reps}):"), "", "| batch | length | bf16 ms | float32 ms | bf16 / float32 |",

@@ -1,4 +1,4 @@
-"""SDPA in float32 for CPU bf16 runs (prefopt.core.attention)."""
+"""prefopt's SDPA for CPU runs (prefopt.core.attention)."""
 
 import json
 
@@ -7,7 +7,7 @@ from tiny import make_model
 from torch.testing import assert_close
 
 from prefopt.core import logprobs
-from prefopt.core.attention import FLOAT32_CPU_SDPA, sdpa_float32_on_cpu, use_float32_cpu_attention
+from prefopt.core.attention import CPU_SDPA, sdpa_on_cpu, use_cpu_attention
 from prefopt.core.models import load_model
 
 
@@ -25,13 +25,13 @@ def _qkv(dtype):
 
 def test_bf16_inputs_are_attended_in_float32_and_the_output_keeps_their_dtype():
     q, k, v = _qkv(torch.bfloat16)
-    out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v, None)
+    out, _ = sdpa_on_cpu(_Attention(), q, k, v, None)
     assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 4, 8)  # (B, T, heads, D)
     k2, v2 = k.float().repeat_interleave(2, dim=1), v.float().repeat_interleave(2, dim=1)
     expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k2, v2, is_causal=True)  # (B, h, T, D)
     assert torch.equal(out, expected.transpose(1, 2).to(torch.bfloat16))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not pull it back to bf16
-        assert torch.equal(sdpa_float32_on_cpu(_Attention(), q, k, v, None)[0], out)
+        assert torch.equal(sdpa_on_cpu(_Attention(), q, k, v, None)[0], out)
 
 
 def test_under_autocast_float32_query_and_key_beside_a_bf16_value_are_attended_in_float32():
@@ -40,7 +40,7 @@ def test_under_autocast_float32_query_and_key_beside_a_bf16_value_are_attended_i
     q, k, _ = _qkv(torch.float32)
     v = _qkv(torch.bfloat16)[2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v, None)
+        out, _ = sdpa_on_cpu(_Attention(), q, k, v, None)
     assert out.dtype == torch.bfloat16
     k2, v2 = k.repeat_interleave(2, dim=1), v.float().repeat_interleave(2, dim=1)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k2, v2, is_causal=True)  # (B, h, T, D)
@@ -55,7 +55,7 @@ def test_from_256_keys_on_the_call_stays_in_bf16():
     k, v = (torch.randn(1, 2, FLOAT32_BELOW_KEYS, 8, generator=g) for _ in range(2))  # 256 keys
     mask = torch.ones(1, 1, 3, FLOAT32_BELOW_KEYS, dtype=torch.bool)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = sdpa_float32_on_cpu(_Attention(), q, k, v.bfloat16(), mask)
+        out, _ = sdpa_on_cpu(_Attention(), q, k, v.bfloat16(), mask)
         expected = torch.nn.functional.scaled_dot_product_attention(
             q, k.repeat_interleave(2, dim=1), v.bfloat16().repeat_interleave(2, dim=1), attn_mask=mask)  # bf16
     assert torch.equal(out, expected.transpose(1, 2))
@@ -65,20 +65,20 @@ def test_float32_inputs_go_through_transformers_sdpa_unchanged():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q, k, v = _qkv(torch.float32)
-    assert torch.equal(sdpa_float32_on_cpu(_Attention(), q, k, v, None)[0],
+    assert torch.equal(sdpa_on_cpu(_Attention(), q, k, v, None)[0],
                        sdpa_attention_forward(_Attention(), q, k, v, None)[0])
 
 
-def test_only_cpu_bf16_runs_of_sdpa_models_switch(tiny_tokenizer):
+def test_only_cpu_runs_of_sdpa_models_switch(tiny_tokenizer):
     model = make_model(tiny_tokenizer)
-    assert not use_float32_cpu_attention(model, "cpu", "fp32")
-    assert not use_float32_cpu_attention(model, "cuda", "bf16")  # decided from the names, nothing moves
+    assert not use_cpu_attention(model, "cuda")  # decided from the names, nothing moves
     assert model.config._attn_implementation == "sdpa"
     eager = make_model(tiny_tokenizer)
     eager.config._attn_implementation = "eager"
-    assert not use_float32_cpu_attention(eager, "cpu", "bf16")
-    assert use_float32_cpu_attention(model, "cpu", "bf16")
-    assert model.config._attn_implementation == FLOAT32_CPU_SDPA
+    assert not use_cpu_attention(eager, "cpu")
+    assert eager.config._attn_implementation == "eager"
+    assert use_cpu_attention(model, "cpu")
+    assert model.config._attn_implementation == CPU_SDPA
     assert logprobs.share_prompt_support(model) is None  # still SDPA: takes the shared-prompt mask
 
 
@@ -88,12 +88,13 @@ def test_a_switched_model_computes_the_same_log_probs_and_saves_a_plain_config(t
     logps = {}
     for precision in ("fp32", "bf16"):
         model = load_model(str(tiny_model_dir), adapter="full", precision=precision)
+        assert model.config._attn_implementation == CPU_SDPA  # both precisions on a CPU
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"), torch.no_grad():
             logps[precision] = logprobs.forward_token_logps(model, batch)[0]  # (N, K)
-    assert model.config._attn_implementation == FLOAT32_CPU_SDPA
+    assert model.config._attn_implementation == CPU_SDPA
     assert_close(logps["bf16"], logps["fp32"], rtol=0, atol=0.1)  # bf16 projections, float32 attention
     model.save_pretrained(tmp_path / "saved")
-    assert FLOAT32_CPU_SDPA not in (tmp_path / "saved" / "config.json").read_text()
+    assert CPU_SDPA not in (tmp_path / "saved" / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "saved" / "config.json").read_text())
 
 

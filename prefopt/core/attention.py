@@ -1,4 +1,4 @@
-"""SDPA attention that runs in float32 on a CPU where autocast would run it in bf16, over short key lengths.
+"""prefopt's SDPA for CPU runs: float32 attention over short keys under bf16, grouped key/value heads unrepeated.
 
 Under CPU bf16 autocast SDPA runs in bf16, and PyTorch's CPU flash-attention kernel is slower on bf16 than on
 float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean mask, batch x keys 8 x 109
@@ -8,31 +8,32 @@ float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean
 `benchmarks/cpu_attention.py`). Kernel timings put the crossover near 256 keys (they move by tens of percent
 from run to run), so calls over 256 keys or more stay in bf16; with that, 8 x 128 1.14-1.19x, 4 x 512
 1.07-1.21x (results/speed/cpu_attention/). Upcasting the three tensors costs little beside the
-attention, and float32 attention is the more exact one. Everywhere else (CUDA, float32 runs) the function is
-transformers' own SDPA, unchanged.
+attention, and float32 attention is the more exact one.
 
-On a CPU a grouped-query model's key and value heads also go to SDPA as they are, where transformers would
-repeat them into a copy per query head (see ``_sdpa``).
+On a CPU a grouped-query model's key and value heads also go to SDPA as they are, in every precision, where
+transformers would repeat them into a copy per query head (see ``_sdpa``). On CUDA the function is transformers'
+own SDPA, unchanged.
 
-The function is registered with transformers under its own name and set on the models prefopt loads for CPU
-bf16 runs; a model's saved config does not record it (transformers drops the attention implementation when it
-writes a config).
+The function is registered with transformers under its own name and set on the SDPA models prefopt loads for a
+CPU; a model's saved config does not record it (transformers drops the attention implementation when it writes a
+config).
 """
 
 from __future__ import annotations
 
 import torch
 
-FLOAT32_CPU_SDPA = "sdpa_float32_cpu"
+CPU_SDPA = "sdpa_cpu"
 # Float32 only over fewer keys than this: from about 256 keys on, the two kernels took about the same time or
 # bf16 was faster (`benchmarks/cpu_attention.py --kernel`).
 FLOAT32_BELOW_KEYS = 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def sdpa_float32_on_cpu(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa_attention_forward with query, key and value in float32 where it would run in bf16 or
-    fp16 on a CPU (the output in that dtype). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
+def sdpa_on_cpu(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa_attention_forward, on a CPU with query, key and value in float32 where it would run in
+    bf16 or fp16 over fewer than FLOAT32_BELOW_KEYS keys (the output in that dtype), and grouped heads unrepeated
+    (``_sdpa``). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
     low = _low_precision(query, key, value)
     if query.device.type != "cpu" or low is None or key.shape[-2] >= FLOAT32_BELOW_KEYS:
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
@@ -80,23 +81,25 @@ def _register() -> None:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    ALL_ATTENTION_FUNCTIONS.register(FLOAT32_CPU_SDPA, sdpa_float32_on_cpu)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(FLOAT32_CPU_SDPA, sdpa_mask)  # the masks SDPA takes
+    ALL_ATTENTION_FUNCTIONS.register(CPU_SDPA, sdpa_on_cpu)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_SDPA, sdpa_mask)  # the masks SDPA takes
 
 
-def use_float32_cpu_attention(model, device, precision: str) -> bool:
-    """Switch an SDPA model to sdpa_float32_on_cpu for a CPU bf16 run; True when switched. Other models,
-    devices and precisions are left as they are."""
+def use_cpu_attention(model, device) -> bool:
+    """Switch an SDPA model to sdpa_on_cpu for a CPU run (any precision); True when switched. Other models and
+    devices are left as they are. In float32 this passes grouped heads unrepeated: alternating over the same
+    batches of a float32 LoRA DPO step, 8 pairs x max length 128 1.11x, 16 x 128 1.04x (`benchmarks/cpu_attention.py
+    --precision fp32`, docs/speed.md)."""
     config = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "config", None)
-    if torch.device(device).type != "cpu" or precision != "bf16" or config is None:
+    if torch.device(device).type != "cpu" or config is None:
         return False
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
     _register()
-    config._attn_implementation = FLOAT32_CPU_SDPA
+    config._attn_implementation = CPU_SDPA
     return True
 
 
 def is_sdpa(implementation: str) -> bool:
-    """Whether an attention implementation name is SDPA (plain, or run in float32 on a CPU)."""
-    return implementation in ("sdpa", FLOAT32_CPU_SDPA)
+    """Whether an attention implementation name is SDPA (plain, or prefopt's for a CPU)."""
+    return implementation in ("sdpa", CPU_SDPA)

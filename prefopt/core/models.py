@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from prefopt.core.attention import use_float32_cpu_attention
+from prefopt.core.attention import use_cpu_attention
 from prefopt.errors import PrefoptError
 from prefopt.io import atomic_dir
 
@@ -301,7 +301,7 @@ def load_model(
                 p.requires_grad_(True)
         else:
             model = _add_lora(model, lora or LoraSettings())
-    use_float32_cpu_attention(model, device, precision)
+    use_cpu_attention(model, device)
     return model
 
 
