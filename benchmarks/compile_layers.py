@@ -4,10 +4,10 @@ Outside its matrix products a prefopt step on a CPU spends most of its time in a
 element-wise layer code (RMSNorm, the SiLU-gated MLP, RoPE; `benchmarks/step_flops.py`, docs/speed.md), which
 eager PyTorch runs one operation at a time. This compiles each decoder layer's two RMSNorms and its MLP
 (`module.compile(dynamic=True)`, so that the batches' varying lengths share one graph) and times the same
-batches eager, compiled, and eager again, after one warm-up pass that pays the compilation:
+batches eager and compiled in turn (`alternating.py`), after one compiled pass that pays the compilation:
 
     python benchmarks/compile_layers.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \\
-        --max-length 128 --batches 4 --passes 2 --out results/speed/cpu_compile_layers
+        --max-length 128 --batches 4 --passes 3 --out results/speed/cpu_compile_layers_fp32
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from alternating import add_step_arguments, time_settings
 from report import finish
 from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
 
@@ -35,12 +36,8 @@ def _compiled_modules(model) -> list[torch.nn.Module]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=128)
+    add_step_arguments(parser)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
-    parser.add_argument("--batches", type=int, default=4, help="batches per pass")
-    parser.add_argument("--passes", type=int, default=2, help="timed passes of each mode, alternating")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -48,35 +45,24 @@ def main(argv=None) -> int:
                   max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.batches)
-    seconds: dict[str, list[list[float]]] = {"eager": [], "compiled": []}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         modules = _compiled_modules(trainer.model)
 
-        def one_pass() -> list[float]:
-            times = []
-            for ids in batches:
-                start = time.perf_counter()
-                trainer.train_step(ids)
-                times.append(time.perf_counter() - start)
-            return times
-
-        def set_mode(mode: str) -> None:
+        def eager() -> None:
             for m in modules:
-                if mode == "compiled":
-                    m.compile(dynamic=True)
-                else:
-                    m._compiled_call_impl = None  # back to the module's eager forward
+                m._compiled_call_impl = None  # back to the module's eager forward
 
-        one_pass()  # eager warm-up (optimizer state, first-touch memory)
-        set_mode("compiled")
+        def compiled() -> None:
+            for m in modules:
+                m.compile(dynamic=True)
+
+        compiled()
         start = time.perf_counter()
-        one_pass()  # compilation
+        for ids in batches:  # compilation, and the optimizer's state
+            trainer.train_step(ids)
         compile_seconds = time.perf_counter() - start
-        for _ in range(args.passes):
-            for mode in ("eager", "compiled"):
-                set_mode(mode)
-                seconds[mode].append(one_pass())
+        seconds = time_settings(trainer, batches, {"eager": eager, "compiled": compiled}, args.passes)
     totals = {mode: [sum(p) for p in passes] for mode, passes in seconds.items()}
     ratio = statistics.median(totals["eager"]) / statistics.median(totals["compiled"])
     result = {"setup": vars(setup), "seconds": seconds, "pass_totals": totals,

@@ -87,9 +87,9 @@ def _register() -> None:
 
 def use_cpu_attention(model, device) -> bool:
     """Switch an SDPA model to sdpa_on_cpu for a CPU run (any precision); True when switched. Other models and
-    devices are left as they are. In float32 this passes grouped heads unrepeated: alternating over the same
-    batches of a float32 LoRA DPO step, 8 pairs x max length 128 1.11x, 16 x 128 1.04x (`benchmarks/cpu_attention.py
-    --precision fp32`, docs/speed.md)."""
+    devices are left as they are. In float32 this only passes grouped heads unrepeated: no step-time difference
+    beyond this machine's noise (float32 LoRA DPO steps, median pass ratio 1.01-1.05x, results/speed/
+    cpu_attention_fp32/), and the key and value tensors SDPA saves for its backward are a third of the size."""
     config = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "config", None)
     if torch.device(device).type != "cpu" or config is None:
         return False
