@@ -12,6 +12,8 @@ import argparse
 import time
 from collections.abc import Callable
 
+from speed_vs_trl import Setup, batch_order, load_pairs
+
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every alternating benchmark takes."""
@@ -20,6 +22,15 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batches", type=int, default=4, help="batches per pass")
     parser.add_argument("--passes", type=int, default=2, help="timed passes of each setting, alternating")
+
+
+def step_setup(args: argparse.Namespace, precision: str) -> tuple[Setup, object, list, list[list[int]]]:
+    """(setup, tokenizer, pairs, the first `args.batches` batches) for add_step_arguments' options: spread
+    lengths, max prompt length half the max length, on the CPU."""
+    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
+                  max_prompt_length=args.max_length // 2, precision=precision, device="cpu", lengths="spread")
+    tokenizer, pairs, _ = load_pairs(setup)
+    return setup, tokenizer, pairs, batch_order(pairs, setup, args.batches)
 
 
 def time_settings(trainer, batches: list[list[int]], settings: dict[str, Callable[[], None]], passes: int

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from alternating import add_step_arguments, time_settings
+from alternating import add_step_arguments, step_setup, time_settings
 from report import finish
-from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
+from speed_vs_trl import build_prefopt
 
 from prefopt.io import provenance
 
@@ -41,10 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
-                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
-    tokenizer, pairs, _ = load_pairs(setup)
-    batches = batch_order(pairs, setup, args.batches)
+    setup, tokenizer, pairs, batches = step_setup(args, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         modules = _compiled_modules(trainer.model)

@@ -129,24 +129,8 @@ def main(argv=None) -> int:
     tokenizer, pairs, _ = load_pairs(setup)
     profiled = batch_order(pairs, setup, args.steps)
     batches = [profiled[i % len(profiled)] for i in range(args.warmup)] + profiled
-    with tempfile.TemporaryDirectory() as tmp:
-        # Both from a fresh trainer (each creates its optimizer state in its first step).
-        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-
-        def prefopt_steps(step_done) -> None:
-            for ids in batches:
-                trainer.train_step(ids)
-                step_done()
-
-        ours = counts(prefopt_steps, args.steps, args.warmup, cuda)
-        trl_step_end = _StepDone()
-        trl = build_trl(setup, tokenizer, pairs, batches, trainer.model, Path(tmp), callbacks=[trl_step_end])
-
-        def trl_steps(step_done) -> None:
-            trl_step_end.step_done = step_done
-            trl.train()  # without --warmup its whole train(), setup included: a slight overcount
-
-        theirs = counts(trl_steps, args.steps, args.warmup, cuda)
+    ours, theirs, _ = measure_both(setup, tokenizer, pairs, batches,
+                                   lambda run: counts(run, args.steps, args.warmup, cuda))
 
     result = {"setup": vars(setup), "prefopt": ours, "trl": theirs,
               "command": shlex.join(["python", "benchmarks/dispatch_counts.py", *(argv or sys.argv[1:])]),
@@ -177,6 +161,30 @@ def main(argv=None) -> int:
                   for n in names]  # fmt: skip
     finish(result, lines, args.out, "dispatch_counts")
     return 0
+
+
+def measure_both(setup: Setup, tokenizer, pairs, batches: list[list[int]], measure):
+    """(measure(prefopt's steps), measure(trl's steps), prefopt's Trainer). Each trainer is fresh (it creates its
+    optimizer state in its first step); `measure(run)` calls `run(step_done)`, which trains `batches` in order and
+    calls `step_done()` after each step. trl's run is its whole `train()`, setup included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
+
+        def prefopt_steps(step_done) -> None:
+            for ids in batches:
+                trainer.train_step(ids)
+                step_done()
+
+        ours = measure(prefopt_steps)
+        trl_step_end = _StepDone()
+        trl = build_trl(setup, tokenizer, pairs, batches, trainer.model, Path(tmp), callbacks=[trl_step_end])
+
+        def trl_steps(step_done) -> None:
+            trl_step_end.step_done = step_done
+            trl.train()
+
+        theirs = measure(trl_steps)
+    return ours, theirs, trainer
 
 
 class _StepDone(TrainerCallback):

@@ -17,9 +17,9 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-from alternating import add_step_arguments, time_settings
+from alternating import add_step_arguments, step_setup, time_settings
 from report import finish
-from speed_vs_trl import Setup, batch_order, build_prefopt, load_pairs
+from speed_vs_trl import build_prefopt
 
 from prefopt.core.logprobs import host_layout
 from prefopt.core.shared_prompt import shared_prompt_layout
@@ -43,10 +43,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-    setup = Setup(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
-                  max_prompt_length=args.max_length // 2, precision=args.precision, device="cpu", lengths="spread")
-    tokenizer, pairs, _ = load_pairs(setup)
-    batches = batch_order(pairs, setup, args.batches)
+    setup, tokenizer, pairs, batches = step_setup(args, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         if not trainer.share_prompt:

@@ -22,15 +22,13 @@ import argparse
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
-from dispatch_counts import _StepDone
+from dispatch_counts import measure_both
 from report import finish
-from speed_vs_trl import Setup, batch_order, build_prefopt, build_trl, load_pairs
+from speed_vs_trl import Setup, batch_order, load_pairs
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,7 +62,7 @@ def step_flops(run, steps: int) -> dict:
 
         def step_done() -> None:
             by_op: dict[str, int] = defaultdict(int)
-            for op, flops in counter.get_flop_counts()["Global"].items():
+            for op, flops in counter.get_flop_counts().get("Global", {}).items():
                 by_op[str(op).split(".")[-1] if "." in str(op) else str(op)] += flops
             marks.append((dict(by_op), timer.seconds, time.perf_counter()))
 
@@ -119,25 +117,9 @@ def main(argv=None) -> int:
                   lengths=args.lengths)
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.steps + 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-
-        def prefopt_steps(step_done) -> None:
-            for ids in batches:
-                trainer.train_step(ids)
-                step_done()
-
-        ours = step_flops(prefopt_steps, args.steps)
-        trl_step_end = _StepDone()
-        trl = build_trl(setup, tokenizer, pairs, batches, trainer.model, Path(tmp), callbacks=[trl_step_end])
-
-        def trl_steps(step_done) -> None:
-            trl_step_end.step_done = step_done
-            trl.train()
-
-        theirs = step_flops(trl_steps, args.steps)
-        config = trainer.model.config
-        dtype = next(p.dtype for p in trainer.model.parameters() if not p.requires_grad)
+    ours, theirs, trainer = measure_both(setup, tokenizer, pairs, batches, lambda run: step_flops(run, args.steps))
+    config = trainer.model.config
+    dtype = next(p.dtype for p in trainer.model.parameters() if not p.requires_grad)
     rates = matmul_rate(config, args.rows, dtype)
     best = max(rates.values())
     result = {"setup": vars(setup), "prefopt": ours, "trl": theirs, "matmul_flop_per_s": rates,

@@ -119,6 +119,51 @@ def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypa
     assert "padded / shared" in (tmp_path / "share_prompt.md").read_text()
 
 
+def test_step_flops_counts_products_per_step_by_hand(monkeypatch):
+    """Three steps: (4 x 6)(6 x 5) and (3 x 2)(2 x 7) matrix products each, 2mkn FLOPs apiece, plus additions
+    that are not counted; the first step is left out of the per-step figures."""
+    import torch
+
+    script = _benchmark("step_flops", monkeypatch)
+    a, b, c, d = torch.ones(4, 6), torch.ones(6, 5), torch.ones(3, 2), torch.ones(2, 7)
+
+    def run(step_done):
+        for _ in range(3):
+            (a @ b).add_(1)
+            torch.addmm(torch.zeros(3, 7), c, d)
+            step_done()
+
+    result = script.step_flops(run, steps=2)
+    assert result["flops_per_step"] == 2 * 4 * 6 * 5 + 2 * 3 * 2 * 7  # 240 + 84
+    assert result["flops_per_step_by_op"] == {"mm": 240, "addmm": 84}
+    assert 0 < result["product_seconds_per_step"] <= result["instrumented_seconds_per_step"]
+    with pytest.raises(RuntimeError, match="expected 3 step ends, saw 2"):
+        script.step_flops(lambda step_done: (step_done(), step_done()), steps=2)
+
+
+@pytest.mark.e2e
+def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    script = _benchmark("step_flops", monkeypatch)
+    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--steps", "1",
+                        "--rows", "16", "--out", str(tmp_path)]) == 0  # fmt: skip
+    record = json.loads((tmp_path / "step_flops.json").read_text())
+    # prefopt runs each prompt once and projects only reply tokens; trl projects every token of both rows
+    assert 0 < record["prefopt"]["flops_per_step"] < record["trl"]["flops_per_step"]
+    ours, theirs = record["prefopt"]["flops_per_step"], record["trl"]["flops_per_step"]
+    assert record["flops_ratio_trl_over_prefopt"] == theirs / ours
+    assert set(record["matmul_flop_per_s"]) == {"q/o", "k/v", "mlp up", "mlp down", "output projection"}
+
+
+@pytest.mark.e2e
+def test_compile_layers_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    script = _benchmark("compile_layers", monkeypatch)
+    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
+                        "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
+    record = json.loads((tmp_path / "compile_layers.json").read_text())
+    assert [len(p) for p in record["seconds"]["eager"]] == [len(p) for p in record["seconds"]["compiled"]] == [2]
+    assert record["first_compiled_pass_seconds"] > 0
+
+
 def test_fused_head_backward_benchmark_times_both_paths_and_restores_the_budget(tmp_path, monkeypatch):
     from prefopt.core import logprobs
 
