@@ -63,7 +63,7 @@ def step_flops(run, steps: int) -> dict:
         def step_done() -> None:
             by_op: dict[str, int] = defaultdict(int)
             for op, flops in counter.get_flop_counts().get("Global", {}).items():
-                by_op[str(op).split(".")[-1] if "." in str(op) else str(op)] += flops
+                by_op[str(op).rpartition(".")[2]] += flops  # aten.mm -> mm
             marks.append((dict(by_op), timer.seconds, time.perf_counter()))
 
         run(step_done)
@@ -72,10 +72,9 @@ def step_flops(run, steps: int) -> dict:
     (first, first_s, first_t), (last, last_s, last_t) = marks[0], marks[-1]
     per_op = {op: (last.get(op, 0) - first.get(op, 0)) / steps for op in set(first) | set(last)}
     per_op = {op: f for op, f in sorted(per_op.items(), key=lambda kv: -kv[1]) if f > 0}
-    product_seconds = (last_s - first_s) / steps
-    return {"flops_per_step": sum(per_op.values()), "flops_per_step_by_op": per_op,
-            "product_seconds_per_step": product_seconds, "instrumented_seconds_per_step": (last_t - first_t) / steps,
-            "product_flop_per_s": sum(per_op.values()) / product_seconds}
+    flops, product_seconds = sum(per_op.values()), (last_s - first_s) / steps
+    return {"flops_per_step": flops, "flops_per_step_by_op": per_op, "product_seconds_per_step": product_seconds,
+            "instrumented_seconds_per_step": (last_t - first_t) / steps, "product_flop_per_s": flops / product_seconds}
 
 
 def matmul_rate(config, rows: int, dtype: torch.dtype, reps: int = 5) -> dict:
