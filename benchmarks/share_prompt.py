@@ -1,7 +1,9 @@
 """prefopt's DPO step with each pair's prompt run once (`share_prompt`) against the padded rows, same batches.
 
-The two layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
-default. Also printed: the cells each layout computes per batch (rows x columns of the forward).
+Three layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
+default: `padded` (2B rows of prompt + reply), `shared` (one [prompt, chosen, rejected] row per pair) and
+`packed` (the shared rows' real tokens as one sequence, padded only around attention: what a CPU run does).
+Also printed: the cells each layout computes per batch (rows x columns of the forward; packed: real tokens).
 
     python benchmarks/share_prompt.py --batch-size 4 --max-length 128 --batches 4
     python benchmarks/share_prompt.py --batch-size 8 --max-length 256 --batches 3 --out results/speed/cpu_share_prompt
@@ -26,13 +28,18 @@ from prefopt.core.shared_prompt import shared_prompt_layout
 from prefopt.io import provenance
 
 
-def cells(trainer, ids: list[int]) -> tuple[int, int]:
-    """(padded cells, shared cells) of one batch's forward."""
+def cells(trainer, ids: list[int]) -> tuple[int, int, int]:
+    """(padded cells, shared cells, packed tokens) of one batch's forward."""
     batch = trainer.collate([trainer.examples[i] for i in ids])
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
     shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
-                                  layout.response)
-    return batch["input_ids"].numel(), shared.input_ids.numel()
+                                  layout.response, packed=True)
+    return batch["input_ids"].numel(), shared.input_ids.numel(), shared.real.numel()
+
+
+def use_layout(trainer, name: str) -> None:
+    trainer.share_prompt = name != "padded"
+    trainer.pack_shared_prompts = name == "packed"
 
 
 def main(argv=None) -> int:
@@ -46,25 +53,28 @@ def main(argv=None) -> int:
     setup, tokenizer, pairs, batches = step_setup(args, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-        if not trainer.share_prompt:
-            raise SystemExit(f"{args.model} cannot share prompts here (see prefopt.core.logprobs.share_prompt_support)")
+        if not trainer.pack_shared_prompts:
+            raise SystemExit(f"{args.model} cannot share prompts and pack them here (see prefopt.core.logprobs."
+                             "share_prompt_support and packs_shared_prompts)")
         sizes = [cells(trainer, ids) for ids in batches]
-        layouts = {name: partial(setattr, trainer, "share_prompt", name == "shared") for name in ("padded", "shared")}
+        layouts = {name: partial(use_layout, trainer, name) for name in ("padded", "shared", "packed")}
         seconds = time_settings(trainer, batches, layouts, args.passes)
 
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
     result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
-              "cells_padded_shared": sizes,
+              "cells_padded_shared_packed": sizes,
               "command": shlex.join(["python", "benchmarks/share_prompt.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
     lines = [(f"# DPO step, prompts run once vs padded rows ({args.model}, batch {args.batch_size}, max length "
-             f"{args.max_length}, spread lengths, {args.precision})"), "",
-             "| pass | padded s (sum over the batches) | shared s | padded / shared |", "| ---: | ---: | ---: | ---: |"]
-    lines += [f"| {p} | {a:.2f} | {b:.2f} | {a / b:.2f}x |" for p, (a, b) in
-              enumerate(zip(totals["padded"], totals["shared"]))]  # fmt: skip
-    lines += ["", "Cells per forward (padded rows x columns, shared rows x columns): "
-              + ", ".join(f"{a} -> {b}" for a, b in sizes)
-              + f"; {sum(b for _, b in sizes) / sum(a for a, _ in sizes):.2f}x in all."]
+              f"{args.max_length}, spread lengths, {args.precision})"), "",
+             "| pass | padded s (sum over the batches) | shared s | packed s | padded / shared | shared / packed |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p} | {a:.2f} | {b:.2f} | {c:.2f} | {a / b:.2f}x | {b / c:.2f}x |" for p, (a, b, c) in
+              enumerate(zip(totals["padded"], totals["shared"], totals["packed"]))]  # fmt: skip
+    lines += ["", "Cells per forward (padded rows x columns -> shared rows x columns -> packed tokens): "
+              + ", ".join(f"{a} -> {b} -> {c}" for a, b, c in sizes)
+              + f"; shared {sum(s[1] for s in sizes) / sum(s[0] for s in sizes):.2f}x the padded cells, packed "
+              + f"{sum(s[2] for s in sizes) / sum(s[0] for s in sizes):.2f}x."]
     finish(result, lines, args.out, "share_prompt")
     return 0
 

@@ -137,3 +137,43 @@ def test_calls_the_grouped_path_does_not_cover_go_to_transformers(monkeypatch):
     ungrouped.num_key_value_groups = 1
     _sdpa(ungrouped, q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), None)
     assert calls == [1, 1, 1]
+
+
+def test_padded_attention_scatters_packed_tokens_into_rows_and_gathers_them_back_by_hand():
+    from prefopt.core.attention import PaddedAttention
+
+    padded = PaddedAttention(real=torch.tensor([0, 1, 3]), rows=2, width=2)  # row 0: 2 tokens, row 1: 1
+    packed = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[None, :, :, None]  # (1, heads 2, S 3, D 1)
+    rows = padded.pad(packed)  # (B 2, heads 2, T' 2, D 1)
+    assert rows.squeeze(-1).tolist() == [[[1.0, 2.0], [4.0, 5.0]], [[0.0, 3.0], [0.0, 6.0]]]  # cell 2 is padding
+    out = rows.transpose(1, 2)  # (B, T', heads, D), as attention functions return it
+    assert padded.unpad(out).squeeze(-1).tolist() == [[[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]]  # (1, S, heads)
+
+
+def test_packed_tokens_attend_as_their_padded_rows_with_the_same_gradients():
+    """sdpa_on_cpu given PaddedAttention and packed (1, heads, S, D) tensors: the padded call's real rows, and
+    the gradients of the packed query, key and value are the padded ones' at the real cells (float32 and bf16)."""
+    from prefopt.core.attention import PADDED_ATTENTION, PaddedAttention
+
+    real = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])  # row 0 whole, row 1's first 3 of 5 cells
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    mask[1, 0, 3:, :] = torch.eye(5, dtype=torch.bool)[3:]  # padding queries attend to themselves only
+    mask[1, 0, :3, 3:] = False
+    padded = PaddedAttention(real, rows=2, width=5)
+    upstream = torch.linspace(-1, 1, 2 * 5 * 4 * 8).view(2, 5, 4, 8)  # (B, T', heads, D): d loss / d output
+    upstream[1, 3:] = 0  # nothing flows from the padding's outputs (a packed forward has none)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = _qkv(dtype)  # (2, heads, 5, D): the padded rows
+        q[1, :, 3:], k[1, :, 3:], v[1, :, 3:] = 0, 0, 0  # what pad() puts at padding
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        out, _ = sdpa_on_cpu(_Attention(), q, k, v, mask)  # (2, 5, heads, D)
+        out.backward(upstream.to(out.dtype))
+        packed = [t.detach().transpose(1, 2).flatten(0, 1)[real].transpose(0, 1)[None].requires_grad_()
+                  for t in (q, k, v)]  # (1, heads, S, D)  # fmt: skip
+        got, _ = sdpa_on_cpu(_Attention(), *packed, mask, **{PADDED_ATTENTION: padded})  # (1, S, heads, D)
+        got.backward(upstream.flatten(0, 1)[real][None].to(got.dtype))
+        assert got.shape == (1, 8, 4, 8)
+        assert torch.equal(got[0], out.detach().flatten(0, 1)[real])
+        for ours, theirs in zip(packed, (q, k, v), strict=True):
+            assert_close(ours.grad[0].transpose(0, 1), theirs.grad.transpose(1, 2).flatten(0, 1)[real],
+                         rtol=1e-6, atol=1e-6)

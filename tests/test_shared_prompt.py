@@ -14,12 +14,12 @@ from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
 from prefopt.data import TokenizedPair, collate_pairs
 
 
-def _with_layouts(batch: dict, shared: bool = True) -> dict:
+def _with_layouts(batch: dict, shared: bool = True, packed: bool = False) -> dict:
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
     out = {**batch, LAYOUT: layout}
     if shared:
         out[SHARED_PROMPT] = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                                  layout.first, layout.response)
+                                                  layout.first, layout.response, packed=packed)
         assert out[SHARED_PROMPT] is not None
     return out
 
@@ -38,7 +38,7 @@ def test_the_layout_of_one_pair_by_hand():
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
     assert layout.first == 2 and layout.response.tolist() == [0, 1, 2, 3]  # (2, 3) grid: 3 chosen, 1 rejected
     shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
-                                  layout.response)
+                                  layout.response, packed=True)
     assert shared.input_ids.tolist() == [[11, 12, 21, 22, 23, 31]]
     assert shared.position_ids.tolist() == [[0, 1, 2, 3, 4, 2]]
     allowed = shared.attention_mask[0, 0].int().tolist()
@@ -50,6 +50,27 @@ def test_the_layout_of_one_pair_by_hand():
                        [1, 1, 0, 0, 0, 1]]  # fmt: skip
     # chosen 21, 22, 23 from states 1, 2, 3; rejected 31 from the prompt's last state, 1
     assert shared.states.tolist() == [1, 2, 3, 1]
+    assert shared.real.tolist() == [0, 1, 2, 3, 4, 5] and shared.packed_states.tolist() == [1, 2, 3, 1]
+
+
+def test_the_packed_tokens_of_two_pairs_by_hand():
+    """Pair 0: prompt 1, chosen 1, rejected 2 (4 cells); pair 1: prompt 2, chosen 2, rejected 1 (5 cells). T' = 5:
+    cell 4 of row 0 is padding, so the packed tokens are flat cells 0-3 and 5-9."""
+    pairs = [TokenizedPair(0, [11], [21], [31, 32]), TokenizedPair(1, [12, 13], [22, 23], [33])]
+    batch = collate_pairs(pairs, pad_id=0)  # (4, 4)
+    layout = host_layout(batch["attention_mask"], batch["loss_mask"])
+    shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
+                                  layout.response, packed=True)
+    assert shared.input_ids.tolist() == [[11, 21, 31, 32, 0], [12, 13, 22, 23, 33]]
+    assert shared.real.tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    # states (flat cells): pair 0 chosen 21 <- 0, rejected 31 <- 0, 32 <- 2; pair 1 chosen 22 <- 6, 23 <- 7,
+    # rejected 33 <- 6; in grid order (chosen rows, then rejected rows)
+    assert shared.states.tolist() == [0, 6, 7, 0, 2, 6]
+    assert shared.packed_states.tolist() == [0, 5, 6, 0, 2, 5]  # cells 6, 7 are packed tokens 5, 6
+    assert torch.equal(shared.real[shared.packed_states], shared.states)
+    rows = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
+                                layout.response)
+    assert rows.real is None and rows.packed_states is None and rows.to("cpu").real is None  # not asked to pack
 
 
 def test_padding_rows_attend_to_themselves_only():
@@ -76,6 +97,31 @@ def test_shared_prompts_give_the_padded_log_probs_entropies_and_gradients(tiny_m
     assert shared[3].keys() == padded[3].keys() and len(shared[3]) > 0
     for name in padded[3]:
         assert_close(shared[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter):
+    """With prefopt's CPU attention the shared rows run packed, (1, S), padded only around attention."""
+    from prefopt.core.attention import use_cpu_attention
+
+    model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
+    batch = ragged_pairs(0)
+    padded = _run(model, _with_layouts(batch, shared=False))
+    shapes = []
+    embed = model.get_input_embeddings()
+    hook = embed.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    _run(model, _with_layouts(batch, packed=True))  # plain SDPA cannot attend packed tokens: runs the rows
+    assert not logprobs.packs_shared_prompts(model) and shapes == [(4, 15)]
+    assert use_cpu_attention(model, "cpu") and logprobs.packs_shared_prompts(model)
+    packed = _run(model, _with_layouts(batch, packed=True))
+    hook.remove()
+    assert shapes[1:] == [(1, sum(p + c + r for p, c, r in RAGGED_SHAPES))]  # one packed sequence, no padding
+    assert packed[1].equal(padded[1])
+    assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
+    assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)
+    assert packed[3].keys() == padded[3].keys() and len(packed[3]) > 0
+    for name in padded[3]:
+        assert_close(packed[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_a_reply_never_sees_the_other_reply_or_the_padding(tiny_model):

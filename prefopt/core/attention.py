@@ -21,6 +21,8 @@ config).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 CPU_SDPA = "sdpa_cpu"
@@ -30,10 +32,47 @@ FLOAT32_BELOW_KEYS = 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+# The keyword argument a forward of packed tokens passes to the model, which hands it to each layer's attention.
+PADDED_ATTENTION = "prefopt_padded_attention"
+
+
+@dataclass
+class PaddedAttention:
+    """Packed tokens that attend as padded rows: every layer but attention runs on the real tokens only, as one
+    (1, S) sequence, and attention scatters its query, key and value into the (B, T') rows it was given a mask
+    for, then gathers its output back. Padding then costs nothing in the projections, the MLP and the norms, which
+    are most of a step; attention keeps the padded rows' masked kernel (a packed sequence would need a
+    block-diagonal S x S mask, slower on a CPU: docs/speed.md). Padding cells get zero query, key and value.
+
+    Passed to the model as ``prefopt_padded_attention=`` with the (B, 1, T', T') mask and packed positions;
+    transformers hands the keyword on to the attention function, and only sdpa_on_cpu reads it."""
+
+    real: torch.Tensor  # (S,) flat index into (B * T') of each packed token
+    rows: int  # B
+    width: int  # T'
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """(1, heads, S, D) -> (B, heads, T', D), zeros at padding."""
+        tokens = t[0].transpose(0, 1)  # (S, heads, D)
+        cells = tokens.new_zeros(self.rows * self.width, *tokens.shape[1:])  # (B * T', heads, D)
+        cells = cells.index_copy(0, self.real, tokens)
+        return cells.view(self.rows, self.width, *tokens.shape[1:]).transpose(1, 2)
+
+    def unpad(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, T', heads, D), as attention functions return it -> (1, S, heads, D)."""
+        return out.flatten(0, 1).index_select(0, self.real)[None]
+
+
 def sdpa_on_cpu(module, query, key, value, attention_mask, **kwargs):
     """transformers' sdpa_attention_forward, on a CPU with query, key and value in float32 where it would run in
     bf16 or fp16 over fewer than FLOAT32_BELOW_KEYS keys (the output in that dtype), and grouped heads unrepeated
-    (``_sdpa``). query: (B, heads, T, D); key, value: (B, kv heads, S, D)."""
+    (``_sdpa``). query: (B, heads, T, D); key, value: (B, kv heads, S, D). With a PaddedAttention under
+    PADDED_ATTENTION, the three come packed, (1, heads, S, D), and so does the output."""
+    padded = kwargs.pop(PADDED_ATTENTION, None)
+    if padded is not None:
+        out, weights = sdpa_on_cpu(module, padded.pad(query), padded.pad(key), padded.pad(value), attention_mask,
+                                   **kwargs)  # fmt: skip
+        return padded.unpad(out), weights
     low = _low_precision(query, key, value)
     if query.device.type != "cpu" or low is None or key.shape[-2] >= FLOAT32_BELOW_KEYS:
         return _sdpa(module, query, key, value, attention_mask, **kwargs)

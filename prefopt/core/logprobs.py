@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.core.attention import is_sdpa
+from prefopt.core.attention import CPU_SDPA, PADDED_ATTENTION, PaddedAttention, is_sdpa
 from prefopt.core.fsdp import is_fsdp_unit
 from prefopt.core.shared_prompt import SHARED_PROMPT, SharedPrompt
 
@@ -191,10 +191,20 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
 def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, layout: Layout,
                         input_ids: torch.Tensor, mask: torch.Tensor, return_entropy: bool):
     """forward_token_logps of a (2B, T) pair batch with each prompt run once (``prefopt.core.shared_prompt``):
-    one (B, T') forward, then the same (2B, K) outputs as the padded path."""
-    hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
-                      position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (B, T', H)
-    states = hidden.flatten(0, 1).index_select(0, shared.states)  # (R, H)
+    one (B, T') forward, then the same (2B, K) outputs as the padded path. A packed layout (``SharedPrompt.real``)
+    on a model with prefopt's CPU attention runs only the real tokens, padded around attention alone
+    (``PaddedAttention``); other models run the rows."""
+    if shared.real is not None and packs_shared_prompts(backbone):
+        padded = PaddedAttention(shared.real, *shared.input_ids.shape)
+        hidden = backbone(input_ids=shared.input_ids.flatten().index_select(0, shared.real)[None],
+                          position_ids=shared.position_ids.flatten().index_select(0, shared.real)[None],
+                          attention_mask=shared.attention_mask, use_cache=False,
+                          **{PADDED_ATTENTION: padded}).last_hidden_state  # (1, S, H)  # fmt: skip
+        states = hidden[0].index_select(0, shared.packed_states)  # (R, H)
+    else:
+        hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
+                          position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (B, T', H)
+        states = hidden.flatten(0, 1).index_select(0, shared.states)  # (R, H)
     labels = input_ids[:, layout.first :].flatten().index_select(0, layout.response)  # (R,)
     if not return_entropy:
         return _scatter(linear_log_softmax(states, head.weight, labels), layout.response, mask.shape), mask
@@ -248,6 +258,13 @@ def share_prompt_support(model) -> str | None:
     if not is_sdpa(attention):
         return f"its attention implementation is '{attention}', not sdpa"
     return None
+
+
+def packs_shared_prompts(model) -> bool:
+    """Whether `model` runs shared-prompt rows as packed tokens, padded only around attention: what its attention
+    function, prefopt's CPU SDPA, knows how to do. Fewer cells in every layer but attention; the same values
+    (``benchmarks/share_prompt.py``, docs/speed.md)."""
+    return _attention_implementation(model) == CPU_SDPA
 
 
 def use_shared_prompt(option: bool | str, model, device) -> bool:

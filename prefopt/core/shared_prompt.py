@@ -34,21 +34,27 @@ class SharedPrompt:
     position_ids: torch.Tensor  # (B, T') the rejected reply's positions continue from the prompt's
     attention_mask: torch.Tensor  # (B, 1, T', T') bool, True where a query may attend to a key
     states: torch.Tensor  # (R,) flat index into (B * T') of the state predicting each response cell, grid order
+    # With `packed`: the same tokens with the padding left out, for a forward that pads only around attention
+    # (prefopt.core.attention.PaddedAttention): where each packed token sits in (B * T'), row after row, and each
+    # response cell's predicting state as an index into the packed tokens. None: the forward runs the rows.
+    real: torch.Tensor | None = None  # (S,) flat index into (B * T'), S = sum over pairs of P + C + R
+    packed_states: torch.Tensor | None = None  # (R,) index into the S packed tokens
 
     def to(self, device, non_blocking: bool = True) -> SharedPrompt:
-        move = lambda t: t.to(device, non_blocking=non_blocking)
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
         return SharedPrompt(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                            move(self.states))
+                            move(self.states), move(self.real), move(self.packed_states))
 
 
 def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
-                         first: int, response: torch.Tensor) -> SharedPrompt | None:
+                         first: int, response: torch.Tensor, packed: bool = False) -> SharedPrompt | None:
     """The SharedPrompt of a right-padded (2B, T) pair batch, or None when its rows are not B pairs of
     (prompt + reply) with rows i and B+i holding the same prompt and each reply one unbroken run of loss-mask
     ones right after it (then the padded forward serves the batch).
 
     input_ids, attention_mask, loss_mask: (2B, T) on the CPU; first: the grid's first column (K = T - first);
-    response: (R,) flat indices of the response cells of the (2B, K) grid, row after row (``Layout.response``).
+    response: (R,) flat indices of the response cells of the (2B, K) grid, row after row (``Layout.response``);
+    packed: also where the real tokens are, for a forward of the tokens packed (``SharedPrompt.real``).
     """
     n, width = input_ids.shape
     if n % 2 or n == 0:
@@ -92,4 +98,10 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     rejected = row >= b
     position = torch.where(rejected & (offset > 0), p[pair] + c[pair] + offset - 1, column - 1)  # (R,)
     position = torch.where(rejected & (offset == 0), p[pair] - 1, position)  # (R,)
-    return SharedPrompt(ids, positions, allowed, pair * total + position)
+    states = pair * total + position  # (R,)
+    if not packed:
+        return SharedPrompt(ids, positions, allowed, states)
+    real = (torch.arange(total) < (p + c + r)[:, None]).flatten().nonzero().squeeze(-1)  # (S,)
+    place = torch.full((b * total,), -1, dtype=torch.long)  # (B * T') -> place among the packed tokens
+    place[real] = torch.arange(real.numel())
+    return SharedPrompt(ids, positions, allowed, states, real, place[states])

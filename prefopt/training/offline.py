@@ -29,6 +29,7 @@ from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
     host_layout,
+    packs_shared_prompts,
     share_prompt_support,
     use_padding_free,
     use_shared_prompt,
@@ -128,6 +129,7 @@ class Trainer:
         # Pair batches (chosen and rejected rows of the same prompts) for a log-prob objective: prompts run once.
         self.share_prompt = (isinstance(self.inputs, PairInputs) and algorithm.head == "lm" and not self.padding_free
                              and use_shared_prompt(run.share_prompt, model, device))
+        self.pack_shared_prompts = self.share_prompt and packs_shared_prompts(model)  # no padding outside attention
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).
@@ -156,7 +158,7 @@ class Trainer:
         shared = None
         if self.share_prompt and layout is not None:
             shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                          layout.first, layout.response)
+                                          layout.first, layout.response, packed=self.pack_shared_prompts)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if layout is not None:
             batch[LAYOUT] = layout.to(self.device)
