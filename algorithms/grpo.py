@@ -54,6 +54,7 @@ from prefopt.core.advantages import (
 from prefopt.core.algorithm import check_at_least, check_finite, check_in_range, check_nonnegative
 from prefopt.core.logprobs import first_response_position, forward_token_logps
 from prefopt.core.rl import kl_estimate, masked_mean, per_sequence_kl
+from prefopt.core.shared_prompt import consecutive_groups
 from prefopt.errors import PrefoptError
 from prefopt.training.online import JudgedOnlineAlgorithm, OnlineContext, evaluate_samples
 
@@ -241,6 +242,7 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
     """
 
     dynamic_sampling: ClassVar[bool] = False  # drop zero-variance groups, resampling them first (DAPO)
+    shares_prompts = True  # a group's forwards run its prompt once (run option share_prompt)
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -387,7 +389,8 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
                 ref_logps = ctx.reference_token_logps(batch)  # (N, K)
                 empty["kl"] = float(per_sequence_kl(logps, ref_logps, mask, "k3").mean())
             return empty
-        batch = samples.batch
+        # each prompt once for its group's completions, where the run shares prompts (the same values)
+        batch = ctx.with_shared_prompts(samples.batch, consecutive_groups(len(samples), c.num_generations))
         first = first_response_position(batch["loss_mask"])
         ref_logps = ctx.reference_token_logps(batch) if self.needs_reference else None  # (N, K), no grad
         single = c.updates_per_batch == 1 and c.minibatches == 1
@@ -427,7 +430,8 @@ class GroupPolicyGradient(JudgedOnlineAlgorithm):
                 idx = idx.to(ctx.device)
                 if not single:
                     with ctx.autocast():
-                        logps, _ = forward_token_logps(ctx.lm, {k: v[idx] for k, v in batch.items()}, first)
+                        part = {k: samples.batch[k][idx] for k in ("input_ids", "attention_mask", "loss_mask")}
+                        logps, _ = forward_token_logps(ctx.lm, part, first)
                 loss, stats = self.loss(logps, old_logps[idx], advantages[idx], mask[idx],
                                         None if ref_logps is None else ref_logps[idx])
                 sums["grad_norm"] += ctx.update(loss)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prefopt.core.algorithm import Algorithm, PairLogps, check_at_least
+from prefopt.core.shared_prompt import pair_groups
 from prefopt.data import TokenizedPair, collate_pairs
 from prefopt.errors import PrefoptError
 from prefopt.judges.base import TIE
@@ -165,6 +166,8 @@ def check_online_dpo_options(config) -> None:
 class OnlineDPO(JudgedOnlineAlgorithm):
     """Online DPO: two on-policy samples per prompt, labelled by any judge, train any registered pair loss (Guo et al. 2024)."""
 
+    shares_prompts = True  # a pair's forwards run its prompt once (run option share_prompt)
+
     @dataclass
     class Config:
         judge: str = "gold:qa"  # labels the pairs: gold:<task>, reward:<run dir>, python:MODULE:FUNCTION, lm:<model>, http:<url>, or scoring judges comma-separated
@@ -236,6 +239,7 @@ class OnlineDPO(JudgedOnlineAlgorithm):
         """`updates` optimizer steps on the pairs; the loss, its metrics and kl of the first (pre-update) pass."""
         examples = [TokenizedPair(k, prompts[c // 2], responses[c], responses[r]) for k, (c, r) in enumerate(pairs)]
         batch = {k: v.to(ctx.device) for k, v in collate_pairs(examples, ctx.tokenizer.pad_token_id).items()}
+        batch = ctx.with_shared_prompts(batch, pair_groups(len(batch["input_ids"])))  # each prompt once per pair
         reference = PairLogps.from_concatenated(ctx.reference_sequence_logps(batch))  # no grad
         objective_reference = reference if self.objective.needs_reference else None
         metrics: dict[str, float] = {}

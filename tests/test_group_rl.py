@@ -296,6 +296,41 @@ def test_several_updates_per_step_fix_the_old_logps_before_the_first(context):
     assert metrics["ratio_mean"] != 1.0  # later updates see a ratio away from 1: the old log-probs stayed fixed
 
 
+@pytest.mark.parametrize("cls", [GRPO, RLOO])
+def test_a_group_update_with_each_prompt_once_is_the_padded_one(context, cls, monkeypatch):
+    """The same samples, one update: with shared prompts (the CPU default) the loss, metrics and gradients are
+    those of the padded rows, and the shared forwards did run."""
+    from prefopt.core import logprobs
+
+    algorithm = cls(cls.Config(max_new_tokens=5, beta=0.1))  # a reference too: its forward shares as well
+    algorithm.judge = LetterJudge()
+    ids, messages = prompts_of(context, 2)
+    samples = algorithm.sample(context, ids, messages)
+    shared_calls, grads = [], []
+    real = logprobs._shared_token_logps
+    monkeypatch.setattr(logprobs, "_shared_token_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+
+    def gradients_only(self, loss):  # the update's backward, its gradients kept, no optimizer step
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None})
+        return 1.0
+
+    monkeypatch.setattr(OnlineContext, "update", gradients_only)
+    metrics = {}
+    for share in (False, True):
+        context.share_prompt = share
+        metrics[share] = algorithm._update(context, samples, samples)
+    assert len(shared_calls) == 2  # the policy's forward and the reference's, with prompts shared only
+    assert metrics[True].keys() == metrics[False].keys()
+    for key, value in metrics[False].items():
+        assert metrics[True][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    padded, shared = grads
+    assert padded.keys() == shared.keys() and len(padded) > 0
+    for name, grad in padded.items():
+        torch.testing.assert_close(shared[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # ---------------------------------------------------------------- the reference only when beta > 0
 
 

@@ -227,3 +227,26 @@ def test_rlaif_keeps_its_log_keys(rewards, tiny_model_dir, tmp_path):
     for row in rows:
         assert {"tie_rate", "reward", "judge_reward", "judge_gold_agreement", "pairs"} <= set(row)
         assert "tie_share" not in row and "gold" not in row
+
+
+@pytest.mark.e2e
+def test_pairs_with_each_prompt_once_train_like_padded_pairs(rewards, tiny_model_dir, tmp_path, monkeypatch):
+    """share_prompt (on by default on a CPU) runs each judged pair as one [prompt, chosen, rejected] row in the
+    policy's and the reference's forwards: two steps log the padded pairs' numbers."""
+    from prefopt.core import logprobs
+
+    shared_calls = []
+    real = logprobs._shared_token_logps
+    monkeypatch.setattr(logprobs, "_shared_token_logps", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+    rows = {}
+    for share in (False, True):
+        algorithm = OnlineDPO(OnlineDPO.Config(judge=f"{rewards}:tidy", max_new_tokens=6))
+        train("online-dpo", algorithm, run_config(tiny_model_dir, tmp_path / str(share), share_prompt=share))
+        rows[share] = step_rows(tmp_path / str(share))
+        assert (len(shared_calls) > 0) == share  # per step: the reference's forward and the policy's
+    assert len(shared_calls) == 4 and len(rows[True]) == len(rows[False]) == 2
+    for got, want in zip(rows[True], rows[False], strict=True):
+        assert got["pairs"] >= 1
+        for key, value in want.items():
+            if "seconds" not in key and key not in ("tokens_per_second", "peak_rss_mb"):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

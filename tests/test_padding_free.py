@@ -20,14 +20,27 @@ def _run(model, batch: dict, fused: bool):
     return logps.detach(), mask, entropy, grads
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "sdpa_cpu"])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter, fused):
+def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter, fused, attention,
+                                                                      monkeypatch):
+    """Plain SDPA attends the packed sequence under a block-diagonal mask; prefopt's CPU SDPA moves the packed
+    tokens into the padded rows for attention alone (PaddedAttention)."""
+    from prefopt.core.attention import PaddedAttention, use_cpu_attention
+
+    padded_calls = []
+    pad = PaddedAttention.pad
+    monkeypatch.setattr(PaddedAttention, "pad", lambda self, t: padded_calls.append(t.shape) or pad(self, t))
     model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
     batch = ragged_pairs(0)
     assert (batch["attention_mask"] == 0).any()  # there is padding to skip
     padded = _run(model, batch, fused)
+    if attention == "sdpa_cpu":
+        assert use_cpu_attention(model, "cpu")
     packed = _run(model, {**batch, PADDING_FREE: True}, fused)
+    # query, key and value of each of the 2 layers, in the forward (the backward recomputes nothing)
+    assert len(padded_calls) == (6 if attention == "sdpa_cpu" else 0)
     assert packed[0].shape == padded[0].shape and packed[1].equal(padded[1])
     assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
     assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)
@@ -61,11 +74,17 @@ def test_a_sub_batch_lines_up_with_the_full_batch_columns(tiny_model):
     assert_close(part, full[rows], rtol=1e-5, atol=1e-5)
 
 
-def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
-    assert not logprobs.use_padding_free("auto", tiny_model, "cpu")  # SDPA on a CPU: padded is faster
+def test_auto_packs_with_flash_attention_on_cuda_and_with_prefopts_attention_on_a_cpu(tiny_model):
+    from prefopt.core.attention import use_cpu_attention
+
+    assert not logprobs.use_padding_free("auto", tiny_model, "cpu")  # plain SDPA: a block-diagonal mask, slower
     assert logprobs.use_padding_free(True, tiny_model, "cpu") and not logprobs.use_padding_free(False, tiny_model, "cuda")
+    assert not logprobs.use_padding_free("auto", tiny_model, "cuda")
     tiny_model.config._attn_implementation = "flash_attention_2"
     assert logprobs.use_padding_free("auto", tiny_model, "cuda") and not logprobs.use_padding_free("auto", tiny_model, "cpu")
+    tiny_model.config._attn_implementation = "sdpa"
+    assert use_cpu_attention(tiny_model, "cpu")  # what loading a model for a CPU run does
+    assert logprobs.use_padding_free("auto", tiny_model, "cpu") and not logprobs.use_padding_free(False, tiny_model, "cpu")
 
 
 @pytest.mark.e2e
@@ -103,3 +122,26 @@ def test_a_kto_half_batch_stays_padding_free():
     half = rows(batch, 0, 4)
     assert half[PADDING_FREE] is True and LAYOUT not in half and half["input_ids"].equal(batch["input_ids"][:4])
     assert PADDING_FREE not in rows({**batch, PADDING_FREE: False}, 4, 8)
+
+
+def test_a_run_shares_prompts_of_pairs_and_packs_other_log_prob_batches_on_a_cpu(tiny_model):
+    from prefopt.core.attention import use_cpu_attention
+    from prefopt.core.registry import get
+    from prefopt.training.config import RunConfig
+    from prefopt.training.inputs import inputs_for
+    from prefopt.training.offline import batch_layouts
+
+    def layouts(algo: str, device: str = "cpu", **options) -> tuple[bool, bool]:
+        algorithm = get(algo)()
+        return batch_layouts(RunConfig(**options), algorithm, inputs_for(algorithm), tiny_model, device)
+
+    assert layouts("dpo") == (True, False) and layouts("sft") == (False, False)  # plain SDPA: rows padded
+    assert use_cpu_attention(tiny_model, "cpu")
+    assert layouts("dpo") == (True, False)  # pairs: each prompt once (packed, see test_shared_prompt)
+    assert layouts("kto") == (True, False)  # its pair batches share; its half batches stay padded
+    assert layouts("sft") == (False, True)  # demonstrations: packed
+    assert layouts("reward") == (False, False)  # a reward head reads padded rows
+    assert layouts("dpo", share_prompt=False) == (False, True)
+    assert layouts("dpo", padding_free=True) == (False, True)
+    assert layouts("sft", padding_free=False) == (False, False)
+    assert layouts("dpo", device="cuda") == (False, False)  # no flash-attention here: padded rows on CUDA

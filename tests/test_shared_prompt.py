@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 from prefopt.core import logprobs
 from prefopt.core.logprobs import LAYOUT, host_layout
-from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
+from prefopt.core.shared_prompt import SHARED_PROMPT, consecutive_groups, pair_groups, shared_prompt_layout
 from prefopt.data import TokenizedPair, collate_pairs
 
 
@@ -99,6 +99,74 @@ def test_shared_prompts_give_the_padded_log_probs_entropies_and_gradients(tiny_m
         assert_close(shared[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_groups_of_consecutive_rows_by_hand():
+    """Two prompts with three completions each, rows 0-2 and 3-5 (an online batch): prompt [11] with completions
+    [21], [22, 23], [24]; prompt [12, 13] with [25], [26], [27, 28]."""
+    from prefopt.core.generate import Rollout
+
+    rollout = Rollout(prompt_ids=torch.tensor([[0, 11]] * 3 + [[12, 13]] * 3),
+                      prompt_mask=torch.tensor([[0, 1]] * 3 + [[1, 1]] * 3),
+                      response_ids=torch.tensor([[21, 0], [22, 23], [24, 0], [25, 0], [26, 0], [27, 28]]),
+                      response_mask=torch.tensor([[1, 0], [1, 1], [1, 0], [1, 0], [1, 0], [1, 1]]),
+                      logprobs=torch.zeros(6, 2))  # fmt: skip
+    ids, attention, loss = rollout.sequences()  # (6, 4) right-padded
+    layout = host_layout(attention, loss)
+    assert layout.first == 1 and consecutive_groups(6, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert consecutive_groups(6, 4) is None and consecutive_groups(6, 1) is None
+    shared = shared_prompt_layout(ids, attention, loss, layout.first, layout.response, packed=True,
+                                  groups=consecutive_groups(6, 3))
+    assert shared.input_ids.tolist() == [[11, 21, 22, 23, 24, 0], [12, 13, 25, 26, 27, 28]]
+    assert shared.position_ids.tolist() == [[0, 1, 1, 2, 1, 0], [0, 1, 2, 2, 2, 3]]
+    assert shared.attention_mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0, 0],
+                                                          [1, 1, 0, 0, 0, 0],
+                                                          [1, 1, 1, 0, 0, 0],
+                                                          [1, 1, 0, 1, 0, 0],
+                                                          [1, 1, 0, 0, 1, 0],
+                                                          [1, 1, 0, 0, 1, 1]]  # fmt: skip
+    assert shared.attention_mask[0, 0, 5].nonzero().flatten().tolist() == [5]  # padding sees itself only
+    # grid (6, 3), row after row: 21 <- cell 0; 22 <- 0, 23 <- 2; 24 <- 0; 25 <- 7; 26 <- 7; 27 <- 7, 28 <- 10
+    assert shared.states.tolist() == [0, 0, 2, 0, 7, 7, 7, 10]
+    assert shared.real.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    assert shared.packed_states.tolist() == [0, 0, 2, 0, 6, 6, 6, 9]
+    assert pair_groups(4).tolist() == [[0, 2], [1, 3]] and pair_groups(3) is None
+    other = ids.clone()
+    other[4, 0] = 99  # row 4's prompt differs from its group's
+    assert shared_prompt_layout(other, attention, loss, layout.first, layout.response,
+                                groups=consecutive_groups(6, 3)) is None
+    assert shared_prompt_layout(ids, attention, loss, layout.first, layout.response,
+                                groups=torch.tensor([[0, 1, 2], [3, 4, 4]])) is None  # row 5 in no group
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_groups_of_completions_give_the_padded_log_probs_entropies_and_gradients(tiny_model, packed):
+    """Three rows per prompt (ragged completions), LoRA: one shared row per group, as the rows compute."""
+    from prefopt.core.attention import use_cpu_attention
+    from prefopt.data.batching import _response_rows
+
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(3, 300, (n,), generator=g).tolist()
+    prompts, completions = [], []
+    for prompt, replies in ((ids(4), (3, 7, 1)), (ids(9), (5, 2, 6))):
+        prompts += [prompt] * 3
+        completions += [ids(n) for n in replies]
+    batch = _response_rows(prompts, completions, pad_id=0)  # (6, T) right-padded, as an online batch
+    model = lora_with_random_b(tiny_model)
+    if packed:
+        assert use_cpu_attention(model, "cpu")
+    padded = _run(model, _with_layouts(batch, shared=False))
+    layout = host_layout(batch["attention_mask"], batch["loss_mask"])
+    shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
+                                  layout.response, packed=packed, groups=consecutive_groups(6, 3))
+    assert shared.input_ids.shape == (2, 9 + 13)  # the longer group: 9 prompt + 13 completion tokens
+    grouped = _run(model, {**batch, LAYOUT: layout, SHARED_PROMPT: shared})
+    assert grouped[1].equal(padded[1])
+    assert_close(grouped[0], padded[0], rtol=1e-5, atol=1e-5)
+    assert_close(grouped[2], padded[2], rtol=1e-5, atol=1e-5)
+    assert grouped[3].keys() == padded[3].keys() and len(grouped[3]) > 0
+    for name in padded[3]:
+        assert_close(grouped[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter):
     """With prefopt's CPU attention the shared rows run packed, (1, S), padded only around attention."""
@@ -111,8 +179,8 @@ def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies
     embed = model.get_input_embeddings()
     hook = embed.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
     _run(model, _with_layouts(batch, packed=True))  # plain SDPA cannot attend packed tokens: runs the rows
-    assert not logprobs.packs_shared_prompts(model) and shapes == [(4, 15)]
-    assert use_cpu_attention(model, "cpu") and logprobs.packs_shared_prompts(model)
+    assert not logprobs.pads_only_attention(model) and shapes == [(4, 15)]
+    assert use_cpu_attention(model, "cpu") and logprobs.pads_only_attention(model)
     packed = _run(model, _with_layouts(batch, packed=True))
     hook.remove()
     assert shapes[1:] == [(1, sum(p + c + r for p, c, r in RAGGED_SHAPES))]  # one packed sequence, no padding
@@ -190,7 +258,7 @@ def test_a_shared_prompt_run_trains_like_a_padded_one(tmp_path, tiny_model_dir, 
                                monkeypatch)
 
 
-@pytest.mark.parametrize("algo", ["reward", "sft", "grpo"])
+@pytest.mark.parametrize("algo", ["reward", "sft", "ppo"])
 def test_share_prompt_is_refused_where_there_are_no_pairs_to_share(tmp_path, tiny_model_dir, algo, capsys):
     from helpers import assert_option_refused
 

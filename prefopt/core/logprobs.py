@@ -190,11 +190,12 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
 
 def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, layout: Layout,
                         input_ids: torch.Tensor, mask: torch.Tensor, return_entropy: bool):
-    """forward_token_logps of a (2B, T) pair batch with each prompt run once (``prefopt.core.shared_prompt``):
-    one (B, T') forward, then the same (2B, K) outputs as the padded path. A packed layout (``SharedPrompt.real``)
+    """forward_token_logps of an (N, T) batch with each prompt run once per group of rows sharing it (a pair
+    batch's pairs, an online batch's completions of a prompt; ``prefopt.core.shared_prompt``): one (G, T')
+    forward, then the same (N, K) outputs as the padded path. A packed layout (``SharedPrompt.real``)
     on a model with prefopt's CPU attention runs only the real tokens, padded around attention alone
     (``PaddedAttention``); other models run the rows."""
-    if shared.real is not None and packs_shared_prompts(backbone):
+    if shared.real is not None and pads_only_attention(backbone):
         padded = PaddedAttention(shared.real, *shared.input_ids.shape)
         hidden = backbone(input_ids=shared.input_ids.flatten().index_select(0, shared.real)[None],
                           position_ids=shared.position_ids.flatten().index_select(0, shared.real)[None],
@@ -203,7 +204,7 @@ def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, l
         states = hidden[0].index_select(0, shared.packed_states)  # (R, H)
     else:
         hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
-                          position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (B, T', H)
+                          position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (G, T', H)
         states = hidden.flatten(0, 1).index_select(0, shared.states)  # (R, H)
     labels = input_ids[:, layout.first :].flatten().index_select(0, layout.response)  # (R,)
     if not return_entropy:
@@ -233,12 +234,15 @@ PADDING_FREE = "padding_free"
 
 
 def use_padding_free(option: bool | str, model, device) -> bool:
-    """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs only where it
-    was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (SDPA with a
-    block-diagonal mask over the whole packed sequence) the padded forward of length-bucketed batches is faster:
-    ``benchmarks/padding_free.py``, docs/speed.md."""
+    """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs where it was
+    measured faster: CUDA with flash-attention's variable-length kernel, and a CPU run with prefopt's SDPA, which
+    pads the packed tokens around attention only (``pads_only_attention``). Plain SDPA elsewhere would attend the
+    whole packed sequence with a block-diagonal mask, slower than padded rows (``benchmarks/padding_free.py``,
+    docs/speed.md)."""
     if option != "auto":
         return bool(option)
+    if torch.device(device).type == "cpu":
+        return pads_only_attention(model)
     return torch.device(device).type == "cuda" and _attention_implementation(model).startswith("flash_attention")
 
 
@@ -260,10 +264,11 @@ def share_prompt_support(model) -> str | None:
     return None
 
 
-def packs_shared_prompts(model) -> bool:
-    """Whether `model` runs shared-prompt rows as packed tokens, padded only around attention: what its attention
-    function, prefopt's CPU SDPA, knows how to do. Fewer cells in every layer but attention; the same values
-    (``benchmarks/share_prompt.py``, docs/speed.md)."""
+def pads_only_attention(model) -> bool:
+    """Whether `model` can run a batch's real tokens packed and pad them only around attention: what its attention
+    function, prefopt's CPU SDPA, knows how to do (``PaddedAttention``). Shared-prompt rows and padding-free
+    batches run so: no padding in every layer but attention, which keeps the padded rows' masked kernel; the
+    same values (``benchmarks/share_prompt.py``, ``benchmarks/padding_free.py``, docs/speed.md)."""
     return _attention_implementation(model) == CPU_SDPA
 
 
@@ -282,7 +287,8 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     sequence of S = sum of lengths, positions restarting at 0 for each row. Given ``position_ids`` and no
     attention mask, transformers attends within each row only (flash-attention's variable-length kernel where it
     is installed, else a block-diagonal causal mask), so every value equals the padded forward's; no compute is
-    spent on padding. The same (N, K) outputs as the padded path.
+    spent on padding. With prefopt's CPU SDPA attention instead runs on the padded rows (``_padded_attention``):
+    padding costs only there. The same (N, K) outputs as the padded path.
 
     The response tokens, read row after row, are in the same order in the packed sequence as in the (N, K) grid,
     and none is the first token of its row (a prompt always comes first), so the state just before each is of
@@ -298,16 +304,17 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     labels = packed[1:].index_select(0, layout.targets)  # (R,)
     grid = (loss_mask.shape[0], loss_mask.shape[1] - first)  # (N, K)
     entropy = None
+    rows = _padded_attention(attention_mask, layout.real) if pads_only_attention(model) else {}
     if parts is None:
         logits = model(input_ids=packed[None], position_ids=layout.positions[None], use_cache=False,
-                       logits_to_keep=layout.targets).logits[0]  # (R, V)  # fmt: skip
+                       logits_to_keep=layout.targets, **rows).logits[0]  # (R, V)  # fmt: skip
         picked = selective_log_softmax(logits, labels)  # (R,)
         if return_entropy:
             entropy = chunked_entropy(logits)  # (R,)
     else:
         backbone, head = parts
-        hidden = backbone(input_ids=packed[None], position_ids=layout.positions[None],
-                          use_cache=False).last_hidden_state  # (1, S, H)  # fmt: skip
+        hidden = backbone(input_ids=packed[None], position_ids=layout.positions[None], use_cache=False,
+                          **rows).last_hidden_state  # (1, S, H)  # fmt: skip
         states = hidden[0].index_select(0, layout.targets)  # (R, H)
         if return_entropy:
             picked, entropy = linear_log_softmax(states, head.weight, labels, return_entropy=True)  # (R,) x 2
@@ -317,6 +324,16 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     if not return_entropy:
         return _scatter(picked, layout.response, grid), mask
     return _scatter(picked, layout.response, grid), mask, _scatter(entropy, layout.response, grid)
+
+
+def _padded_attention(attention_mask: torch.Tensor, real: torch.Tensor) -> dict:
+    """The model keywords that attend a right-padded (N, T) batch's packed real tokens as its rows: a causal mask
+    over each row's real keys, (N, 1, T, T) bool (a padding query sees its row's real keys: never an empty
+    softmax row, and its output is dropped), and the PaddedAttention that moves the tokens into the rows."""
+    n, t = attention_mask.shape
+    causal = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()  # (T, T)
+    return {"attention_mask": causal & attention_mask.bool()[:, None, None, :],  # (N, 1, T, T)
+            PADDED_ATTENTION: PaddedAttention(real, n, t)}
 
 
 def _scatter(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""A pair batch's prompt run once for both replies: one row per pair, [prompt, chosen, rejected].
+"""A batch's prompt run once for all its replies: one row per group of rows sharing a prompt, [prompt, replies].
 
 A (2B, T) pair batch repeats every prompt: row i is prompt+chosen, row B+i the same prompt+rejected. Run as
 one row per pair with an attention mask that keeps the two replies apart, the prompt is computed once:
@@ -9,7 +9,8 @@ one row per pair with an attention mask that keeps the two replies apart, the pr
 
 Every state then equals the one the padded rows compute, so the log-probs do too (to float rounding), at
 P + C + R tokens per pair instead of 2P + C + R. The first token of each reply is predicted from the prompt's
-last state, shared by both.
+last state, shared by both. The same holds for any group of rows with one prompt: an online batch's k
+completions of each prompt run as [prompt, completion 1, ..., completion k], P + sum of C instead of k P + sum.
 
 The layout is worked out on the host (CPU) from the batch's masks, like ``prefopt.core.logprobs.Layout``, so
 the forward indexes with ``index_select`` and never waits for a device. Only the pieces are built here; the
@@ -22,22 +23,23 @@ from dataclasses import dataclass
 
 import torch
 
-# A batch key: the batch's SharedPrompt, when its pairs' prompts run once (see shared_prompt_layout).
+# A batch key: the batch's SharedPrompt, when its prompts run once per group (see shared_prompt_layout).
 SHARED_PROMPT = "shared_prompt"
 
 
 @dataclass
 class SharedPrompt:
-    """The one-row-per-pair form of a (2B, T) pair batch, and where each response cell's predicting state is."""
+    """The one-row-per-group form of an (N, T) batch (a pair batch: B groups of 2), and where each response
+    cell's predicting state is."""
 
-    input_ids: torch.Tensor  # (B, T') prompt, chosen, rejected, then padding (id 0: never attended to)
-    position_ids: torch.Tensor  # (B, T') the rejected reply's positions continue from the prompt's
-    attention_mask: torch.Tensor  # (B, 1, T', T') bool, True where a query may attend to a key
-    states: torch.Tensor  # (R,) flat index into (B * T') of the state predicting each response cell, grid order
+    input_ids: torch.Tensor  # (G, T') prompt, each reply in turn, then padding (id 0: never attended to)
+    position_ids: torch.Tensor  # (G, T') each reply's positions continue from the prompt's
+    attention_mask: torch.Tensor  # (G, 1, T', T') bool, True where a query may attend to a key
+    states: torch.Tensor  # (R,) flat index into (G * T') of the state predicting each response cell, grid order
     # With `packed`: the same tokens with the padding left out, for a forward that pads only around attention
-    # (prefopt.core.attention.PaddedAttention): where each packed token sits in (B * T'), row after row, and each
+    # (prefopt.core.attention.PaddedAttention): where each packed token sits in (G * T'), row after row, and each
     # response cell's predicting state as an index into the packed tokens. None: the forward runs the rows.
-    real: torch.Tensor | None = None  # (S,) flat index into (B * T'), S = sum over pairs of P + C + R
+    real: torch.Tensor | None = None  # (S,) flat index into (G * T'), S = sum over groups of P + replies
     packed_states: torch.Tensor | None = None  # (R,) index into the S packed tokens
 
     def to(self, device, non_blocking: bool = True) -> SharedPrompt:
@@ -46,62 +48,88 @@ class SharedPrompt:
                             move(self.states), move(self.real), move(self.packed_states))
 
 
-def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
-                         first: int, response: torch.Tensor, packed: bool = False) -> SharedPrompt | None:
-    """The SharedPrompt of a right-padded (2B, T) pair batch, or None when its rows are not B pairs of
-    (prompt + reply) with rows i and B+i holding the same prompt and each reply one unbroken run of loss-mask
-    ones right after it (then the padded forward serves the batch).
+def pair_groups(rows: int) -> torch.Tensor | None:
+    """(B, 2) the rows of a (2B, T) pair batch that share a prompt: chosen row i and rejected row B + i."""
+    if rows % 2 or rows == 0:
+        return None
+    return torch.arange(rows).view(2, rows // 2).T
 
-    input_ids, attention_mask, loss_mask: (2B, T) on the CPU; first: the grid's first column (K = T - first);
-    response: (R,) flat indices of the response cells of the (2B, K) grid, row after row (``Layout.response``);
-    packed: also where the real tokens are, for a forward of the tokens packed (``SharedPrompt.real``).
+
+def consecutive_groups(rows: int, size: int) -> torch.Tensor | None:
+    """(N / k, k) groups of k consecutive rows (an online batch's k completions of each prompt)."""
+    if size < 2 or rows % size or rows == 0:
+        return None
+    return torch.arange(rows).view(rows // size, size)
+
+
+def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                         first: int, response: torch.Tensor, packed: bool = False,
+                         groups: torch.Tensor | None = None) -> SharedPrompt | None:
+    """The SharedPrompt of a right-padded (N, T) batch whose rows come in groups sharing a prompt, or None when
+    its rows are not such groups of (prompt + reply), each reply one unbroken run of loss-mask ones right after
+    the prompt (then the padded forward serves the batch).
+
+    input_ids, attention_mask, loss_mask: (N, T) on the CPU; first: the grid's first column (K = T - first);
+    response: (R,) flat indices of the response cells of the (N, K) grid, row after row (``Layout.response``);
+    packed: also where the real tokens are, for a forward of the tokens packed (``SharedPrompt.real``);
+    groups: (G, k) row indices, every row once, each group's replies in its shared row in this order (default:
+    a pair batch's ``pair_groups``).
     """
     n, width = input_ids.shape
-    if n % 2 or n == 0:
+    groups = pair_groups(n) if groups is None else groups
+    if groups is None or groups.numel() != n or not torch.equal(groups.flatten().sort().values, torch.arange(n)):
         return None
-    b = n // 2
-    lengths = attention_mask.sum(1)  # (2B,)
-    replies = loss_mask.sum(1)  # (2B,)
-    prompts = lengths - replies  # (2B,) prompt length of each row
+    lengths = attention_mask.sum(1)  # (N,)
+    replies = loss_mask.sum(1)  # (N,)
+    prompts = lengths - replies  # (N,) prompt length of each row
     for row in range(n):
         p, end = int(prompts[row]), int(lengths[row])
         if p < 1 or not bool(attention_mask[row, :end].all()) or not bool(loss_mask[row, p:end].all()):
             return None  # not right-padded prompt + one reply
-    if not torch.equal(prompts[:b], prompts[b:]):
+    p = prompts[groups]  # (G, k)
+    if not (p == p[:, :1]).all():
         return None
-    p, c, r = prompts[:b], replies[:b], replies[b:]  # (B,) each
-    if any(not torch.equal(input_ids[i, : int(p[i])], input_ids[b + i, : int(p[i])]) for i in range(b)):
-        return None
-    total = int((p + c + r).max())  # T'
-    ids = torch.zeros(b, total, dtype=torch.long)  # (B, T')
-    positions = torch.zeros(b, total, dtype=torch.long)  # (B, T')
-    allowed = torch.zeros(b, 1, total, total, dtype=torch.bool)  # (B, 1, T', T')
+    p = p[:, 0]  # (G,)
+    for members, pg in zip(groups.tolist(), p.tolist(), strict=True):
+        if any(not torch.equal(input_ids[row, :pg], input_ids[members[0], :pg]) for row in members[1:]):
+            return None
+    reply = replies[groups]  # (G, k)
+    start = p[:, None] + reply.cumsum(1) - reply  # (G, k) where each reply starts in its group's row
+    used = p + reply.sum(1)  # (G,) real cells of each shared row
+    total = int(used.max())  # T'
+    ids = torch.zeros(len(groups), total, dtype=torch.long)  # (G, T')
+    positions = torch.zeros(len(groups), total, dtype=torch.long)  # (G, T')
+    allowed = torch.zeros(len(groups), 1, total, total, dtype=torch.bool)  # (G, 1, T', T')
     causal = torch.ones(total, total, dtype=torch.bool).tril()  # (T', T')
-    for i in range(b):
-        pi, ci, ri = int(p[i]), int(c[i]), int(r[i])
-        real = pi + ci + ri
-        ids[i, : pi + ci] = input_ids[i, : pi + ci]
-        ids[i, pi + ci : real] = input_ids[b + i, pi : pi + ri]
-        positions[i, : pi + ci] = torch.arange(pi + ci)
-        positions[i, pi + ci : real] = torch.arange(pi, pi + ri)
-        allowed[i, 0, :real, :real] = causal[:real, :real]
-        allowed[i, 0, pi + ci : real, pi : pi + ci] = False  # the rejected reply never sees the chosen one
-        pad = torch.arange(real, total)
-        allowed[i, 0, pad, pad] = True  # a padding query attends to itself only: no empty softmax row
-    # Each response cell's predicting state. Chosen (row i < B): the state just before it, as in the padded
-    # row. Rejected (row B+i): its first token from the prompt's last state, later ones from the state before.
+    for g, members in enumerate(groups.tolist()):
+        pg = int(p[g])
+        ids[g, :pg] = input_ids[members[0], :pg]
+        positions[g, :pg] = torch.arange(pg)
+        allowed[g, 0, :pg, :pg] = causal[:pg, :pg]
+        for m, row in enumerate(members):
+            s, c = int(start[g, m]), int(reply[g, m])
+            ids[g, s : s + c] = input_ids[row, pg : pg + c]
+            positions[g, s : s + c] = torch.arange(pg, pg + c)  # each reply continues from the prompt
+            allowed[g, 0, s : s + c, :pg] = True  # a reply sees its prompt
+            allowed[g, 0, s : s + c, s : s + c] = causal[:c, :c]  # and itself, never another reply
+        pad = torch.arange(int(used[g]), total)
+        allowed[g, 0, pad, pad] = True  # a padding query attends to itself only: no empty softmax row
+    # Each response cell's predicting state: a reply's first token from the prompt's last state, later ones
+    # from the state just before them in the reply's own run.
+    group_of = torch.empty(n, dtype=torch.long)  # (N,)
+    member_of = torch.empty(n, dtype=torch.long)  # (N,)
+    group_of[groups.flatten()] = torch.arange(len(groups)).repeat_interleave(groups.shape[1])
+    member_of[groups.flatten()] = torch.arange(groups.shape[1]).repeat(len(groups))
     k = width - first
     row = response // k  # (R,)
-    column = first + response % k  # (R,) column in the (2B, T) batch
-    pair = row % b  # (R,)
-    offset = column - p[pair]  # (R,) token's place in its reply
-    rejected = row >= b
-    position = torch.where(rejected & (offset > 0), p[pair] + c[pair] + offset - 1, column - 1)  # (R,)
-    position = torch.where(rejected & (offset == 0), p[pair] - 1, position)  # (R,)
-    states = pair * total + position  # (R,)
+    column = first + response % k  # (R,) column in the (N, T) batch
+    group, member = group_of[row], member_of[row]  # (R,) each
+    offset = column - p[group]  # (R,) token's place in its reply
+    position = torch.where(offset > 0, start[group, member] + offset - 1, p[group] - 1)  # (R,)
+    states = group * total + position  # (R,)
     if not packed:
         return SharedPrompt(ids, positions, allowed, states)
-    real = (torch.arange(total) < (p + c + r)[:, None]).flatten().nonzero().squeeze(-1)  # (S,)
-    place = torch.full((b * total,), -1, dtype=torch.long)  # (B * T') -> place among the packed tokens
+    real = (torch.arange(total) < used[:, None]).flatten().nonzero().squeeze(-1)  # (S,)
+    place = torch.full((len(groups) * total,), -1, dtype=torch.long)  # (G * T') -> place among the packed tokens
     place[real] = torch.arange(real.numel())
     return SharedPrompt(ids, positions, allowed, states, real, place[states])

@@ -29,7 +29,7 @@ from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
     host_layout,
-    packs_shared_prompts,
+    pads_only_attention,
     share_prompt_support,
     use_padding_free,
     use_shared_prompt,
@@ -114,6 +114,19 @@ def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, se
 # ---------------------------------------------------------------- the trainer
 
 
+def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -> tuple[bool, bool]:
+    """(share_prompt, padding_free) as a run's batches are laid out. Pair batches of a log-prob objective run
+    each prompt once (``share_prompt``) unless padding_free is set true; other log-prob batches are packed where
+    ``padding_free`` allows (auto: on a CPU with prefopt's attention, on CUDA with flash-attention). Reward heads
+    read padded rows. On a CPU both layouts run the real tokens packed, padded only around attention."""
+    share = (isinstance(inputs, PairInputs) and algorithm.head == "lm" and run.padding_free is not True
+             and use_shared_prompt(run.share_prompt, model, device))
+    packed = algorithm.head == "lm" and not share and use_padding_free(run.padding_free, model, device)
+    return share, packed
+
+
+
+
 class Trainer:
     """Holds what one run needs: model, data, reference, optimizer; one step or one evaluation at a time."""
 
@@ -125,11 +138,8 @@ class Trainer:
         self.reference, self.device, self.precision = reference, device, precision
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
-        self.padding_free = use_padding_free(run.padding_free, model, device)
-        # Pair batches (chosen and rejected rows of the same prompts) for a log-prob objective: prompts run once.
-        self.share_prompt = (isinstance(self.inputs, PairInputs) and algorithm.head == "lm" and not self.padding_free
-                             and use_shared_prompt(run.share_prompt, model, device))
-        self.pack_shared_prompts = self.share_prompt and packs_shared_prompts(model)  # no padding outside attention
+        self.share_prompt, self.padding_free = batch_layouts(run, algorithm, self.inputs, model, device)
+        self.pack_shared_prompts = self.share_prompt and pads_only_attention(model)
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).

@@ -30,10 +30,19 @@ import torch
 from prefopt.core.algorithm import Algorithm
 from prefopt.core.generate import Rollout, SamplingConfig, generate
 from prefopt.core.host_memory import release_freed_memory, use_release
-from prefopt.core.logprobs import SequenceLogps, forward_token_logps
+from prefopt.core.logprobs import (
+    LAYOUT,
+    SequenceLogps,
+    forward_token_logps,
+    host_layout,
+    pads_only_attention,
+    share_prompt_support,
+    use_shared_prompt,
+)
 from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
 from prefopt.core.reference import build_reference
 from prefopt.core.rl import per_sequence_kl
+from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
 from prefopt.data import tokenize_prompts
 from prefopt.errors import PrefoptError
 from prefopt.training import chat_template
@@ -71,6 +80,8 @@ class OnlineContext:
         # none when training never uses it (evaluation then skips its KL)
         self.reference = (build_reference(run.reference, self.lm, run.adapter, autocast=self.autocast)
                           if needs_reference else None)
+        # forwards of groups of completions of one prompt run the prompt once (see with_shared_prompts)
+        self.share_prompt = use_shared_prompt(run.share_prompt, self.lm, device)
         self.step = 0
         self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
         # the run's prompt stream: more_prompts(n) -> (token ids, messages) of the next n training prompts
@@ -91,6 +102,22 @@ class OnlineContext:
         self.tokens += int(attention_mask.sum())
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
         return rollout, {k: v.to(self.device) for k, v in batch.items()}
+
+    def with_shared_prompts(self, batch: dict, groups: torch.Tensor | None) -> dict:
+        """`batch` with its host Layout and SharedPrompt when the run shares prompts and its rows come in
+        `groups` (G, k) that share a prompt (``consecutive_groups``: the k completions of each prompt, as
+        ``rollout`` returns them; ``pair_groups``: a pair batch): forward_token_logps then runs each prompt once
+        per group, the same values (``prefopt.core.shared_prompt``). Otherwise, or when the rows are not such
+        groups, `batch` as it is. Index only its tensors for a subset of rows."""
+        if not self.share_prompt or groups is None:
+            return batch
+        ids, attention, loss = (batch[k].cpu() for k in ("input_ids", "attention_mask", "loss_mask"))
+        layout = host_layout(attention, loss)
+        shared = shared_prompt_layout(ids, attention, loss, layout.first, layout.response,
+                                      packed=pads_only_attention(self.lm), groups=groups)  # fmt: skip
+        if shared is None:
+            return batch
+        return {**batch, LAYOUT: layout.to(self.device), SHARED_PROMPT: shared.to(self.device)}
 
     def reference_token_logps(self, batch: dict) -> torch.Tensor:
         """(N, K) token log-probs of the starting model, columns as forward_token_logps."""
@@ -125,6 +152,9 @@ class OnlineAlgorithm(Algorithm):
 
     online = True
     inputs = "prompts"
+    # Whether its update forwards run each prompt once for the completions sampled from it (run option
+    # share_prompt, through OnlineContext.with_shared_prompts); share_prompt=true is refused where not.
+    shares_prompts = False
 
     def completions_per_prompt(self) -> int:
         """Completions sampled (and scored) per prompt per step: a step's reward queries per prompt."""
@@ -217,7 +247,7 @@ def _prompt_indices(n: int, batch: int, seed: int, skip: int):
         epoch, offset = epoch + 1, 0
 
 
-def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
+def check_online_options(algo_name: str, run: RunConfig, world: int, shares_prompts: bool = False) -> None:
     """Run options an online method cannot honour, refused in one line before any work."""
     if world > 1:
         raise PrefoptError(f"{algo_name} is an online method and runs in one process; "
@@ -228,9 +258,9 @@ def check_online_options(algo_name: str, run: RunConfig, world: int) -> None:
     if run.padding_free is True:
         raise PrefoptError(f"option 'padding_free': packs the batches of offline objectives; {algo_name} samples and "
                            "scores its own rollouts as padded batches (leave it at auto or false)")
-    if run.share_prompt is True:
-        raise PrefoptError(f"option 'share_prompt': runs the prompts of offline preference pairs once; {algo_name} "
-                           "samples and scores its own rollouts (leave it at auto or false)")
+    if run.share_prompt is True and not shares_prompts:
+        raise PrefoptError(f"option 'share_prompt': runs each prompt once for the replies that share it; {algo_name} "
+                           "does not group its forwards by prompt (leave it at auto or false)")
     if run.pad_to_multiple_of != 1:
         raise PrefoptError(f"option 'pad_to_multiple_of': widens the batches of offline objectives; {algo_name} samples "
                            "and scores its own rollouts (leave it at 1)")
@@ -281,7 +311,7 @@ class OnlineSteps:
 
 def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out: Path, resume: bool) -> dict:
     """Train an online algorithm; returns the run summary (the same schema as offline runs)."""
-    check_online_options(algo_name, run, context().world)
+    check_online_options(algo_name, run, context().world, algorithm.shares_prompts)
     folder = RunFolder(out, resume)
     folder.check()
     random.seed(run.seed)
@@ -309,6 +339,10 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
+        lm = model.lm if hasattr(model, "head") else model
+        if run.share_prompt is True and (why := share_prompt_support(lm)) is not None:
+            raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
+                               "(leave it at auto or false)")
         chat_template.say(applied)  # after every check: an error stays one line
         ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)
