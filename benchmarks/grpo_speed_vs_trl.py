@@ -19,6 +19,9 @@ The same for both:
   - gradient checkpointing: on for both with --gradient-checkpointing, else off for both (trl's GRPOConfig
     turns it on by default; --trl-default-checkpointing leaves trl at its default and prefopt at its own, off).
 
+prefopt runs at its defaults otherwise: on a CPU its update runs each prompt once for the prompt's k
+completions (share_prompt auto; --share-prompt false gives it k padded rows, as trl's).
+
 What is timed. prefopt: the generation_seconds (sampling, the judge) and update_seconds it logs per step.
 trl: a TrainerCallback times each step from on_step_begin to on_step_end; generation is the time inside
 GRPOTrainer._generate_and_score_completions (sampling, reward, advantages), update the rest. A step's total
@@ -82,7 +85,8 @@ def run_prefopt(args, workdir: Path) -> dict:
     run = RunConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), precision=args.precision,
                     progress=False, steps=steps, batch_size=args.prompts, eval_size=0, lr=args.lr,
                     schedule="constant", warmup_ratio=0.0, max_length=512, max_prompt_length=256,
-                    max_grad_norm=1.0, seed=0, gradient_checkpointing=args.gradient_checkpointing)
+                    max_grad_norm=1.0, seed=0, gradient_checkpointing=args.gradient_checkpointing,
+                    share_prompt="auto" if args.share_prompt == "auto" else False)
     algorithm = GRPO(GRPO.Config(judge=f"python:{REWARD}", num_generations=args.k, max_new_tokens=args.max_new_tokens,
                                  temperature=1.0, top_p=1.0, beta=0.0, measure_kl=False))
     loaded = {}
@@ -98,6 +102,7 @@ def run_prefopt(args, workdir: Path) -> dict:
     rows = [r for r in rows if "generation_seconds" in r][args.warmup :]
     return {
         "gradient_checkpointing": run.gradient_checkpointing,
+        "share_prompt": run.share_prompt,
         "generation_seconds": [r["generation_seconds"] + r["judge_seconds"] for r in rows],
         "update_seconds": [r["update_seconds"] for r in rows],
         "completion_tokens": [r["response_length"] * args.prompts * args.k for r in rows],
@@ -197,6 +202,9 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both trainers")
     parser.add_argument("--trl-default-checkpointing", action="store_true",
                         help="leave trl's gradient checkpointing at its GRPOConfig default (on)")
+    parser.add_argument("--share-prompt", choices=["auto", "false"], default="auto",
+                        help="prefopt's share_prompt: auto (each prompt once for its k completions, on a CPU) or "
+                             "false (k padded rows)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--reps", type=int, default=2, help="alternating prefopt/trl runs")
