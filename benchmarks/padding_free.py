@@ -7,7 +7,9 @@ times each; the first `--warmup` steps of a run are excluded. Both runs set `sha
 is the padded rows (a pair batch's other layout, each prompt once, is `benchmarks/share_prompt.py`'s). On a CPU
 `on` packs the tokens and pads them around attention only; elsewhere, without flash-attention, attention runs
 over the whole packed sequence with a block-diagonal mask. Both runs of a repetition train on the same batches
-from the same seed, so their per-step losses must agree (to 1e-4): the script stops if they do not.
+from the same seed, so their per-step losses must agree: in fp32 every step's to 1e-4; in bf16, where matrix
+products of other shapes round differently and the difference grows through the updates, the first step's to
+1e-2 (the largest difference over all steps is reported). The script stops if they do not.
 
     python benchmarks/padding_free.py                          # batch 8, max length 256, 12 steps, 2 reps
     python benchmarks/padding_free.py --out results/speed/cpu_padding_free
@@ -89,8 +91,11 @@ def main() -> None:
             for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):  # alternate which goes first
                 pair[mode] = run_one(data, Path(tmp) / f"{mode}{rep}", mode, args)
                 runs.append({"rep": rep, **pair[mode]})
-            for a, b in zip(pair["on"]["losses"], pair["off"]["losses"]):
-                if abs(a - b) > 1e-4:
+            checked = zip(pair["on"]["losses"], pair["off"]["losses"])
+            if args.precision != "fp32":  # bf16, or auto (bf16 where the CPU has it): the first step only
+                checked = [next(checked)]
+            for a, b in checked:
+                if abs(a - b) > (1e-4 if args.precision == "fp32" else 1e-2):
                     raise SystemExit(f"repetition {rep}: padding-free loss {a} differs from the padded {b}")
     off = statistics.median(r["seconds_per_step_median"] for r in runs if r["padding_free"] == "off")
     on = statistics.median(r["seconds_per_step_median"] for r in runs if r["padding_free"] == "on")
@@ -98,7 +103,9 @@ def main() -> None:
     rss_on = max(r["peak_rss_mb"] for r in runs if r["padding_free"] == "on")
     result = {"settings": vars(args), "provenance": provenance(), "runs": runs,
               "padded_seconds_per_step": off, "padding_free_seconds_per_step": on,
-              "padding_free_speedup": off / on, "padded_peak_rss_mb": rss_off, "padding_free_peak_rss_mb": rss_on}  # fmt: skip
+              "padding_free_speedup": off / on, "padded_peak_rss_mb": rss_off, "padding_free_peak_rss_mb": rss_on,
+              "max_loss_difference": max(abs(a - b) for rep in range(args.reps) for a, b in zip(
+                  *(r["losses"] for r in runs if r["rep"] == rep)))}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "padding_free.json", result)
@@ -106,7 +113,8 @@ def main() -> None:
         "# Padded vs padding-free DPO steps", "",
         (f"`python benchmarks/padding_free.py {' '.join(sys.argv[1:])}`; {args.reps} repetitions alternating, "
          f"{args.steps} steps each ({args.warmup} warm-up excluded), batch {args.batch_size} pairs, max length "
-         f"{args.max_length}, per-step losses of the two modes equal to 1e-4."), "",
+         f"{args.max_length}, precision {args.precision}; per-step losses of the two modes differ by at most "
+         f"{result['max_loss_difference']:.1e}."), "",
         "| padding_free | s/step (median of runs) | peak RSS MB (max) |", "| --- | --- | --- |",
         f"| off (padded, length-bucketed) | {off:.3f} | {rss_off:.0f} |",
         f"| on (packed tokens) | {on:.3f} | {rss_on:.0f} |", "",

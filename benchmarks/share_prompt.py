@@ -1,7 +1,8 @@
 """prefopt's DPO step with each pair's prompt run once (`share_prompt`) against the padded rows, same batches.
 
-Three layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
-default: `padded` (2B rows of prompt + reply), `shared` (one [prompt, chosen, rejected] row per pair) and
+Four layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
+default: `padded` (2B rows of prompt + reply), `padding_free` (those rows' real tokens as one sequence, padded
+only around attention: a CPU run's `padding_free`), `shared` (one [prompt, chosen, rejected] row per pair) and
 `packed` (the shared rows' real tokens as one sequence, padded only around attention: what a CPU run does).
 Also printed: the cells each layout computes per batch (rows x columns of the forward; packed: real tokens).
 
@@ -27,19 +28,24 @@ from prefopt.core.logprobs import host_layout
 from prefopt.core.shared_prompt import shared_prompt_layout
 from prefopt.io import provenance
 
+LAYOUTS = ("padded", "padding_free", "shared", "packed")
 
-def cells(trainer, ids: list[int]) -> tuple[int, int, int]:
-    """(padded cells, shared cells, packed tokens) of one batch's forward."""
+
+def cells(trainer, ids: list[int]) -> tuple[int, int, int, int]:
+    """The cells each of LAYOUTS computes in one batch's forward: padded rows x columns, their real tokens,
+    shared rows x columns, their real tokens."""
     batch = trainer.collate([trainer.examples[i] for i in ids])
     layout = host_layout(batch["attention_mask"], batch["loss_mask"])
     shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
                                   layout.response, packed=True)
-    return batch["input_ids"].numel(), shared.input_ids.numel(), shared.real.numel()
+    return (batch["input_ids"].numel(), int(batch["attention_mask"].sum()), shared.input_ids.numel(),
+            shared.real.numel())
 
 
 def use_layout(trainer, name: str) -> None:
-    trainer.share_prompt = name != "padded"
+    trainer.share_prompt = name in ("shared", "packed")
     trainer.pack_shared_prompts = name == "packed"
+    trainer.padding_free = name == "padding_free"
 
 
 def main(argv=None) -> int:
@@ -55,26 +61,30 @@ def main(argv=None) -> int:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
         if not trainer.pack_shared_prompts:
             raise SystemExit(f"{args.model} cannot share prompts and pack them here (see prefopt.core.logprobs."
-                             "share_prompt_support and packs_shared_prompts)")
+                             "share_prompt_support and pads_only_attention)")
         sizes = [cells(trainer, ids) for ids in batches]
-        layouts = {name: partial(use_layout, trainer, name) for name in ("padded", "shared", "packed")}
+        layouts = {name: partial(use_layout, trainer, name) for name in LAYOUTS}
         seconds = time_settings(trainer, batches, layouts, args.passes)
 
     totals = {k: [sum(t) for t in v] for k, v in seconds.items()}
     result = {"setup": vars(setup), "passes": args.passes, "seconds": seconds, "totals": totals,
-              "cells_padded_shared_packed": sizes,
+              "cells": {name: [s[i] for s in sizes] for i, name in enumerate(LAYOUTS)},
               "command": shlex.join(["python", "benchmarks/share_prompt.py", *(argv or sys.argv[1:])]),
               "provenance": provenance()}
     lines = [(f"# DPO step, prompts run once vs padded rows ({args.model}, batch {args.batch_size}, max length "
               f"{args.max_length}, spread lengths, {args.precision})"), "",
-             "| pass | padded s (sum over the batches) | shared s | packed s | padded / shared | shared / packed |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {p} | {a:.2f} | {b:.2f} | {c:.2f} | {a / b:.2f}x | {b / c:.2f}x |" for p, (a, b, c) in
-              enumerate(zip(totals["padded"], totals["shared"], totals["packed"]))]  # fmt: skip
-    lines += ["", "Cells per forward (padded rows x columns -> shared rows x columns -> packed tokens): "
-              + ", ".join(f"{a} -> {b} -> {c}" for a, b, c in sizes)
-              + f"; shared {sum(s[1] for s in sizes) / sum(s[0] for s in sizes):.2f}x the padded cells, packed "
-              + f"{sum(s[2] for s in sizes) / sum(s[0] for s in sizes):.2f}x."]
+             "Seconds per pass (the sum over the batches), and each layout's speed over the padded rows':", "",
+             "| pass | " + " | ".join(f"{name} s" for name in LAYOUTS) + " | "
+             + " | ".join(f"{name} / padded" for name in LAYOUTS[1:]) + " |",
+             "| ---: |" + " ---: |" * (2 * len(LAYOUTS) - 1)]
+    for p in range(args.passes):
+        row = [totals[name][p] for name in LAYOUTS]
+        lines.append(f"| {p} | " + " | ".join(f"{t:.2f}" for t in row) + " | "
+                     + " | ".join(f"{row[0] / t:.2f}x" for t in row[1:]) + " |")
+    lines += ["", "Cells per forward (" + " -> ".join(LAYOUTS) + "): "
+              + ", ".join(" -> ".join(str(c) for c in s) for s in sizes) + "; over the padded rows' cells: "
+              + ", ".join(f"{name} {sum(s[i] for s in sizes) / sum(s[0] for s in sizes):.2f}x"
+                          for i, name in enumerate(LAYOUTS) if i) + "."]
     finish(result, lines, args.out, "share_prompt")
     return 0
 

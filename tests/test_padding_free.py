@@ -137,11 +137,37 @@ def test_a_run_shares_prompts_of_pairs_and_packs_other_log_prob_batches_on_a_cpu
 
     assert layouts("dpo") == (True, False) and layouts("sft") == (False, False)  # plain SDPA: rows padded
     assert use_cpu_attention(tiny_model, "cpu")
-    assert layouts("dpo") == (True, False)  # pairs: each prompt once (packed, see test_shared_prompt)
-    assert layouts("kto") == (True, False)  # its pair batches share; its half batches stay padded
+    # pair batches: each prompt once (packed, see test_shared_prompt); anything else, as KTO's half batches,
+    # packed (a batch with both layouts runs the shared one: see the next test)
+    assert layouts("dpo") == (True, True) and layouts("kto") == (True, True)
     assert layouts("sft") == (False, True)  # demonstrations: packed
     assert layouts("reward") == (False, False)  # a reward head reads padded rows
     assert layouts("dpo", share_prompt=False) == (False, True)
     assert layouts("dpo", padding_free=True) == (False, True)
-    assert layouts("sft", padding_free=False) == (False, False)
+    assert layouts("sft", padding_free=False) == (False, False) and layouts("dpo", padding_free=False) == (True, False)
     assert layouts("dpo", device="cuda") == (False, False)  # no flash-attention here: padded rows on CUDA
+
+
+def test_a_batch_with_both_layouts_runs_its_prompts_once_and_its_half_batches_packed(tiny_model, monkeypatch):
+    """A KTO-style run marks every batch padding-free and gives whole pair batches their shared prompts: the
+    whole batch takes the shared forward, a half batch (no shared layout of its own) the packed one."""
+    from prefopt.core.logprobs import LAYOUT, host_layout
+    from prefopt.core.shared_prompt import SHARED_PROMPT, shared_prompt_layout
+    from prefopt.training.inputs import rows
+
+    taken = []
+    for name in ("_shared_token_logps", "_packed_token_logps"):
+        real = getattr(logprobs, name)
+        monkeypatch.setattr(logprobs, name, lambda *a, _name=name, _real=real, **k: taken.append(_name) or _real(*a, **k))
+    batch = ragged_pairs(4)
+    layout = host_layout(batch["attention_mask"], batch["loss_mask"])
+    shared = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
+                                  layout.response)
+    both = {**batch, PADDING_FREE: True, LAYOUT: layout, SHARED_PROMPT: shared}
+    with torch.no_grad():
+        whole, _ = logprobs.forward_token_logps(tiny_model, both)
+        half, _ = logprobs.forward_token_logps(tiny_model, rows(both, 0, 4), layout.first)
+        padded, _ = logprobs.forward_token_logps(tiny_model, batch)
+    assert taken == ["_shared_token_logps", "_packed_token_logps"]
+    assert_close(whole, padded, rtol=1e-5, atol=1e-5)
+    assert_close(half, padded[:4], rtol=1e-5, atol=1e-5)

@@ -32,6 +32,17 @@ def _run(model, batch: dict):
     return logps.detach(), mask, entropy, grads
 
 
+def _assert_same(got, want):
+    """Two _run results: the same mask, log-probs and entropies to 1e-5, gradients of the same parameters."""
+    assert got[0].shape == want[0].shape and got[1].equal(want[1])
+    assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
+    assert (got[0][got[1] == 0] == 0).all()
+    assert got[3].keys() == want[3].keys() and len(got[3]) > 0
+    for name in want[3]:
+        assert_close(got[3][name], want[3][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_the_layout_of_one_pair_by_hand():
     """Prompt [11, 12], chosen [21, 22, 23], rejected [31]: the row, positions, mask and predicting states."""
     batch = collate_pairs([TokenizedPair(0, [11, 12], [21, 22, 23], [31])], pad_id=0)  # (2, 5)
@@ -90,13 +101,7 @@ def test_shared_prompts_give_the_padded_log_probs_entropies_and_gradients(tiny_m
     batch = ragged_pairs(0)
     padded = _run(model, _with_layouts(batch, shared=False))
     shared = _run(model, _with_layouts(batch))
-    assert shared[0].shape == padded[0].shape and shared[1].equal(padded[1])
-    assert_close(shared[0], padded[0], rtol=1e-5, atol=1e-5)
-    assert_close(shared[2], padded[2], rtol=1e-5, atol=1e-5)
-    assert (shared[0][shared[1] == 0] == 0).all()
-    assert shared[3].keys() == padded[3].keys() and len(shared[3]) > 0
-    for name in padded[3]:
-        assert_close(shared[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+    _assert_same(shared, padded)
 
 
 def test_groups_of_consecutive_rows_by_hand():
@@ -159,12 +164,7 @@ def test_groups_of_completions_give_the_padded_log_probs_entropies_and_gradients
                                   layout.response, packed=packed, groups=consecutive_groups(6, 3))
     assert shared.input_ids.shape == (2, 9 + 13)  # the longer group: 9 prompt + 13 completion tokens
     grouped = _run(model, {**batch, LAYOUT: layout, SHARED_PROMPT: shared})
-    assert grouped[1].equal(padded[1])
-    assert_close(grouped[0], padded[0], rtol=1e-5, atol=1e-5)
-    assert_close(grouped[2], padded[2], rtol=1e-5, atol=1e-5)
-    assert grouped[3].keys() == padded[3].keys() and len(grouped[3]) > 0
-    for name in padded[3]:
-        assert_close(grouped[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+    _assert_same(grouped, padded)
 
 
 @pytest.mark.parametrize("adapter", ["full", "lora"])
@@ -184,12 +184,7 @@ def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies
     packed = _run(model, _with_layouts(batch, packed=True))
     hook.remove()
     assert shapes[1:] == [(1, sum(p + c + r for p, c, r in RAGGED_SHAPES))]  # one packed sequence, no padding
-    assert packed[1].equal(padded[1])
-    assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
-    assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)
-    assert packed[3].keys() == padded[3].keys() and len(packed[3]) > 0
-    for name in padded[3]:
-        assert_close(packed[3][name], padded[3][name], rtol=1e-4, atol=1e-5, msg=name)
+    _assert_same(packed, padded)
 
 
 def test_a_reply_never_sees_the_other_reply_or_the_padding(tiny_model):

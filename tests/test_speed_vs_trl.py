@@ -113,11 +113,14 @@ def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypa
     assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
                         "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
     record = json.loads((tmp_path / "share_prompt.json").read_text())
-    assert [len(p) for name in ("padded", "shared", "packed") for p in record["seconds"][name]] == [2, 2, 2]
-    # one row of P + C + R per pair is fewer cells than two rows of P + max(C, R), every prompt being non-empty;
-    # packed, no padding at all
-    assert all(0 < packed <= shared < padded for padded, shared, packed in record["cells_padded_shared_packed"])
-    assert "shared / packed" in (tmp_path / "share_prompt.md").read_text()
+    layouts = ("padded", "padding_free", "shared", "packed")
+    assert [len(p) for name in layouts for p in record["seconds"][name]] == [2, 2, 2, 2]
+    cells = record["cells"]
+    for padded, free, shared, packed in zip(*(cells[name] for name in layouts), strict=True):
+        # one row of P + C + R per pair is fewer cells than two rows of P + max(C, R), every prompt being
+        # non-empty; the packed layouts carry no padding
+        assert 0 < packed <= shared < padded and packed < free <= padded
+    assert "packed / padded" in (tmp_path / "share_prompt.md").read_text()
 
 
 def test_step_flops_counts_products_per_step_by_hand(monkeypatch):

@@ -165,6 +165,10 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
     if first is None:
         first = batch[LAYOUT].first if batch.get(LAYOUT) is not None else first_response_position(loss_mask)
     parts = fused_head(model) if fused else None
+    layout = _layout_for(batch, first)
+    if parts is not None and batch.get(SHARED_PROMPT) is not None and layout is not None:  # before padding-free
+        return _shared_token_logps(*parts, batch[SHARED_PROMPT], layout, input_ids, loss_mask[:, first:].float(),
+                                   return_entropy)  # fmt: skip
     if batch.get(PADDING_FREE):
         return _packed_token_logps(model, batch, first, parts, return_entropy)
     if parts is None:
@@ -178,10 +182,7 @@ def forward_token_logps(model, batch: dict, first: int | None = None, fused: boo
             return logps, mask
         return logps, mask, chunked_entropy(logits[:, :-1]) * mask
     backbone, head = parts
-    layout = _layout_for(batch, first)
     mask = loss_mask[:, first:].float()  # (N, K)
-    if batch.get(SHARED_PROMPT) is not None and layout is not None:
-        return _shared_token_logps(backbone, head, batch[SHARED_PROMPT], layout, input_ids, mask, return_entropy)
     hidden = backbone(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     hidden = hidden[:, first - 1 : -1]  # (N, K, H): the states that predict tokens first .. T-1
     index = layout.response if layout is not None else None
