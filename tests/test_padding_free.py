@@ -74,17 +74,17 @@ def test_a_sub_batch_lines_up_with_the_full_batch_columns(tiny_model):
     assert_close(part, full[rows], rtol=1e-5, atol=1e-5)
 
 
-def test_auto_packs_with_flash_attention_on_cuda_and_with_prefopts_attention_on_a_cpu(tiny_model):
+def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
     from prefopt.core.attention import use_cpu_attention
 
-    assert not logprobs.use_padding_free("auto", tiny_model, "cpu")  # plain SDPA: a block-diagonal mask, slower
+    assert not logprobs.use_padding_free("auto", tiny_model, "cpu")
     assert logprobs.use_padding_free(True, tiny_model, "cpu") and not logprobs.use_padding_free(False, tiny_model, "cuda")
     assert not logprobs.use_padding_free("auto", tiny_model, "cuda")
     tiny_model.config._attn_implementation = "flash_attention_2"
     assert logprobs.use_padding_free("auto", tiny_model, "cuda") and not logprobs.use_padding_free("auto", tiny_model, "cpu")
     tiny_model.config._attn_implementation = "sdpa"
-    assert use_cpu_attention(tiny_model, "cpu")  # what loading a model for a CPU run does
-    assert logprobs.use_padding_free("auto", tiny_model, "cpu") and not logprobs.use_padding_free(False, tiny_model, "cpu")
+    assert use_cpu_attention(tiny_model, "cpu")  # prefopt's attention: padded around attention when asked for
+    assert not logprobs.use_padding_free("auto", tiny_model, "cpu") and logprobs.use_padding_free(True, tiny_model, "cpu")
 
 
 @pytest.mark.e2e
@@ -137,14 +137,15 @@ def test_a_run_shares_prompts_of_pairs_and_packs_other_log_prob_batches_on_a_cpu
 
     assert layouts("dpo") == (True, False) and layouts("sft") == (False, False)  # plain SDPA: rows padded
     assert use_cpu_attention(tiny_model, "cpu")
-    # pair batches: each prompt once (packed, see test_shared_prompt); anything else, as KTO's half batches,
-    # packed (a batch with both layouts runs the shared one: see the next test)
-    assert layouts("dpo") == (True, True) and layouts("kto") == (True, True)
-    assert layouts("sft") == (False, True)  # demonstrations: packed
-    assert layouts("reward") == (False, False)  # a reward head reads padded rows
-    assert layouts("dpo", share_prompt=False) == (False, True)
+    # pair batches: each prompt once (packed, see test_shared_prompt); other batches padded unless asked
+    assert layouts("dpo") == (True, False) and layouts("kto") == (True, False) and layouts("sft") == (False, False)
+    # asked: anything but whole pair batches, as KTO's half batches, packed (a batch with both layouts runs the
+    # shared one: see the next test)
+    assert layouts("sft", padding_free=True) == (False, True)
+    assert layouts("kto", padding_free=True, share_prompt="auto") == (False, True)  # padding_free=true: no sharing
+    assert layouts("reward") == (False, False) and layouts("reward", padding_free=True) == (False, False)
+    assert layouts("dpo", share_prompt=False) == (False, False)
     assert layouts("dpo", padding_free=True) == (False, True)
-    assert layouts("sft", padding_free=False) == (False, False) and layouts("dpo", padding_free=False) == (True, False)
     assert layouts("dpo", device="cuda") == (False, False)  # no flash-attention here: padded rows on CUDA
 
 

@@ -235,15 +235,13 @@ PADDING_FREE = "padding_free"
 
 
 def use_padding_free(option: bool | str, model, device) -> bool:
-    """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs where it was
-    measured faster: CUDA with flash-attention's variable-length kernel, and a CPU run with prefopt's SDPA, which
-    pads the packed tokens around attention only (``pads_only_attention``). Plain SDPA elsewhere would attend the
-    whole packed sequence with a block-diagonal mask, slower than padded rows (``benchmarks/padding_free.py``,
-    docs/speed.md)."""
+    """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs only where it
+    was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (prefopt's SDPA pads the
+    packed tokens around attention only, ``pads_only_attention``) it was faster on data with a spread of lengths
+    but slower on length-bucketed batches with little padding left, so ``auto`` leaves the rows padded there
+    (``benchmarks/padding_free.py``, ``benchmarks/share_prompt.py``, docs/speed.md)."""
     if option != "auto":
         return bool(option)
-    if torch.device(device).type == "cpu":
-        return pads_only_attention(model)
     return torch.device(device).type == "cuda" and _attention_implementation(model).startswith("flash_attention")
 
 

@@ -117,9 +117,9 @@ def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, se
 def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -> tuple[bool, bool]:
     """(share_prompt, padding_free) as a run's batches are laid out. Pair batches of a log-prob objective run
     each prompt once (``share_prompt``) unless padding_free is set true; log-prob batches that are not whole pair
-    batches (SFT's, KTO's halves) are packed where ``padding_free`` allows (auto: on a CPU with prefopt's
-    attention, on CUDA with flash-attention). Reward heads read padded rows. On a CPU both layouts run the real
-    tokens packed, padded only around attention."""
+    batches (SFT's, KTO's halves) are packed where ``padding_free`` says (auto: on CUDA with flash-attention).
+    Reward heads read padded rows. On a CPU both layouts run the real tokens packed, padded only around
+    attention."""
     share = (isinstance(inputs, PairInputs) and algorithm.head == "lm" and run.padding_free is not True
              and use_shared_prompt(run.share_prompt, model, device))
     packed = algorithm.head == "lm" and use_padding_free(run.padding_free, model, device)
