@@ -280,3 +280,19 @@ def test_share_prompt_with_padding_free_or_on_a_model_that_cannot_is_refused(tmp
     assert code == 2 and "cannot run prompts once" in err[-1] and "eager" in err[-1]
     assert not any("Traceback" in line or "cannot run" in line for line in err[:-1])
     assert not (tmp_path / "eager").exists()
+
+
+def test_share_prompt_on_an_online_model_that_cannot_is_refused(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from helpers import run_cli, write_prompts
+
+    from prefopt.training import online
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+    monkeypatch.setattr(online, "share_prompt_support", lambda model: "its attention implementation is 'eager'")
+    code = run_cli(["run", "--algo", "grpo", f"data={prompts}", f"model={tiny_model_dir}", "share_prompt=true",
+                    "steps=1", "batch_size=2", "max_new_tokens=2", "eval_size=2", "progress=false",
+                    f"output_dir={tmp_path / 'out'}"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "option 'share_prompt'" in err[-1] and "eager" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "out").exists()

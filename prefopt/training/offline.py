@@ -126,8 +126,6 @@ def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -
     return share, packed
 
 
-
-
 class Trainer:
     """Holds what one run needs: model, data, reference, optimizer; one step or one evaluation at a time."""
 
