@@ -24,7 +24,7 @@ from alternating import add_step_arguments, step_setup, time_settings
 from report import finish
 from speed_vs_trl import build_prefopt
 
-from prefopt.core.logprobs import host_layout
+from prefopt.core.logprobs import host_layout, pads_only_attention
 from prefopt.core.shared_prompt import shared_prompt_layout
 from prefopt.io import provenance
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     setup, tokenizer, pairs, batches = step_setup(args, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-        if not trainer.pack_shared_prompts:
+        if not (trainer.share_prompt and pads_only_attention(trainer.model)):
             raise SystemExit(f"{args.model} cannot share prompts and pack them here (see prefopt.core.logprobs."
                              "share_prompt_support and pads_only_attention)")
         sizes = [cells(trainer, ids) for ids in batches]

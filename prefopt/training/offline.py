@@ -29,7 +29,7 @@ from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
     host_layout,
-    pads_only_attention,
+    packs_shared_prompts,
     share_prompt_support,
     use_padding_free,
     use_shared_prompt,
@@ -138,7 +138,7 @@ class Trainer:
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
         self.share_prompt, self.padding_free = batch_layouts(run, algorithm, self.inputs, model, device)
-        self.pack_shared_prompts = self.share_prompt and pads_only_attention(model)
+        self.pack_shared_prompts = self.share_prompt and packs_shared_prompts(model, precision)
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).

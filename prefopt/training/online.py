@@ -35,7 +35,7 @@ from prefopt.core.logprobs import (
     SequenceLogps,
     forward_token_logps,
     host_layout,
-    pads_only_attention,
+    packs_shared_prompts,
     share_prompt_support,
     use_shared_prompt,
 )
@@ -114,7 +114,7 @@ class OnlineContext:
         ids, attention, loss = (batch[k].cpu() for k in ("input_ids", "attention_mask", "loss_mask"))
         layout = host_layout(attention, loss)
         shared = shared_prompt_layout(ids, attention, loss, layout.first, layout.response,
-                                      packed=pads_only_attention(self.lm), groups=groups)  # fmt: skip
+                                      packed=packs_shared_prompts(self.lm, self.precision), groups=groups)  # fmt: skip
         if shared is None:
             return batch
         return {**batch, LAYOUT: layout.to(self.device), SHARED_PROMPT: shared.to(self.device)}
