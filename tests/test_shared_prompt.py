@@ -264,7 +264,7 @@ def test_share_prompt_with_padding_free_or_on_a_model_that_cannot_is_refused(tmp
                                                                             monkeypatch):
     from helpers import run_cli, write_learnable_pairs
 
-    from prefopt.training import offline
+    from prefopt.training import policy
 
     data = write_learnable_pairs(tmp_path / "p.jsonl", 16)
     common = ["run", "--algo", "dpo", f"data={data}", f"model={tiny_model_dir}", "share_prompt=true", "steps=1",
@@ -273,7 +273,7 @@ def test_share_prompt_with_padding_free_or_on_a_model_that_cannot_is_refused(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "'share_prompt' and 'padding_free'" in err[0]
     assert not (tmp_path / "both").exists()
-    monkeypatch.setattr(offline, "share_prompt_support", lambda model: "its attention implementation is 'eager'")
+    monkeypatch.setattr(policy, "share_prompt_support", lambda model: "its attention implementation is 'eager'")
     code = run_cli([*common, f"output_dir={tmp_path / 'eager'}"])
     err = capsys.readouterr().err.strip().splitlines()
     # after the model is loaded (its loading bar may come first): the error is the one last line
@@ -285,10 +285,10 @@ def test_share_prompt_with_padding_free_or_on_a_model_that_cannot_is_refused(tmp
 def test_share_prompt_on_an_online_model_that_cannot_is_refused(tmp_path, tiny_model_dir, capsys, monkeypatch):
     from helpers import run_cli, write_prompts
 
-    from prefopt.training import online
+    from prefopt.training import policy
 
     prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
-    monkeypatch.setattr(online, "share_prompt_support", lambda model: "its attention implementation is 'eager'")
+    monkeypatch.setattr(policy, "share_prompt_support", lambda model: "its attention implementation is 'eager'")
     code = run_cli(["run", "--algo", "grpo", f"data={prompts}", f"model={tiny_model_dir}", "share_prompt=true",
                     "steps=1", "batch_size=2", "max_new_tokens=2", "eval_size=2", "progress=false",
                     f"output_dir={tmp_path / 'out'}"])  # fmt: skip

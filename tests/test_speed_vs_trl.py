@@ -107,12 +107,18 @@ def _benchmark(name: str, monkeypatch):
     return module
 
 
+def _tiny_run(name: str, model_dir, tmp_path, monkeypatch, *args: str) -> dict:
+    """benchmarks/<name>.py on the tiny model (batch 2, max length 48, then `args`), written into tmp_path:
+    its exit status must be 0; returns its <name>.json."""
+    script = _benchmark(name, monkeypatch)
+    assert script.main(["--model", str(model_dir), "--batch-size", "2", "--max-length", "48", *args,
+                        "--out", str(tmp_path)]) == 0  # fmt: skip
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
 @pytest.mark.e2e
 def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    script = _benchmark("share_prompt", monkeypatch)
-    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
-                        "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
-    record = json.loads((tmp_path / "share_prompt.json").read_text())
+    record = _tiny_run("share_prompt", tiny_model_dir, tmp_path, monkeypatch, "--batches", "2", "--passes", "1")
     layouts = ("padded", "padding_free", "shared", "packed")
     assert [len(p) for name in layouts for p in record["seconds"][name]] == [2, 2, 2, 2]
     cells = record["cells"]
@@ -147,10 +153,7 @@ def test_step_flops_counts_products_per_step_by_hand(monkeypatch):
 
 @pytest.mark.e2e
 def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    script = _benchmark("step_flops", monkeypatch)
-    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--steps", "1",
-                        "--rows", "16", "--out", str(tmp_path)]) == 0  # fmt: skip
-    record = json.loads((tmp_path / "step_flops.json").read_text())
+    record = _tiny_run("step_flops", tiny_model_dir, tmp_path, monkeypatch, "--steps", "1", "--rows", "16")
     ours, theirs = record["prefopt"]["flops_per_step"], record["trl"]["flops_per_step"]
     # prefopt runs each prompt once and projects only reply tokens; trl projects every token of both rows
     assert 0 < ours < theirs
@@ -160,10 +163,7 @@ def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatc
 
 @pytest.mark.e2e
 def test_compile_layers_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    script = _benchmark("compile_layers", monkeypatch)
-    assert script.main(["--model", str(tiny_model_dir), "--batch-size", "2", "--max-length", "48", "--batches", "2",
-                        "--passes", "1", "--out", str(tmp_path)]) == 0  # fmt: skip
-    record = json.loads((tmp_path / "compile_layers.json").read_text())
+    record = _tiny_run("compile_layers", tiny_model_dir, tmp_path, monkeypatch, "--batches", "2", "--passes", "1")
     assert [len(p) for p in record["seconds"]["eager"]] == [len(p) for p in record["seconds"]["compiled"]] == [2]
     assert record["first_compiled_pass_seconds"] > 0
 

@@ -30,7 +30,6 @@ from prefopt.core.logprobs import (
     PADDING_FREE,
     host_layout,
     packs_shared_prompts,
-    share_prompt_support,
     use_padding_free,
     use_shared_prompt,
 )
@@ -53,7 +52,7 @@ from prefopt.training.lifecycle import (
     train_loop,
 )
 from prefopt.training.outputs import finish_outputs, push_if_asked
-from prefopt.training.policy import load_policy
+from prefopt.training.policy import check_share_prompt, load_policy
 from prefopt.training.split import load_split, long_prompts
 
 # ---------------------------------------------------------------- data order
@@ -370,9 +369,7 @@ def _train_in(folder: RunFolder, algo_name, algorithm, run, tokenizer, data: Pre
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision, sharded=dist.sharded)
-        if run.share_prompt is True and (why := share_prompt_support(model)) is not None:
-            raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
-                               "(leave it at auto or false)")
+        check_share_prompt(run, model)
         chat_template.say(data.template_notice, dist.is_main)  # after every check: an error stays one line
         if algorithm.needs_reference and (run.reference != "precomputed" or not dist.distributed):
             reference = _build_reference(run, algorithm, model, tokenizer, data, device, precision, dist)

@@ -36,7 +36,6 @@ from prefopt.core.logprobs import (
     forward_token_logps,
     host_layout,
     packs_shared_prompts,
-    share_prompt_support,
     use_shared_prompt,
 )
 from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
@@ -57,7 +56,7 @@ from prefopt.training.lifecycle import (
     train_loop,
 )
 from prefopt.training.outputs import finish_outputs, push_if_asked
-from prefopt.training.policy import load_policy
+from prefopt.training.policy import check_share_prompt, load_policy
 from prefopt.training.split import load_split, long_prompts
 
 STEP_SEED = 1_000_003
@@ -339,10 +338,7 @@ def train_online(algo_name: str, algorithm: OnlineAlgorithm, run: RunConfig, out
         folder.write_config(algo_name, run, algorithm.config)
         folder.start_tracking(algo_name, run, algorithm.config)
         model = load_policy(run, algorithm, device, precision)
-        lm = model.lm if hasattr(model, "head") else model
-        if run.share_prompt is True and (why := share_prompt_support(lm)) is not None:
-            raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
-                               "(leave it at auto or false)")
+        check_share_prompt(run, model)  # true only for the algorithms that share, whose model is the LM itself
         chat_template.say(applied)  # after every check: an error stays one line
         ctx = OnlineContext(run, model, tokenizer, device, precision, needs_reference=algorithm.needs_reference)
         algorithm.setup(ctx)

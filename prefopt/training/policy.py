@@ -7,8 +7,18 @@ import torch
 from prefopt.core.algorithm import Algorithm
 from prefopt.core.checkpoint_memory import move_off_checkpoint_files
 from prefopt.core.heads import attach_scalar_head
+from prefopt.core.logprobs import share_prompt_support
 from prefopt.core.models import LoraSettings, hold_frozen_lora_bases_in, load_model
+from prefopt.errors import PrefoptError
 from prefopt.training.config import RunConfig
+
+
+def check_share_prompt(run: RunConfig, model) -> None:
+    """share_prompt=true on a loaded model that cannot run prompts once (``share_prompt_support``): a one-line
+    error. Checked after loading, as support depends on the model's attention and output layer."""
+    if run.share_prompt is True and (why := share_prompt_support(model)) is not None:
+        raise PrefoptError(f"option 'share_prompt': {run.model} cannot run prompts once: {why} "
+                           "(leave it at auto or false)")
 
 
 def load_policy(run: RunConfig, algorithm: Algorithm, device, precision, sharded: bool = False):
