@@ -1,15 +1,16 @@
 """Matrix-product work per DPO step, prefopt vs trl's DPOTrainer, and how much of each step it takes.
 
 For each trainer, on the setup of `benchmarks/speed_vs_trl.py` (same model, LoRA, batches, precision): the FLOPs
-of its matrix products per step (`torch.utils.flop_counter.FlopCounterMode`; attention on a CPU and element-wise
-work are not counted), the seconds spent inside those products (each timed around its kernel), and the whole
-step's seconds; and this machine's rate for a product alone at the model's layer shapes. Then:
+of its matrix products per step (mm, addmm, addmm_, bmm, baddbmm; attention on a CPU and element-wise work are not
+counted), the seconds spent inside those products (each timed around its kernel), in all and by kind (layer
+projections, low-rank LoRA products, the output projection), and the whole step's seconds; and this machine's
+rate for a product alone at the model's layer shapes. Then:
 
 - trl's FLOPs / prefopt's is what prefopt's speed-up would be if both ran their products at one rate and spent
   nothing else;
 - FLOPs / the machine's rate is the floor under each trainer's step time;
-- seconds in products / the whole step is their share of it. The whole step is timed with the counting modes
-  on, which add Python overhead to every operation of both trainers: the steps are slower than uninstrumented
+- seconds in products / the whole step is their share of it. The whole step is timed with the counting
+  on, which adds Python overhead to every operation of both trainers: the steps are slower than uninstrumented
   ones, and the products' share of them is an underestimate.
 
     python benchmarks/step_flops.py --model smollm2-135m-instruct --precision fp32 --batch-size 8 \\
@@ -30,51 +31,81 @@ from dispatch_counts import measure_both
 from report import finish
 from speed_vs_trl import Setup, batch_order, load_pairs
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoConfig
 
+from prefopt.core.models import resolve_model
 from prefopt.io import provenance
 
-PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-            torch.ops.aten.addmm_.default, torch.ops.aten.baddbmm.default}
+# Every overload (the default and out= ones) of the matrix-product operations; the first three add to an input.
+ADD_PRODUCTS = {torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.baddbmm}
+PRODUCTS = ADD_PRODUCTS | {torch.ops.aten.mm, torch.ops.aten.bmm}
 
 
-class _ProductTimer(TorchDispatchMode):
-    """Wall seconds spent inside matrix-product kernels. Entered before FlopCounterMode, so that it sits below
-    it on the mode stack and times the kernel alone."""
+def product_kind(func, args, vocab_size: int) -> tuple[str, int]:
+    """What a matrix product is for, and its FLOPs (2mkn, times the batch for bmm / baddbmm): "output projection"
+    when one of its dimensions is the vocabulary or its inner or output dimension is a quarter of it or more (a
+    chunk of the vocabulary: layer widths are far below that), "low rank (LoRA)" when one is 64 or less (an
+    adapter's A or B, either direction), else "layer"."""
+    first, second = (args[1], args[2]) if func.overloadpacket in ADD_PRODUCTS else (args[0], args[1])
+    batch = first.shape[0] if first.dim() == 3 else 1  # (M, K) @ (K, N) or (B, M, K) @ (B, K, N)
+    m, k, n = first.shape[-2], first.shape[-1], second.shape[-1]
+    if vocab_size in (m, k, n) or max(k, n) >= vocab_size // 4:
+        kind = "output projection"
+    else:
+        kind = "low rank (LoRA)" if min(m, k, n) <= 64 else "layer"
+    return kind, 2 * batch * m * k * n
 
-    seconds = 0.0
+
+class _ProductCounter(TorchDispatchMode):
+    """FLOPs and wall seconds of every matrix-product kernel, in all, by operation and by `product_kind`.
+    (torch's FlopCounterMode is not used: it does not count the in-place `addmm_` prefopt's LoRA layers use.)"""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.seconds = 0.0
+        self.flops_by_op: dict[str, int] = defaultdict(int)
+        self.by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # kind -> [seconds, FLOPs]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func not in PRODUCTS:
+        if func.overloadpacket not in PRODUCTS:
             return func(*args, **(kwargs or {}))
         start = time.perf_counter()
         out = func(*args, **(kwargs or {}))
-        self.seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        kind, flops = product_kind(func, args, self.vocab_size)
+        self.seconds += elapsed
+        self.flops_by_op[func.overloadpacket.__name__] += flops  # aten.mm.default -> mm
+        self.by_kind[kind][0] += elapsed
+        self.by_kind[kind][1] += flops
         return out
 
+    def snapshot(self) -> tuple[dict[str, int], float, dict[str, tuple[float, int]]]:
+        return dict(self.flops_by_op), self.seconds, {kind: tuple(part) for kind, part in self.by_kind.items()}
 
-def step_flops(run, steps: int) -> dict:
-    """FLOPs, seconds in matrix products and wall seconds per step of `run(step_done)`, which runs `steps + 1`
-    steps and calls `step_done()` after each; all counted between the first step's end and the last's (setup
-    and the first step, a warm-up, are left out). The wall time includes both modes' own Python overhead."""
-    marks: list[tuple[dict[str, int], float, float]] = []
-    with _ProductTimer() as timer, FlopCounterMode(display=False) as counter:
 
-        def step_done() -> None:
-            by_op: dict[str, int] = defaultdict(int)
-            for op, flops in counter.get_flop_counts().get("Global", {}).items():
-                by_op[str(op).rpartition(".")[2]] += flops  # aten.mm -> mm
-            marks.append((dict(by_op), timer.seconds, time.perf_counter()))
-
-        run(step_done)
+def step_flops(run, steps: int, vocab_size: int) -> dict:
+    """FLOPs and seconds in matrix products (in all, by operation and by `product_kind`) and wall seconds per
+    step of `run(step_done)`, which runs `steps + 1` steps and calls `step_done()` after each; all counted
+    between the first step's end and the last's (setup and the first step, a warm-up, are left out). The wall
+    time includes the counting's own Python overhead."""
+    marks = []  # per step end: (FLOPs by op, product seconds, {kind: (seconds, FLOPs)}, wall clock)
+    with _ProductCounter(vocab_size) as counter:
+        run(lambda: marks.append((*counter.snapshot(), time.perf_counter())))
     if len(marks) != steps + 1:
         raise RuntimeError(f"expected {steps + 1} step ends, saw {len(marks)}")
-    (first, first_s, first_t), (last, last_s, last_t) = marks[0], marks[-1]
+    (first, first_s, first_kinds, first_t), (last, last_s, last_kinds, last_t) = marks[0], marks[-1]
     per_op = {op: (last.get(op, 0) - first.get(op, 0)) / steps for op in set(first) | set(last)}
     per_op = {op: f for op, f in sorted(per_op.items(), key=lambda kv: -kv[1]) if f > 0}
     flops, product_seconds = sum(per_op.values()), (last_s - first_s) / steps
+    by_kind = {}
+    for kind, (seconds, kind_flops) in last_kinds.items():
+        before_s, before_f = first_kinds.get(kind, (0.0, 0))
+        by_kind[kind] = {"seconds_per_step": (seconds - before_s) / steps,
+                         "flops_per_step": (kind_flops - before_f) / steps}
     return {"flops_per_step": flops, "flops_per_step_by_op": per_op, "product_seconds_per_step": product_seconds,
-            "instrumented_seconds_per_step": (last_t - first_t) / steps, "product_flop_per_s": flops / product_seconds}
+            "instrumented_seconds_per_step": (last_t - first_t) / steps, "product_flop_per_s": flops / product_seconds,
+            "products_by_kind": by_kind}
 
 
 def matmul_rate(config, rows: int, dtype: torch.dtype, reps: int = 5) -> dict:
@@ -116,7 +147,9 @@ def main(argv=None) -> int:
                   lengths=args.lengths)
     tokenizer, pairs, _ = load_pairs(setup)
     batches = batch_order(pairs, setup, args.steps + 1)
-    ours, theirs, trainer = measure_both(setup, tokenizer, pairs, batches, lambda run: step_flops(run, args.steps))
+    vocab_size = AutoConfig.from_pretrained(resolve_model(args.model)).vocab_size
+    ours, theirs, trainer = measure_both(setup, tokenizer, pairs, batches,
+                                         lambda run: step_flops(run, args.steps, vocab_size))
     config = trainer.model.config
     dtype = next(p.dtype for p in trainer.model.parameters() if not p.requires_grad)
     rates = matmul_rate(config, args.rows, dtype)
@@ -144,7 +177,17 @@ def main(argv=None) -> int:
               f"{ours['flops_per_step'] / best:.2f} | {theirs['flops_per_step'] / best:.2f} |"), "",
               (f"trl's FLOPs / prefopt's: **{result['flops_ratio_trl_over_prefopt']:.2f}** (the most prefopt's "
               "steps/s can exceed trl's when both spend all their time in matrix products at one rate)"), "",
-              f"| matrix product ({args.rows} rows, {result['matmul_dtype']}) | GFLOP/s |", "| --- | ---: |"]
+              ("| products by kind, per step | prefopt s | prefopt GFLOP | prefopt GFLOP/s | trl s | trl GFLOP "
+               "| trl GFLOP/s |"),
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in dict.fromkeys([*ours["products_by_kind"], *theirs["products_by_kind"]]):
+        cells = []
+        for side in (ours, theirs):
+            part = side["products_by_kind"].get(kind, {"seconds_per_step": 0.0, "flops_per_step": 0.0})
+            rate = part["flops_per_step"] / part["seconds_per_step"] / 1e9 if part["seconds_per_step"] else 0.0
+            cells += [f"{part['seconds_per_step']:.2f}", f"{part['flops_per_step'] / 1e9:.1f}", f"{rate:.0f}"]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", f"| matrix product ({args.rows} rows, {result['matmul_dtype']}) | GFLOP/s |", "| --- | ---: |"]
     lines += [f"| {name} | {rate / 1e9:.0f} |" for name, rate in rates.items()]
     finish(result, lines, args.out, "step_flops")
     return 0

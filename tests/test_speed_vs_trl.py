@@ -130,25 +130,50 @@ def test_share_prompt_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypa
 
 
 def test_step_flops_counts_products_per_step_by_hand(monkeypatch):
-    """Three steps: (4 x 6)(6 x 5) and (3 x 2)(2 x 7) matrix products each, 2mkn FLOPs apiece, plus additions
-    that are not counted; the first step is left out of the per-step figures."""
+    """Three steps of five matrix products each, 2mkn FLOPs apiece (times the batch for bmm), plus additions that
+    are not counted; the first step is left out of the per-step figures. With a vocabulary of 400: the product
+    with an N of 400 and the one with a K of 120 (a chunk of a quarter or more) are the output projection's, those
+    with a dimension of 64 or less low rank, the 65 x 66 x 67 one a layer's."""
     import torch
 
     script = _benchmark("step_flops", monkeypatch)
-    a, b, c, d = torch.ones(4, 6), torch.ones(6, 5), torch.ones(3, 2), torch.ones(2, 7)
+    a, b, c, d = torch.ones(4, 6), torch.ones(6, 5), torch.ones(3, 2), torch.ones(2, 400)
+    big_a, big_b, batch_a, batch_b = torch.ones(65, 66), torch.ones(66, 67), torch.ones(2, 3, 4), torch.ones(2, 4, 5)
+    chunk_a, chunk_b, chunk_out = torch.ones(70, 120), torch.ones(120, 80), torch.empty(70, 80)
 
     def run(step_done):
         for _ in range(3):
             (a @ b).add_(1)
-            torch.addmm(torch.zeros(3, 7), c, d)
+            torch.addmm(torch.zeros(3, 400), c, d)
+            big_a @ big_b
+            torch.bmm(batch_a, batch_b)
+            torch.mm(chunk_a, chunk_b, out=chunk_out)
             step_done()
 
-    result = script.step_flops(run, steps=2)
-    assert result["flops_per_step"] == 2 * 4 * 6 * 5 + 2 * 3 * 2 * 7  # 240 + 84
-    assert result["flops_per_step_by_op"] == {"mm": 240, "addmm": 84}
+    result = script.step_flops(run, steps=2, vocab_size=400)
+    layer, head, chunk = 2 * 65 * 66 * 67, 2 * 3 * 2 * 400, 2 * 70 * 120 * 80
+    assert result["flops_per_step"] == 240 + head + layer + 2 * 2 * 3 * 4 * 5 + chunk
+    assert result["flops_per_step_by_op"] == {"mm": 240 + layer + chunk, "addmm": head, "bmm": 240}
+    kinds = result["products_by_kind"]
+    assert {kind: part["flops_per_step"] for kind, part in kinds.items()} == {
+        "low rank (LoRA)": 480, "output projection": head + chunk, "layer": layer}
+    assert 0 < sum(part["seconds_per_step"] for part in kinds.values()) == pytest.approx(
+        result["product_seconds_per_step"])
     assert 0 < result["product_seconds_per_step"] <= result["instrumented_seconds_per_step"]
     with pytest.raises(RuntimeError, match="expected 3 step ends, saw 2"):
-        script.step_flops(lambda step_done: (step_done(), step_done()), steps=2)
+        script.step_flops(lambda step_done: (step_done(), step_done()), steps=2, vocab_size=400)
+
+
+def test_step_flops_counts_in_place_addmm_which_flop_counter_mode_skips(monkeypatch):
+    """prefopt's LoRA layers add their update with addmm_ (torch's FlopCounterMode counts no addmm_)."""
+    import torch
+
+    script = _benchmark("step_flops", monkeypatch)
+    out, x, y = torch.zeros(8, 16), torch.ones(8, 4), torch.ones(4, 16)
+    result = script.step_flops(lambda step_done: [(out.addmm_(x, y), step_done()) for _ in range(2)], steps=1,
+                               vocab_size=1000)
+    assert result["flops_per_step_by_op"] == {"addmm_": 2 * 8 * 4 * 16}
+    assert result["products_by_kind"]["low rank (LoRA)"]["flops_per_step"] == 2 * 8 * 4 * 16
 
 
 @pytest.mark.e2e
@@ -159,6 +184,9 @@ def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatc
     assert 0 < ours < theirs
     assert record["flops_ratio_trl_over_prefopt"] == theirs / ours
     assert set(record["matmul_flop_per_s"]) == {"q/o", "k/v", "mlp up", "mlp down", "output projection"}
+    for side in (record["prefopt"], record["trl"]):  # the kinds account for every counted FLOP
+        assert sum(part["flops_per_step"] for part in side["products_by_kind"].values()) == pytest.approx(
+            side["flops_per_step"])
 
 
 @pytest.mark.e2e
