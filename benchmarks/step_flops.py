@@ -63,7 +63,6 @@ class _ProductCounter(TorchDispatchMode):
     def __init__(self, vocab_size: int):
         super().__init__()
         self.vocab_size = vocab_size
-        self.seconds = 0.0
         self.flops_by_op: dict[str, int] = defaultdict(int)
         self.by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # kind -> [seconds, FLOPs]
 
@@ -74,14 +73,13 @@ class _ProductCounter(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         elapsed = time.perf_counter() - start
         kind, flops = product_kind(func, args, self.vocab_size)
-        self.seconds += elapsed
         self.flops_by_op[func.overloadpacket.__name__] += flops  # aten.mm.default -> mm
         self.by_kind[kind][0] += elapsed
         self.by_kind[kind][1] += flops
         return out
 
-    def snapshot(self) -> tuple[dict[str, int], float, dict[str, tuple[float, int]]]:
-        return dict(self.flops_by_op), self.seconds, {kind: tuple(part) for kind, part in self.by_kind.items()}
+    def snapshot(self) -> tuple[dict[str, int], dict[str, tuple[float, int]]]:
+        return dict(self.flops_by_op), {kind: tuple(part) for kind, part in self.by_kind.items()}
 
 
 def step_flops(run, steps: int, vocab_size: int) -> dict:
@@ -89,20 +87,20 @@ def step_flops(run, steps: int, vocab_size: int) -> dict:
     step of `run(step_done)`, which runs `steps + 1` steps and calls `step_done()` after each; all counted
     between the first step's end and the last's (setup and the first step, a warm-up, are left out). The wall
     time includes the counting's own Python overhead."""
-    marks = []  # per step end: (FLOPs by op, product seconds, {kind: (seconds, FLOPs)}, wall clock)
+    marks = []  # per step end: (FLOPs by op, {kind: (seconds, FLOPs)}, wall clock)
     with _ProductCounter(vocab_size) as counter:
         run(lambda: marks.append((*counter.snapshot(), time.perf_counter())))
     if len(marks) != steps + 1:
         raise RuntimeError(f"expected {steps + 1} step ends, saw {len(marks)}")
-    (first, first_s, first_kinds, first_t), (last, last_s, last_kinds, last_t) = marks[0], marks[-1]
+    (first, first_kinds, first_t), (last, last_kinds, last_t) = marks[0], marks[-1]
     per_op = {op: (last.get(op, 0) - first.get(op, 0)) / steps for op in set(first) | set(last)}
     per_op = {op: f for op, f in sorted(per_op.items(), key=lambda kv: -kv[1]) if f > 0}
-    flops, product_seconds = sum(per_op.values()), (last_s - first_s) / steps
     by_kind = {}
     for kind, (seconds, kind_flops) in last_kinds.items():
         before_s, before_f = first_kinds.get(kind, (0.0, 0))
         by_kind[kind] = {"seconds_per_step": (seconds - before_s) / steps,
                          "flops_per_step": (kind_flops - before_f) / steps}
+    flops, product_seconds = sum(per_op.values()), sum(part["seconds_per_step"] for part in by_kind.values())
     return {"flops_per_step": flops, "flops_per_step_by_op": per_op, "product_seconds_per_step": product_seconds,
             "instrumented_seconds_per_step": (last_t - first_t) / steps, "product_flop_per_s": flops / product_seconds,
             "products_by_kind": by_kind}
