@@ -1,9 +1,9 @@
 """prefopt's DPO step with each pair's prompt run once (`share_prompt`) against the padded rows, same batches.
 
 Four layouts alternate pass by pass over the same batches in one process (`alternating.py`), fp32 by
-default: `padded` (2B rows of prompt + reply), `padding_free` (those rows' real tokens as one sequence, padded
-only around attention: a CPU run's `padding_free`), `shared` (one [prompt, chosen, rejected] row per pair) and
-`packed` (the shared rows' real tokens as one sequence, padded only around attention: what a CPU run does).
+default: `padded` (2B rows of prompt + reply), `padding_free` (those rows' real tokens as one sequence, attended row by
+row: a CPU run's `padding_free`), `shared` (one [prompt, chosen, rejected] row per pair) and `packed` (the
+shared rows' real tokens as one sequence, attended span by span: what a CPU run does).
 Also printed: the cells each layout computes per batch (rows x columns of the forward; packed: real tokens).
 
     python benchmarks/share_prompt.py --batch-size 4 --max-length 128 --batches 4
@@ -24,7 +24,7 @@ from alternating import add_step_arguments, step_setup, time_settings
 from report import finish
 from speed_vs_trl import build_prefopt
 
-from prefopt.core.logprobs import host_layout, pads_only_attention
+from prefopt.core.logprobs import attends_spans, host_layout
 from prefopt.core.shared_prompt import shared_prompt_layout
 from prefopt.io import provenance
 
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     setup, tokenizer, pairs, batches = step_setup(args, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_prefopt(setup, tokenizer, pairs, [i for b in batches for i in b], Path(tmp))
-        if not (trainer.share_prompt and pads_only_attention(trainer.model)):
+        if not (trainer.share_prompt and attends_spans(trainer.model)):
             raise SystemExit(f"{args.model} cannot share prompts and pack them here (see prefopt.core.logprobs."
-                             "share_prompt_support and pads_only_attention)")
+                             "share_prompt_support and attends_spans)")
         sizes = [cells(trainer, ids) for ids in batches]
         layouts = {name: partial(use_layout, trainer, name) for name in LAYOUTS}
         seconds = time_settings(trainer, batches, layouts, args.passes)

@@ -133,6 +133,7 @@ def test_calls_the_grouped_path_does_not_cover_go_to_transformers(monkeypatch):
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = _qkv(torch.float32)
     _sdpa(_Attention(), q, k, v, None)
+    _sdpa(_Attention(), q[:, :, 3:], k, v, torch.ones(5, 5, dtype=torch.bool).tril()[None, None, 3:])  # 2 of 5
     assert calls == []
     _sdpa(_Attention(), q[:, :, :1], k, v, None)  # one query (decoding with a cache)
     _sdpa(_Attention(), q, k, v, None, position_bias=torch.zeros(1, 4, 5, 5))
@@ -142,41 +143,50 @@ def test_calls_the_grouped_path_does_not_cover_go_to_transformers(monkeypatch):
     assert calls == [1, 1, 1]
 
 
-def test_padded_attention_scatters_packed_tokens_into_rows_and_gathers_them_back_by_hand():
-    from prefopt.core.attention import PaddedAttention
+def test_span_calls_of_packed_rows_and_of_shared_prompt_groups_by_hand():
+    from prefopt.core.attention import SpanAttention, _lower_right
 
-    padded = PaddedAttention(real=torch.tensor([0, 1, 3]), rows=2, width=2)  # row 0: 2 tokens, row 1: 1
-    packed = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[None, :, :, None]  # (1, heads 2, S 3, D 1)
-    rows = padded.pad(packed)  # (B 2, heads 2, T' 2, D 1)
-    assert rows.squeeze(-1).tolist() == [[[1.0, 2.0], [4.0, 5.0]], [[0.0, 3.0], [0.0, 6.0]]]  # cell 2 is padding
-    out = rows.transpose(1, 2)  # (B, T', heads, D), as attention functions return it
-    assert padded.unpad(out).squeeze(-1).tolist() == [[[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]]  # (1, S, heads)
+    assert SpanAttention.rows([3, 1, 2]).calls == (((0, 3), ((0, 3),)), ((3, 4), ((3, 4),)), ((4, 6), ((4, 6),)))
+    # group 0: prompt 2, replies 3 and 1 (tokens 0-5); group 1: prompt 1, replies 2 and 2 (tokens 6-10)
+    spans = SpanAttention.shared_prompt([(2, [3, 1]), (1, [2, 2])])
+    assert spans.calls == (((0, 5), ((0, 5),)), ((5, 6), ((0, 2), (5, 6))),
+                           ((6, 9), ((6, 9),)), ((9, 11), ((6, 7), (9, 11))))  # fmt: skip
+    # 2 queries, the last 2 of 5 keys: the first sees keys 0-3, the second all 5
+    assert _lower_right(2, 5, torch.device("cpu"))[0, 0].tolist() == [[True, True, True, True, False], [True] * 5]
 
 
-def test_packed_tokens_attend_as_their_padded_rows_with_the_same_gradients():
-    """sdpa_on_cpu given PaddedAttention and packed (1, heads, S, D) tensors: the padded call's real rows, and
-    the gradients of the packed query, key and value are the padded ones' at the real cells (float32 and bf16)."""
-    from prefopt.core.attention import PADDED_ATTENTION, PaddedAttention
+def _packed_qkv(dtype, tokens: int):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, tokens, 8, generator=g)  # (1, heads, S, D)
+    k, v = (torch.randn(1, 2, tokens, 8, generator=g) for _ in range(2))  # (1, kv heads, S, D)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
 
-    real = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])  # row 0 whole, row 1's first 3 of 5 cells
-    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
-    mask[1, 0, 3:, :] = torch.eye(5, dtype=torch.bool)[3:]  # padding queries attend to themselves only
-    mask[1, 0, :3, 3:] = False
-    padded = PaddedAttention(real, rows=2, width=5)
-    upstream = torch.linspace(-1, 1, 2 * 5 * 4 * 8).view(2, 5, 4, 8)  # (B, T', heads, D): d loss / d output
-    upstream[1, 3:] = 0  # nothing flows from the padding's outputs (a packed forward has none)
-    for dtype in (torch.float32, torch.bfloat16):
-        q, k, v = _qkv(dtype)  # (2, heads, 5, D): the padded rows
-        q[1, :, 3:], k[1, :, 3:], v[1, :, 3:] = 0, 0, 0  # what pad() puts at padding
-        q, k, v = (t.requires_grad_() for t in (q, k, v))
-        out, _ = sdpa_on_cpu(_Attention(), q, k, v, mask)  # (2, 5, heads, D)
-        out.backward(upstream.to(out.dtype))
-        packed = [t.detach().transpose(1, 2).flatten(0, 1)[real].transpose(0, 1)[None].requires_grad_()
-                  for t in (q, k, v)]  # (1, heads, S, D)  # fmt: skip
-        got, _ = sdpa_on_cpu(_Attention(), *packed, mask, **{PADDED_ATTENTION: padded})  # (1, S, heads, D)
-        got.backward(upstream.flatten(0, 1)[real][None].to(got.dtype))
-        assert got.shape == (1, 8, 4, 8)
-        assert torch.equal(got[0], out.detach().flatten(0, 1)[real])
-        for ours, theirs in zip(packed, (q, k, v), strict=True):
-            assert_close(ours.grad[0].transpose(0, 1), theirs.grad.transpose(1, 2).flatten(0, 1)[real],
-                         rtol=1e-6, atol=1e-6)
+
+def _attend_with_grads(q, k, v, mask, **kwargs):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, _ = sdpa_on_cpu(_Attention(), q, k, v, mask, **kwargs)  # (1, S, heads, D)
+    out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.dtype))
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def test_span_attention_gives_the_dense_masked_call_s_values_and_gradients():
+    """sdpa_on_cpu given a SpanAttention: the values and gradients of one call over the whole packed sequence
+    with the equivalent (S, S) mask, for packed rows and for shared-prompt groups (float32 and bf16)."""
+    from prefopt.core.attention import SPAN_ATTENTION, SpanAttention
+
+    rows = torch.zeros(8, 8, dtype=torch.bool)
+    rows[:5, :5] = rows[5:, 5:] = True  # rows of 5 and 3 tokens
+    # one group: prompt 0-1, reply 2-4, reply 5-6; then a group: prompt 7, reply 8, reply 9-10
+    shared = torch.zeros(11, 11, dtype=torch.bool)
+    shared[:5, :5] = shared[5:7, :2] = shared[5:7, 5:7] = True
+    shared[7:9, 7:9] = shared[9:, 7] = shared[9:, 9:] = True
+    cases = [(SpanAttention.rows([5, 3]), rows), (SpanAttention.shared_prompt([(2, [3, 2]), (1, [1, 2])]), shared)]
+    for spans, allowed in cases:
+        mask = (allowed & torch.ones_like(allowed).tril())[None, None]  # (1, 1, S, S)
+        for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            q, k, v = _packed_qkv(dtype, allowed.shape[0])
+            dense = _attend_with_grads(q, k, v, mask)
+            ours = _attend_with_grads(q, k, v, None, **{SPAN_ATTENTION: spans})
+            assert ours[0].shape == (1, allowed.shape[0], 4, 8) and ours[0].dtype == dtype
+            for a, b in zip(ours, dense, strict=True):
+                assert_close(a, b, rtol=tolerance, atol=tolerance)

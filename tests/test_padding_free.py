@@ -25,13 +25,13 @@ def _run(model, batch: dict, fused: bool):
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter, fused, attention,
                                                                       monkeypatch):
-    """Plain SDPA attends the packed sequence under a block-diagonal mask; prefopt's CPU SDPA moves the packed
-    tokens into the padded rows for attention alone (PaddedAttention)."""
-    from prefopt.core.attention import PaddedAttention, use_cpu_attention
+    """Plain SDPA attends the packed sequence under a block-diagonal mask; prefopt's CPU SDPA attends each row's
+    span of it by itself (SpanAttention)."""
+    from prefopt.core.attention import SpanAttention, use_cpu_attention
 
-    padded_calls = []
-    pad = PaddedAttention.pad
-    monkeypatch.setattr(PaddedAttention, "pad", lambda self, t: padded_calls.append(t.shape) or pad(self, t))
+    span_calls = []
+    attend = SpanAttention.attend
+    monkeypatch.setattr(SpanAttention, "attend", lambda self, *a, **kw: span_calls.append(self) or attend(self, *a, **kw))
     model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
     batch = ragged_pairs(0)
     assert (batch["attention_mask"] == 0).any()  # there is padding to skip
@@ -39,8 +39,10 @@ def test_packed_rows_give_the_padded_log_probs_entropies_and_gradients(tiny_mode
     if attention == "sdpa_cpu":
         assert use_cpu_attention(model, "cpu")
     packed = _run(model, {**batch, PADDING_FREE: True}, fused)
-    # query, key and value of each of the 2 layers, in the forward (the backward recomputes nothing)
-    assert len(padded_calls) == (6 if attention == "sdpa_cpu" else 0)
+    # each of the 2 layers, in the forward (the backward recomputes nothing), one call per row
+    assert len(span_calls) == (2 if attention == "sdpa_cpu" else 0)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert all(len(spans.calls) == len(lengths) for spans in span_calls)
     assert packed[0].shape == padded[0].shape and packed[1].equal(padded[1])
     assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
     assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)

@@ -168,8 +168,8 @@ def test_groups_of_completions_give_the_padded_log_probs_entropies_and_gradients
 
 
 @pytest.mark.parametrize("adapter", ["full", "lora"])
-def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter):
-    """With prefopt's CPU attention the shared rows run packed, (1, S), padded only around attention."""
+def test_packed_tokens_attended_by_spans_give_the_padded_log_probs_entropies_and_gradients(tiny_model, adapter):
+    """With prefopt's CPU attention the shared rows run packed, (1, S), attended span by span."""
     from prefopt.core.attention import use_cpu_attention
 
     model = lora_with_random_b(tiny_model) if adapter == "lora" else tiny_model
@@ -179,8 +179,8 @@ def test_packed_tokens_with_attention_padded_give_the_padded_log_probs_entropies
     embed = model.get_input_embeddings()
     hook = embed.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
     _run(model, _with_layouts(batch, packed=True))  # plain SDPA cannot attend packed tokens: runs the rows
-    assert not logprobs.pads_only_attention(model) and shapes == [(4, 15)]
-    assert use_cpu_attention(model, "cpu") and logprobs.pads_only_attention(model)
+    assert not logprobs.attends_spans(model) and shapes == [(4, 15)]
+    assert use_cpu_attention(model, "cpu") and logprobs.attends_spans(model)
     packed = _run(model, _with_layouts(batch, packed=True))
     hook.remove()
     assert shapes[1:] == [(1, sum(p + c + r for p, c, r in RAGGED_SHAPES))]  # one packed sequence, no padding

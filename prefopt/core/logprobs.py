@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.core.attention import CPU_SDPA, PADDED_ATTENTION, PaddedAttention, is_sdpa
+from prefopt.core.attention import CPU_SDPA, SPAN_ATTENTION, SpanAttention, is_sdpa
 from prefopt.core.fsdp import is_fsdp_unit
 from prefopt.core.shared_prompt import SHARED_PROMPT, SharedPrompt
 
@@ -194,14 +194,12 @@ def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, l
     """forward_token_logps of an (N, T) batch with each prompt run once per group of rows sharing it (a pair
     batch's pairs, an online batch's completions of a prompt; ``prefopt.core.shared_prompt``): one (G, T')
     forward, then the same (N, K) outputs as the padded path. A packed layout (``SharedPrompt.real``)
-    on a model with prefopt's CPU attention runs only the real tokens, padded around attention alone
-    (``PaddedAttention``); other models run the rows."""
-    if shared.real is not None and pads_only_attention(backbone):
-        padded = PaddedAttention(shared.real, *shared.input_ids.shape)
+    on a model with prefopt's CPU attention runs only the real tokens, as one sequence whose attention goes
+    span by span (``SpanAttention``); other models run the rows."""
+    if shared.real is not None and attends_spans(backbone):
         hidden = backbone(input_ids=shared.input_ids.flatten().index_select(0, shared.real)[None],
                           position_ids=shared.position_ids.flatten().index_select(0, shared.real)[None],
-                          attention_mask=shared.attention_mask, use_cache=False,
-                          **{PADDED_ATTENTION: padded}).last_hidden_state  # (1, S, H)  # fmt: skip
+                          use_cache=False, **_span_keywords(shared.spans, shared.real)).last_hidden_state  # (1, S, H)
         states = hidden[0].index_select(0, shared.packed_states)  # (R, H)
     else:
         hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
@@ -237,7 +235,7 @@ PADDING_FREE = "padding_free"
 def use_padding_free(option: bool | str, model, device) -> bool:
     """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs only where it
     was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (prefopt's SDPA pads the
-    packed tokens around attention only, ``pads_only_attention``) it was faster on data with a spread of lengths
+    packed tokens' attention span by span, ``attends_spans``) it was faster on data with a spread of lengths
     but slower on length-bucketed batches with little padding left, so ``auto`` leaves the rows padded there
     (``benchmarks/padding_free.py``, ``benchmarks/share_prompt.py``, docs/speed.md)."""
     if option != "auto":
@@ -263,12 +261,18 @@ def share_prompt_support(model) -> str | None:
     return None
 
 
-def pads_only_attention(model) -> bool:
-    """Whether `model` can run a batch's real tokens packed and pad them only around attention: what its attention
-    function, prefopt's CPU SDPA, knows how to do (``PaddedAttention``). Shared-prompt rows and padding-free
-    batches run so: no padding in every layer but attention, which keeps the padded rows' masked kernel; the
-    same values (``benchmarks/share_prompt.py``, ``benchmarks/padding_free.py``, docs/speed.md)."""
+def attends_spans(model) -> bool:
+    """Whether `model` can run a batch's real tokens packed into one sequence and attend them span by span: what
+    its attention function, prefopt's CPU SDPA, knows how to do (``SpanAttention``). Shared-prompt rows and
+    padding-free batches run so: no padding in any layer, and attention computes only the cells that are
+    attended; the same values (``benchmarks/share_prompt.py``, ``benchmarks/padding_free.py``, docs/speed.md)."""
     return _attention_implementation(model) == CPU_SDPA
+
+
+def _span_keywords(spans: SpanAttention, real: torch.Tensor) -> dict:
+    """The model keywords of a packed forward that attends by `spans`. The spans make their own masks; a one-cell
+    stand-in mask keeps transformers from building the (S, S) one it would for packed positions, unused here."""
+    return {SPAN_ATTENTION: spans, "attention_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool, device=real.device)}
 
 
 def packs_shared_prompts(model, precision: str) -> bool:
@@ -276,7 +280,7 @@ def packs_shared_prompts(model, precision: str) -> bool:
     fp32, where it was faster at every measured point (``benchmarks/share_prompt.py``: 1.03-1.09x the shared rows
     at 8 x 128 and 16 x 128; the fp32 grid 1.03-1.27x). Under bf16 it was 0.84x and 0.96x at 8 x 256, 1.08-1.13x at
     4 x 256, mixed at 8 x 128: the rows stay padded there (docs/speed.md)."""
-    return pads_only_attention(model) and precision == "fp32"
+    return attends_spans(model) and precision == "fp32"
 
 
 def use_shared_prompt(option: bool | str, model, device) -> bool:
@@ -294,8 +298,8 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     sequence of S = sum of lengths, positions restarting at 0 for each row. Given ``position_ids`` and no
     attention mask, transformers attends within each row only (flash-attention's variable-length kernel where it
     is installed, else a block-diagonal causal mask), so every value equals the padded forward's; no compute is
-    spent on padding. With prefopt's CPU SDPA attention instead runs on the padded rows (``_padded_attention``):
-    padding costs only there. The same (N, K) outputs as the padded path.
+    spent on padding. prefopt's CPU SDPA attends each row's span of the packed sequence by itself instead
+    (``SpanAttention``), without an (S, S) mask. The same (N, K) outputs as the padded path.
 
     The response tokens, read row after row, are in the same order in the packed sequence as in the (N, K) grid,
     and none is the first token of its row (a prompt always comes first), so the state just before each is of
@@ -311,7 +315,9 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     labels = packed[1:].index_select(0, layout.targets)  # (R,)
     grid = (loss_mask.shape[0], loss_mask.shape[1] - first)  # (N, K)
     entropy = None
-    rows = _padded_attention(attention_mask, layout.real) if pads_only_attention(model) else {}
+    rows = {}
+    if attends_spans(model):
+        rows = _span_keywords(SpanAttention.rows(attention_mask.sum(1).tolist()), layout.real)
     if parts is None:
         logits = model(input_ids=packed[None], position_ids=layout.positions[None], use_cache=False,
                        logits_to_keep=layout.targets, **rows).logits[0]  # (R, V)  # fmt: skip
@@ -331,16 +337,6 @@ def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: b
     if not return_entropy:
         return _scatter(picked, layout.response, grid), mask
     return _scatter(picked, layout.response, grid), mask, _scatter(entropy, layout.response, grid)
-
-
-def _padded_attention(attention_mask: torch.Tensor, real: torch.Tensor) -> dict:
-    """The model keywords that attend a right-padded (N, T) batch's packed real tokens as its rows: a causal mask
-    over each row's real keys, (N, 1, T, T) bool (a padding query sees its row's real keys: never an empty
-    softmax row, and its output is dropped), and the PaddedAttention that moves the tokens into the rows."""
-    n, t = attention_mask.shape
-    causal = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()  # (T, T)
-    return {"attention_mask": causal & attention_mask.bool()[:, None, None, :],  # (N, 1, T, T)
-            PADDED_ATTENTION: PaddedAttention(real, n, t)}
 
 
 def _scatter(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

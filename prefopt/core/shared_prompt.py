@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prefopt.core.attention import SpanAttention
+
 # A batch key: the batch's SharedPrompt, when its prompts run once per group (see shared_prompt_layout).
 SHARED_PROMPT = "shared_prompt"
 
@@ -36,16 +38,18 @@ class SharedPrompt:
     position_ids: torch.Tensor  # (G, T') each reply's positions continue from the prompt's
     attention_mask: torch.Tensor  # (G, 1, T', T') bool, True where a query may attend to a key
     states: torch.Tensor  # (R,) flat index into (G * T') of the state predicting each response cell, grid order
-    # With `packed`: the same tokens with the padding left out, for a forward that pads only around attention
-    # (prefopt.core.attention.PaddedAttention): where each packed token sits in (G * T'), row after row, and each
-    # response cell's predicting state as an index into the packed tokens. None: the forward runs the rows.
+    # With `packed`: the same tokens with the padding left out, one sequence, for a forward whose attention goes
+    # span by span (prefopt.core.attention.SpanAttention): where each packed token sits in (G * T'), row after
+    # row, each response cell's predicting state as an index into the packed tokens, and the attention's spans.
+    # None: the forward runs the rows.
     real: torch.Tensor | None = None  # (S,) flat index into (G * T'), S = sum over groups of P + replies
     packed_states: torch.Tensor | None = None  # (R,) index into the S packed tokens
+    spans: SpanAttention | None = None
 
     def to(self, device, non_blocking: bool = True) -> SharedPrompt:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
         return SharedPrompt(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                            move(self.states), move(self.real), move(self.packed_states))
+                            move(self.states), move(self.real), move(self.packed_states), self.spans)
 
 
 def pair_groups(rows: int) -> torch.Tensor | None:
@@ -132,4 +136,5 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     real = (torch.arange(total) < used[:, None]).flatten().nonzero().squeeze(-1)  # (S,)
     place = torch.full((len(groups) * total,), -1, dtype=torch.long)  # (G * T') -> place among the packed tokens
     place[real] = torch.arange(real.numel())
-    return SharedPrompt(ids, positions, allowed, states, real, place[states])
+    spans = SpanAttention.shared_prompt([(pg, lengths) for pg, lengths in zip(p.tolist(), reply.tolist(), strict=True)])
+    return SharedPrompt(ids, positions, allowed, states, real, place[states], spans)
