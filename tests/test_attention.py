@@ -77,12 +77,11 @@ def test_only_cpu_runs_of_sdpa_models_switch(tiny_tokenizer):
     eager.config._attn_implementation = "eager"
     assert not use_cpu_attention(eager, "cpu")
     assert eager.config._attn_implementation == "eager"
-    assert not logprobs.packs_shared_prompts(model, "fp32")  # plain SDPA cannot take packed tokens
+    assert not logprobs.attends_spans(model)  # plain SDPA cannot attend packed tokens span by span
     assert use_cpu_attention(model, "cpu")
     assert model.config._attn_implementation == CPU_SDPA
     assert logprobs.share_prompt_support(model) is None  # still SDPA: takes the shared-prompt mask
-    # packed shared rows in fp32 only: under bf16 they were not faster (docs/speed.md)
-    assert logprobs.packs_shared_prompts(model, "fp32") and not logprobs.packs_shared_prompts(model, "bf16")
+    assert logprobs.attends_spans(model)  # shared rows and padding-free batches run packed, in any precision
 
 
 def test_a_switched_model_computes_the_same_log_probs_and_saves_a_plain_config(tiny_model_dir, tmp_path):

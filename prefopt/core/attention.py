@@ -1,4 +1,5 @@
-"""prefopt's SDPA for CPU runs: float32 attention over short keys under bf16, grouped key/value heads unrepeated.
+"""prefopt's SDPA for CPU runs: float32 attention over short keys under bf16, grouped key/value heads unrepeated,
+and packed tokens attended span by span.
 
 Under CPU bf16 autocast SDPA runs in bf16, and PyTorch's CPU flash-attention kernel is slower on bf16 than on
 float32 while the keys are few: forward + backward, 9 heads of 64 with a boolean mask, batch x keys 8 x 109
@@ -11,8 +12,9 @@ from run to run), so calls over 256 keys or more stay in bf16; with that, 8 x 12
 attention, and float32 attention is the more exact one.
 
 On a CPU a grouped-query model's key and value heads also go to SDPA as they are, in every precision, where
-transformers would repeat them into a copy per query head (see ``_sdpa``). On CUDA the function is transformers'
-own SDPA, unchanged.
+transformers would repeat them into a copy per query head (see ``_sdpa``). A batch's real tokens packed into one
+sequence (padding-free rows, shared-prompt groups) attend with one call per row or reply (``SpanAttention``):
+no padding and no masked cells computed. On CUDA the function is transformers' own SDPA, unchanged.
 
 The function is registered with transformers under its own name and set on the SDPA models prefopt loads for a
 CPU; a model's saved config does not record it (transformers drops the attention implementation when it writes a

@@ -275,14 +275,6 @@ def _span_keywords(spans: SpanAttention, real: torch.Tensor) -> dict:
     return {SPAN_ATTENTION: spans, "attention_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool, device=real.device)}
 
 
-def packs_shared_prompts(model, precision: str) -> bool:
-    """Whether a run's shared-prompt rows run packed (``SharedPrompt.real``): with prefopt's CPU attention, in
-    fp32, where it was faster at every measured point (``benchmarks/share_prompt.py``: 1.03-1.09x the shared rows
-    at 8 x 128 and 16 x 128; the fp32 grid 1.03-1.27x). Under bf16 it was 0.84x and 0.96x at 8 x 256, 1.08-1.13x at
-    4 x 256, mixed at 8 x 128: the rows stay padded there (docs/speed.md)."""
-    return attends_spans(model) and precision == "fp32"
-
-
 def use_shared_prompt(option: bool | str, model, device) -> bool:
     """The run option ``share_prompt`` resolved for a model: false as said; true where the model supports it
     (see share_prompt_support); ``auto`` also only on a CPU, where it was measured faster

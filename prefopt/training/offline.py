@@ -28,8 +28,8 @@ from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
+    attends_spans,
     host_layout,
-    packs_shared_prompts,
     use_padding_free,
     use_shared_prompt,
 )
@@ -137,7 +137,7 @@ class Trainer:
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
         self.share_prompt, self.padding_free = batch_layouts(run, algorithm, self.inputs, model, device)
-        self.pack_shared_prompts = self.share_prompt and packs_shared_prompts(model, precision)
+        self.pack_shared_prompts = self.share_prompt and attends_spans(model)
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).

@@ -33,9 +33,9 @@ from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import (
     LAYOUT,
     SequenceLogps,
+    attends_spans,
     forward_token_logps,
     host_layout,
-    packs_shared_prompts,
     use_shared_prompt,
 )
 from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
@@ -113,7 +113,7 @@ class OnlineContext:
         ids, attention, loss = (batch[k].cpu() for k in ("input_ids", "attention_mask", "loss_mask"))
         layout = host_layout(attention, loss)
         shared = shared_prompt_layout(ids, attention, loss, layout.first, layout.response,
-                                      packed=packs_shared_prompts(self.lm, self.precision), groups=groups)  # fmt: skip
+                                      packed=attends_spans(self.lm), groups=groups)  # fmt: skip
         if shared is None:
             return batch
         return {**batch, LAYOUT: layout.to(self.device), SHARED_PROMPT: shared.to(self.device)}
