@@ -3,16 +3,21 @@
 Each configuration is its own process (peak RSS is that run's own), DPO + LoRA on the bundled model, on pairs
 with a realistic spread of lengths (prompts of 8-80 words, replies of 4-60: the sequences of one batch differ,
 so a padded batch carries padding even after length bucketing). `padding_free=off` and `on` alternate, `--reps`
-times each; the first `--warmup` steps of a run are excluded. Both runs set `share_prompt=false`, so that `off`
+times each; the first `--warmup` steps of a run are excluded. Both runs set `share_prompt=false` (unless `--shared`), so that `off`
 is the padded rows (a pair batch's other layout, each prompt once, is `benchmarks/share_prompt.py`'s). On a CPU
-`on` packs the tokens and pads them around attention only; elsewhere, without flash-attention, attention runs
+`on` packs the tokens and attends each row by itself; elsewhere, without flash-attention, attention runs
 over the whole packed sequence with a block-diagonal mask. Both runs of a repetition train on the same batches
 from the same seed, so their per-step losses must agree: in fp32 every step's to 1e-4; in bf16, where matrix
 products of other shapes round differently and the difference grows through the updates, the first step's to
 1e-2 (the largest difference over all steps is reported). The script stops if they do not.
 
+With `--shared` both runs share each pair's prompt (`share_prompt=true`, the CPU default for pair objectives)
+and `off` / `on` are `padding_free=false` / `auto`: the shared rows padded against packed into one sequence
+attended span by span (what a CPU run does).
+
     python benchmarks/padding_free.py                          # batch 8, max length 256, 12 steps, 2 reps
     python benchmarks/padding_free.py --out results/speed/cpu_padding_free
+    python benchmarks/padding_free.py --shared --out results/speed/cpu_padding_free_shared
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ def run_one(data: Path, out: Path, mode: str, args) -> dict:
         sys.executable, "-m", "prefopt", "run", "--algo", "dpo", "--data", str(data), "--output-dir", str(out),
         f"steps={args.steps}", f"batch_size={args.batch_size}", f"max_length={args.max_length}",
         f"max_prompt_length={args.max_length // 2}", f"precision={args.precision}", "eval_size=8",
-        "progress=false", "warmup_ratio=0", "schedule=constant", "lr=1e-4", f"padding_free={mode == 'on'}",
-        "share_prompt=false",
+        "progress=false", "warmup_ratio=0", "schedule=constant", "lr=1e-4",
+        *((f"padding_free={'auto' if mode == 'on' else 'false'}", "share_prompt=true") if args.shared else
+          (f"padding_free={mode == 'on'}", "share_prompt=false")),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -77,6 +83,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared", action="store_true", help="shared-prompt rows padded (off) vs packed (on)")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "cpu_padding_free"))
     args = parser.parse_args()
 
@@ -116,7 +123,7 @@ def main() -> None:
          f"{args.max_length}, precision {args.precision}; per-step losses of the two modes differ by at most "
          f"{result['max_loss_difference']:.1e}."), "",
         "| padding_free | s/step (median of runs) | peak RSS MB (max) |", "| --- | --- | --- |",
-        f"| off (padded, length-bucketed) | {off:.3f} | {rss_off:.0f} |",
+        f"| off ({'shared-prompt' if args.shared else 'padded'} rows, length-bucketed) | {off:.3f} | {rss_off:.0f} |",
         f"| on (packed tokens) | {on:.3f} | {rss_on:.0f} |", "",
         f"Padding-free runs at {off / on:.2f}x the padded steps/s.", "",
         f"Machine: {result['provenance'].get('cpu_model', '')}; git {result['provenance'].get('git', '')}.",

@@ -212,6 +212,17 @@ def context(tiny_model_dir):
     return OnlineContext(run, model, load_tokenizer(run.model), torch.device("cpu"), "fp32")
 
 
+def test_a_cpu_context_packs_its_shared_rows_unless_padding_free_is_false(tiny_model_dir, context):
+    from prefopt.core.models import load_tokenizer
+    from prefopt.training.policy import load_policy
+
+    assert context.share_prompt and context.pack_shared_prompts  # the CPU default: packed, span attention
+    run = run_config(tiny_model_dir, "unused", adapter="full", reference="copy", padding_free=False)
+    rows = OnlineContext(run, load_policy(run, GRPO(), "cpu", "fp32"), load_tokenizer(run.model),
+                         torch.device("cpu"), "fp32")  # fmt: skip
+    assert rows.share_prompt and not rows.pack_shared_prompts
+
+
 def prompts_of(ctx, n):
     from prefopt.data.tokenize import render_prompt
 

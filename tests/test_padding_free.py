@@ -133,22 +133,25 @@ def test_a_run_shares_prompts_of_pairs_and_packs_other_log_prob_batches_on_a_cpu
     from prefopt.training.inputs import inputs_for
     from prefopt.training.offline import batch_layouts
 
-    def layouts(algo: str, device: str = "cpu", **options) -> tuple[bool, bool]:
+    def layouts(algo: str, device: str = "cpu", **options) -> tuple[bool, bool, bool]:
         algorithm = get(algo)()
         return batch_layouts(RunConfig(**options), algorithm, inputs_for(algorithm), tiny_model, device)
 
-    assert layouts("dpo") == (True, False) and layouts("sft") == (False, False)  # plain SDPA: rows padded
+    # plain SDPA: rows padded, shared rows too (it cannot attend packed tokens span by span)
+    assert layouts("dpo") == (True, False, False) and layouts("sft") == (False, False, False)
     assert use_cpu_attention(tiny_model, "cpu")
-    # pair batches: each prompt once (packed, see test_shared_prompt); other batches padded unless asked
-    assert layouts("dpo") == (True, False) and layouts("kto") == (True, False) and layouts("sft") == (False, False)
+    # pair batches: each prompt once, packed (see test_shared_prompt); other batches padded unless asked
+    assert layouts("dpo") == (True, False, True) and layouts("kto") == (True, False, True)
+    assert layouts("sft") == (False, False, False)
+    assert layouts("dpo", padding_free=False) == (True, False, False)  # false: the shared rows stay rows
     # asked: anything but whole pair batches, as KTO's half batches, packed (a batch with both layouts runs the
     # shared one: see the next test)
-    assert layouts("sft", padding_free=True) == (False, True)
-    assert layouts("kto", padding_free=True, share_prompt="auto") == (False, True)  # padding_free=true: no sharing
-    assert layouts("reward") == (False, False) and layouts("reward", padding_free=True) == (False, False)
-    assert layouts("dpo", share_prompt=False) == (False, False)
-    assert layouts("dpo", padding_free=True) == (False, True)
-    assert layouts("dpo", device="cuda") == (False, False)  # no flash-attention here: padded rows on CUDA
+    assert layouts("sft", padding_free=True) == (False, True, False)
+    assert layouts("kto", padding_free=True, share_prompt="auto") == (False, True, False)  # true: no sharing
+    assert layouts("reward") == (False, False, False) and layouts("reward", padding_free=True) == (False, False, False)
+    assert layouts("dpo", share_prompt=False) == (False, False, False)
+    assert layouts("dpo", padding_free=True) == (False, True, False)
+    assert layouts("dpo", device="cuda") == (False, False, False)  # no flash-attention here: padded rows on CUDA
 
 
 def test_a_batch_with_both_layouts_runs_its_prompts_once_and_its_half_batches_packed(tiny_model, monkeypatch):

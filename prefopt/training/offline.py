@@ -113,16 +113,16 @@ def batch_stream(train_ids: list[int], lengths: list[int], global_batch: int, se
 # ---------------------------------------------------------------- the trainer
 
 
-def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -> tuple[bool, bool]:
-    """(share_prompt, padding_free) as a run's batches are laid out. Pair batches of a log-prob objective run
-    each prompt once (``share_prompt``) unless padding_free is set true; log-prob batches that are not whole pair
-    batches (SFT's, KTO's halves) are packed where ``padding_free`` says (auto: on CUDA with flash-attention).
-    Reward heads read padded rows. On a CPU both layouts run the real tokens packed, padded only around
-    attention."""
+def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -> tuple[bool, bool, bool]:
+    """(share_prompt, padding_free, packed shared rows) as a run's batches are laid out. Pair batches of a log-prob
+    objective run each prompt once (``share_prompt``) unless padding_free is set true; log-prob batches that are
+    not whole pair batches (SFT's, KTO's halves) are packed where ``padding_free`` says (auto: on CUDA with
+    flash-attention). Reward heads read padded rows. On a CPU the shared rows run packed, as one sequence
+    attended span by span (``SpanAttention``), unless padding_free is set false."""
     share = (isinstance(inputs, PairInputs) and algorithm.head == "lm" and run.padding_free is not True
              and use_shared_prompt(run.share_prompt, model, device))
     packed = algorithm.head == "lm" and use_padding_free(run.padding_free, model, device)
-    return share, packed
+    return share, packed, share and run.padding_free is not False and attends_spans(model)
 
 
 class Trainer:
@@ -136,8 +136,8 @@ class Trainer:
         self.reference, self.device, self.precision = reference, device, precision
         self.inputs = inputs_for(algorithm)
         self.collate = partial(self.inputs.collate, pad_id=tokenizer.pad_token_id)
-        self.share_prompt, self.padding_free = batch_layouts(run, algorithm, self.inputs, model, device)
-        self.pack_shared_prompts = self.share_prompt and attends_spans(model)
+        self.share_prompt, self.padding_free, self.pack_shared_prompts = batch_layouts(
+            run, algorithm, self.inputs, model, device)
         # Held-out preference accuracy, the same measure for every algorithm:
         # scalar heads compare rewards; LM heads compare the log-ratio to the
         # starting model (scored now, before any update).

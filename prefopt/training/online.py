@@ -81,6 +81,8 @@ class OnlineContext:
                           if needs_reference else None)
         # forwards of groups of completions of one prompt run the prompt once (see with_shared_prompts)
         self.share_prompt = use_shared_prompt(run.share_prompt, self.lm, device)
+        # and on a CPU the shared rows run packed, as one sequence attended span by span, unless padding_free=false
+        self.pack_shared_prompts = self.share_prompt and run.padding_free is not False and attends_spans(self.lm)
         self.step = 0
         self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
         # the run's prompt stream: more_prompts(n) -> (token ids, messages) of the next n training prompts
@@ -113,7 +115,7 @@ class OnlineContext:
         ids, attention, loss = (batch[k].cpu() for k in ("input_ids", "attention_mask", "loss_mask"))
         layout = host_layout(attention, loss)
         shared = shared_prompt_layout(ids, attention, loss, layout.first, layout.response,
-                                      packed=attends_spans(self.lm), groups=groups)  # fmt: skip
+                                      packed=self.pack_shared_prompts, groups=groups)  # fmt: skip
         if shared is None:
             return batch
         return {**batch, LAYOUT: layout.to(self.device), SHARED_PROMPT: shared.to(self.device)}
