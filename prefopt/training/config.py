@@ -50,7 +50,7 @@ class RunConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # cosine | linear | constant, after warm-up
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     divergence_factor: float = 0.0  # stop when the grad norm passes this x the first step's, or is 0 with loss > 0 (0: off)
-    padding_free: bool | Literal["auto"] = "auto"  # pack a batch's rows into one sequence, no padding (offline log-prob objectives); auto: true with flash-attention on CUDA, where it is faster
+    padding_free: bool | Literal["auto"] = "auto"  # pack a batch's rows into one sequence, no padding (offline log-prob objectives); auto: true with flash-attention on CUDA, where it is faster; false also keeps a CPU run's shared-prompt rows padded
     share_prompt: bool | Literal["auto"] = "auto"  # run each pair's prompt once for both replies (offline pair objectives, the same values); auto: true on a CPU, where it is faster
     pad_to_multiple_of: int = 1  # widen each batch's padded length to a multiple of this (as trl): fewer distinct shapes (offline objectives); on a GPU each new length costs cuDNN attention a plan (docs/speed.md)
     release_host_memory: bool | Literal["auto"] = "auto"  # give a freed tensor's memory (4 MiB and up) back to the system at once (glibc): lower peak RSS, slower steps; auto: on for CPU runs (docs/speed.md)
