@@ -146,6 +146,7 @@ def test_span_calls_of_packed_rows_and_of_shared_prompt_groups_by_hand():
     from prefopt.core.attention import SpanAttention, _lower_right
 
     assert SpanAttention.rows([3, 1, 2]).calls == (((0, 3), ((0, 3),)), ((3, 4), ((3, 4),)), ((4, 6), ((4, 6),)))
+    assert SpanAttention.rows([2, 0, 1]).calls == (((0, 2), ((0, 2),)), ((2, 3), ((2, 3),)))  # an empty row: no call
     # group 0: prompt 2, replies 3 and 1 (tokens 0-5); group 1: prompt 1, replies 2 and 2 (tokens 6-10)
     spans = SpanAttention.shared_prompt([(2, [3, 1]), (1, [2, 2])])
     assert spans.calls == (((0, 5), ((0, 5),)), ((5, 6), ((0, 2), (5, 6))),

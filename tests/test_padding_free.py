@@ -85,7 +85,7 @@ def test_auto_packs_only_with_flash_attention_on_cuda(tiny_model):
     tiny_model.config._attn_implementation = "flash_attention_2"
     assert logprobs.use_padding_free("auto", tiny_model, "cuda") and not logprobs.use_padding_free("auto", tiny_model, "cpu")
     tiny_model.config._attn_implementation = "sdpa"
-    assert use_cpu_attention(tiny_model, "cpu")  # prefopt's attention: padded around attention when asked for
+    assert use_cpu_attention(tiny_model, "cpu")  # prefopt's attention: packed rows attended by span when asked for
     assert not logprobs.use_padding_free("auto", tiny_model, "cpu") and logprobs.use_padding_free(True, tiny_model, "cpu")
 
 

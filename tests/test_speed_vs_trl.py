@@ -176,6 +176,16 @@ def test_step_flops_counts_in_place_addmm_which_flop_counter_mode_skips(monkeypa
 
 
 @pytest.mark.e2e
+def test_span_kernel_benchmark_times_padded_rows_against_span_calls_on_the_same_tokens(monkeypatch):
+    import torch
+
+    script = _benchmark("cpu_attention", monkeypatch)
+    record = script.span_kernel_ms(2, torch.bfloat16, reps=1)
+    assert record["tokens"] == sum(sum(shape) for shape in record["shapes"])
+    assert record["rows_width"] == max(sum(shape) for shape in record["shapes"])
+    assert record["max_difference"] <= 1e-2 and record["padded_rows_ms"] > 0 and record["span_calls_ms"] > 0
+
+
 def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     record = _tiny_run("step_flops", tiny_model_dir, tmp_path, monkeypatch, "--steps", "1", "--rows", "16")
     ours, theirs = record["prefopt"]["flops_per_step"], record["trl"]["flops_per_step"]

@@ -64,10 +64,12 @@ class SpanAttention:
 
     @staticmethod
     def rows(lengths: list[int]) -> SpanAttention:
-        """Packed rows of these lengths, one after another, each attending within itself."""
+        """Packed rows of these lengths, one after another, each attending within itself (an empty row has
+        nothing to attend)."""
         calls, start = [], 0
         for length in lengths:
-            calls.append(((start, start + length), ((start, start + length),)))
+            if length:
+                calls.append(((start, start + length), ((start, start + length),)))
             start += length
         return SpanAttention(tuple(calls))
 

@@ -234,9 +234,9 @@ PADDING_FREE = "padding_free"
 
 def use_padding_free(option: bool | str, model, device) -> bool:
     """The run option ``padding_free`` resolved for a model: true/false as said; ``auto`` packs only where it
-    was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (prefopt's SDPA pads the
-    packed tokens' attention span by span, ``attends_spans``) it was faster on data with a spread of lengths
-    but slower on length-bucketed batches with little padding left, so ``auto`` leaves the rows padded there
+    was measured faster, CUDA with flash-attention's variable-length kernel. On a CPU (prefopt's SDPA attends
+    the packed rows one by one, ``attends_spans``) it was faster on data with a spread of lengths but slower on
+    length-bucketed batches with little padding left, so ``auto`` leaves the rows padded there
     (``benchmarks/padding_free.py``, ``benchmarks/share_prompt.py``, docs/speed.md)."""
     if option != "auto":
         return bool(option)
