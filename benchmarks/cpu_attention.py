@@ -124,7 +124,8 @@ def span_kernel_ms(groups: int, dtype: torch.dtype, reps: int, seed: int = 0) ->
     grad = torch.randn(tokens, 9, 64, generator=rng).to(dtype)
     with torch.no_grad():
         difference = (padded_rows(q, k, v).float() - span_calls(q, k, v).float()).abs().max().item()
-    if difference > (1e-5 if dtype == torch.float32 else 1e-2):
+    # bf16: rows of 256 keys or more attend in bf16, the spans (fewer keys each) in float32; a wrong mask is off by O(1)
+    if difference > (1e-5 if dtype == torch.float32 else 5e-2):
         raise RuntimeError(f"span attention differs from the padded rows' by {difference:.1e}")
     times = {"padded_rows": [], "span_calls": []}
     for i in range(reps + 2):  # the first two untimed; the two alternate

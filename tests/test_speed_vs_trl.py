@@ -183,7 +183,7 @@ def test_span_kernel_benchmark_times_padded_rows_against_span_calls_on_the_same_
     record = script.span_kernel_ms(2, torch.bfloat16, reps=1)
     assert record["tokens"] == sum(sum(shape) for shape in record["shapes"])
     assert record["rows_width"] == max(sum(shape) for shape in record["shapes"])
-    assert record["max_difference"] <= 1e-2 and record["padded_rows_ms"] > 0 and record["span_calls_ms"] > 0
+    assert record["max_difference"] <= 5e-2 and record["padded_rows_ms"] > 0 and record["span_calls_ms"] > 0
 
 
 def test_step_flops_benchmark_on_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
