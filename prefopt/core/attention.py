@@ -53,9 +53,10 @@ class SpanAttention:
     - a group of rows sharing a prompt (``shared_prompt``, prefopt.core.shared_prompt): the prompt and the first
       reply as one causal call, each later reply over [prompt, itself].
 
-    No padding and no (S, S) mask: each call computes only cells that are attended. Forward + backward of the
-    attention of 8 such pair groups, 9 heads over 3, on a 2-core CPU: 62.7 -> 47.7 ms in float32 and 85.6 ->
-    49.4 ms in bf16 against the padded rows' masked call (docs/speed.md).
+    No padding and no (S, S) mask: each call computes only cells that are attended. One layer's attention of 8
+    pair groups (1519 tokens; padded rows 8 x 261), forward + backward, 9 heads over 3, on a 2-core CPU: 46.3 ->
+    37.1 ms with float32 inputs and 62.1 -> 38.0 ms with bf16 against the padded rows' masked call
+    (results/speed/cpu_attention_spans/, `benchmarks/cpu_attention.py --span-kernel`).
 
     Passed to the model as ``prefopt_span_attention=``; transformers hands the keyword on to the attention
     function, and only sdpa_on_cpu reads it."""
