@@ -139,13 +139,18 @@ def test_resume_in_two_processes(tiny_model_dir, pairs, tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
     b = load_file(broken / "adapter" / "adapter_model.safetensors")
-    for key in a:  # the same sums of the same micro-batch gradients: exact
-        assert_close(b[key], a[key], rtol=0, atol=0)
+    # the same sums of the same micro-batch gradients, to float32 rounding: each of the two processes has one
+    # core, and PyTorch's CPU attention kernel rounds some short lengths at the tiny model's head size (8)
+    # differently on one thread than on two (1e-7; none at head size 64); a resume that lost or repeated a step
+    # would be off by orders of magnitude more
+    for key in a:
+        assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)
 
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-
-    assert strip(read_metrics(broken)) == strip(read_metrics(straight))
+    rows, resumed = read_metrics(straight), read_metrics(broken)
+    assert [r.keys() for r in resumed] == [r.keys() for r in rows]
+    for r1, r2 in zip(rows, resumed, strict=True):
+        assert {k: pytest.approx(v, rel=1e-5, abs=1e-6) for k, v in r1.items() if k != "seconds"} == {
+            k: v for k, v in r2.items() if k != "seconds"}, r1["step"]
 
 
 @pytest.mark.multiprocess
