@@ -6,10 +6,11 @@ so a padded batch carries padding even after length bucketing). `padding_free=of
 times each; the first `--warmup` steps of a run are excluded. Both runs set `share_prompt=false` (unless
 `--shared`), so that `off` is the padded rows (a pair batch's other layout, each prompt once, is
 `benchmarks/share_prompt.py`'s). On a CPU `on` packs the tokens and attends each row by itself; elsewhere,
-without flash-attention, attention runs over the whole packed sequence with a block-diagonal mask. Both runs of a repetition train on the same batches
-from the same seed, so their per-step losses must agree: in fp32 every step's to 1e-4; in bf16, where matrix
-products of other shapes round differently and the difference grows through the updates, the first step's to
-1e-2 (the largest difference over all steps is reported). The script stops if they do not.
+without flash-attention, attention runs over the whole packed sequence with a block-diagonal mask. Both runs of
+a repetition train on the same batches from the same seed, so their per-step losses must agree: in fp32 every
+step's to 1e-4; in bf16, where matrix products of other shapes round differently and the difference grows
+through the updates, the first step's to 1e-2 (the largest difference over all steps is reported). The script
+stops if they do not.
 
 With `--shared` both runs share each pair's prompt (`share_prompt=true`, the CPU default for pair objectives)
 and `off` / `on` are `padding_free=false` / `auto`: the shared rows padded against packed into one sequence

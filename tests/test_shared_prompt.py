@@ -52,7 +52,7 @@ def test_the_layout_of_one_pair_by_hand():
                                   layout.response, packed=True)
     assert shared.input_ids.tolist() == [[11, 12, 21, 22, 23, 31]]
     assert shared.position_ids.tolist() == [[0, 1, 2, 3, 4, 2]]
-    allowed = shared.attention_mask[0, 0].int().tolist()
+    allowed = shared.rows_attention_mask()[0, 0].int().tolist()
     assert allowed == [[1, 0, 0, 0, 0, 0],
                        [1, 1, 0, 0, 0, 0],
                        [1, 1, 1, 0, 0, 0],
@@ -82,6 +82,19 @@ def test_the_packed_tokens_of_two_pairs_by_hand():
     rows = shared_prompt_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first,
                                 layout.response)
     assert rows.real is None and rows.packed_states is None and rows.to("cpu").real is None  # not asked to pack
+
+
+def test_a_packed_layout_builds_its_rows_mask_only_when_asked():
+    """The packed forward attends by spans, so a packed layout carries no (G, 1, T', T') mask; a forward that
+    runs the rows after all gets the same mask the unpacked layout holds."""
+    batch = ragged_pairs(0)
+    layout = host_layout(batch["attention_mask"], batch["loss_mask"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["loss_mask"], layout.first, layout.response)
+    rows, packed = shared_prompt_layout(*args), shared_prompt_layout(*args, packed=True)
+    assert packed.attention_mask is None and packed.to("cpu").attention_mask is None
+    assert rows.attention_mask is not None and rows.rows_attention_mask() is rows.attention_mask
+    assert torch.equal(packed.rows_attention_mask(), rows.attention_mask)
+    assert packed.lengths == rows.lengths == tuple((p, (c, r)) for p, c, r in RAGGED_SHAPES)
 
 
 def test_padding_rows_attend_to_themselves_only():
@@ -122,13 +135,13 @@ def test_groups_of_consecutive_rows_by_hand():
                                   groups=consecutive_groups(6, 3))
     assert shared.input_ids.tolist() == [[11, 21, 22, 23, 24, 0], [12, 13, 25, 26, 27, 28]]
     assert shared.position_ids.tolist() == [[0, 1, 1, 2, 1, 0], [0, 1, 2, 2, 2, 3]]
-    assert shared.attention_mask[1, 0].int().tolist() == [[1, 0, 0, 0, 0, 0],
+    assert shared.rows_attention_mask()[1, 0].int().tolist() == [[1, 0, 0, 0, 0, 0],
                                                           [1, 1, 0, 0, 0, 0],
                                                           [1, 1, 1, 0, 0, 0],
                                                           [1, 1, 0, 1, 0, 0],
                                                           [1, 1, 0, 0, 1, 0],
                                                           [1, 1, 0, 0, 1, 1]]  # fmt: skip
-    assert shared.attention_mask[0, 0, 5].nonzero().flatten().tolist() == [5]  # padding sees itself only
+    assert shared.rows_attention_mask()[0, 0, 5].nonzero().flatten().tolist() == [5]  # padding sees itself only
     # grid (6, 3), row after row: 21 <- cell 0; 22 <- 0, 23 <- 2; 24 <- 0; 25 <- 7; 26 <- 7; 27 <- 7, 28 <- 10
     assert shared.states.tolist() == [0, 0, 2, 0, 7, 7, 7, 10]
     assert shared.real.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]

@@ -202,7 +202,7 @@ def _shared_token_logps(backbone, head: torch.nn.Linear, shared: SharedPrompt, l
                           use_cache=False, **_span_keywords(shared.spans, shared.real)).last_hidden_state  # (1, S, H)
         states = hidden[0].index_select(0, shared.packed_states)  # (R, H)
     else:
-        hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.attention_mask,
+        hidden = backbone(input_ids=shared.input_ids, attention_mask=shared.rows_attention_mask(),
                           position_ids=shared.position_ids, use_cache=False).last_hidden_state  # (G, T', H)
         states = hidden.flatten(0, 1).index_select(0, shared.states)  # (R, H)
     labels = input_ids[:, layout.first :].flatten().index_select(0, layout.response)  # (R,)
@@ -283,6 +283,13 @@ def use_shared_prompt(option: bool | str, model, device) -> bool:
     if option is False or share_prompt_support(model) is not None:
         return False
     return option is True or torch.device(device).type == "cpu"
+
+
+def packs_shared_prompts(share: bool, padding_free: bool | str, model) -> bool:
+    """Whether shared-prompt rows (``share``, from use_shared_prompt) run packed, as one sequence attended span
+    by span: where the model attends spans (prefopt's CPU SDPA), unless the run option ``padding_free`` is
+    false (measured faster in every CPU precision: ``benchmarks/share_prompt.py``, docs/speed.md)."""
+    return share and padding_free is not False and attends_spans(model)
 
 
 def _packed_token_logps(model, batch: dict, first: int, parts, return_entropy: bool):

@@ -36,8 +36,11 @@ class SharedPrompt:
 
     input_ids: torch.Tensor  # (G, T') prompt, each reply in turn, then padding (id 0: never attended to)
     position_ids: torch.Tensor  # (G, T') each reply's positions continue from the prompt's
-    attention_mask: torch.Tensor  # (G, 1, T', T') bool, True where a query may attend to a key
+    # (G, 1, T', T') bool, True where a query may attend to a key; None in a packed layout, whose forward needs
+    # none: rows_attention_mask() then builds it from `lengths` for a forward that runs the rows after all
+    attention_mask: torch.Tensor | None
     states: torch.Tensor  # (R,) flat index into (G * T') of the state predicting each response cell, grid order
+    lengths: tuple[tuple[int, tuple[int, ...]], ...]  # each group's (prompt length, reply lengths)
     # With `packed`: the same tokens with the padding left out, one sequence, for a forward whose attention goes
     # span by span (prefopt.core.attention.SpanAttention): where each packed token sits in (G * T'), row after
     # row, each response cell's predicting state as an index into the packed tokens, and the attention's spans.
@@ -49,7 +52,31 @@ class SharedPrompt:
     def to(self, device, non_blocking: bool = True) -> SharedPrompt:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
         return SharedPrompt(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                            move(self.states), move(self.real), move(self.packed_states), self.spans)
+                            move(self.states), self.lengths, move(self.real), move(self.packed_states), self.spans)
+
+    def rows_attention_mask(self) -> torch.Tensor:
+        """(G, 1, T', T') bool: the rows' attention mask, as built or (packed layout) built now."""
+        if self.attention_mask is not None:
+            return self.attention_mask
+        return group_attention_mask(self.lengths, self.input_ids.shape[1]).to(self.input_ids.device)
+
+
+def group_attention_mask(lengths: tuple[tuple[int, tuple[int, ...]], ...], total: int) -> torch.Tensor:
+    """(G, 1, T', T') bool, True where a query may attend to a key, of rows [prompt, reply 1, ..., reply k,
+    padding] with these (prompt length, reply lengths): the prompt causal; a reply sees its prompt and itself,
+    never another reply; a padding query sees itself only (no empty softmax row)."""
+    allowed = torch.zeros(len(lengths), 1, total, total, dtype=torch.bool)  # (G, 1, T', T')
+    causal = torch.ones(total, total, dtype=torch.bool).tril()  # (T', T')
+    for g, (prompt, replies) in enumerate(lengths):
+        allowed[g, 0, :prompt, :prompt] = causal[:prompt, :prompt]
+        start = prompt
+        for reply in replies:
+            allowed[g, 0, start : start + reply, :prompt] = True
+            allowed[g, 0, start : start + reply, start : start + reply] = causal[:reply, :reply]
+            start += reply
+        pad = torch.arange(start, total)
+        allowed[g, 0, pad, pad] = True
+    return allowed
 
 
 def pair_groups(rows: int) -> torch.Tensor | None:
@@ -103,21 +130,15 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     total = int(used.max())  # T'
     ids = torch.zeros(len(groups), total, dtype=torch.long)  # (G, T')
     positions = torch.zeros(len(groups), total, dtype=torch.long)  # (G, T')
-    allowed = torch.zeros(len(groups), 1, total, total, dtype=torch.bool)  # (G, 1, T', T')
-    causal = torch.ones(total, total, dtype=torch.bool).tril()  # (T', T')
     for g, members in enumerate(groups.tolist()):
         pg = int(p[g])
         ids[g, :pg] = input_ids[members[0], :pg]
         positions[g, :pg] = torch.arange(pg)
-        allowed[g, 0, :pg, :pg] = causal[:pg, :pg]
         for m, row in enumerate(members):
             s, c = int(start[g, m]), int(reply[g, m])
             ids[g, s : s + c] = input_ids[row, pg : pg + c]
             positions[g, s : s + c] = torch.arange(pg, pg + c)  # each reply continues from the prompt
-            allowed[g, 0, s : s + c, :pg] = True  # a reply sees its prompt
-            allowed[g, 0, s : s + c, s : s + c] = causal[:c, :c]  # and itself, never another reply
-        pad = torch.arange(int(used[g]), total)
-        allowed[g, 0, pad, pad] = True  # a padding query attends to itself only: no empty softmax row
+    group_lengths = tuple((pg, tuple(cs)) for pg, cs in zip(p.tolist(), reply.tolist(), strict=True))
     # Each response cell's predicting state: a reply's first token from the prompt's last state, later ones
     # from the state just before them in the reply's own run.
     group_of = torch.empty(n, dtype=torch.long)  # (N,)
@@ -132,9 +153,11 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     position = torch.where(offset > 0, start[group, member] + offset - 1, p[group] - 1)  # (R,)
     states = group * total + position  # (R,)
     if not packed:
-        return SharedPrompt(ids, positions, allowed, states)
+        return SharedPrompt(ids, positions, group_attention_mask(group_lengths, total), states,
+                            group_lengths)
     real = (torch.arange(total) < used[:, None]).flatten().nonzero().squeeze(-1)  # (S,)
     place = torch.full((len(groups) * total,), -1, dtype=torch.long)  # (G * T') -> place among the packed tokens
     place[real] = torch.arange(real.numel())
-    spans = SpanAttention.shared_prompt([(pg, lengths) for pg, lengths in zip(p.tolist(), reply.tolist(), strict=True)])
-    return SharedPrompt(ids, positions, allowed, states, real, place[states], spans)
+    # the mask is left to rows_attention_mask: the packed forward attends by spans
+    return SharedPrompt(ids, positions, None, states, group_lengths, real, place[states],
+                        SpanAttention.shared_prompt(group_lengths))

@@ -28,8 +28,8 @@ from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import (
     LAYOUT,
     PADDING_FREE,
-    attends_spans,
     host_layout,
+    packs_shared_prompts,
     use_padding_free,
     use_shared_prompt,
 )
@@ -122,7 +122,7 @@ def batch_layouts(run: RunConfig, algorithm: Algorithm, inputs, model, device) -
     share = (isinstance(inputs, PairInputs) and algorithm.head == "lm" and run.padding_free is not True
              and use_shared_prompt(run.share_prompt, model, device))
     packed = algorithm.head == "lm" and use_padding_free(run.padding_free, model, device)
-    return share, packed, share and run.padding_free is not False and attends_spans(model)
+    return share, packed, packs_shared_prompts(share, run.padding_free, model)
 
 
 class Trainer:

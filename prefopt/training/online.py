@@ -33,9 +33,9 @@ from prefopt.core.host_memory import release_freed_memory, use_release
 from prefopt.core.logprobs import (
     LAYOUT,
     SequenceLogps,
-    attends_spans,
     forward_token_logps,
     host_layout,
+    packs_shared_prompts,
     use_shared_prompt,
 )
 from prefopt.core.models import autocast, eval_mode, load_tokenizer, model_fingerprint, pick_device, resolve_precision
@@ -82,7 +82,7 @@ class OnlineContext:
         # forwards of groups of completions of one prompt run the prompt once (see with_shared_prompts)
         self.share_prompt = use_shared_prompt(run.share_prompt, self.lm, device)
         # and on a CPU the shared rows run packed, as one sequence attended span by span, unless padding_free=false
-        self.pack_shared_prompts = self.share_prompt and run.padding_free is not False and attends_spans(self.lm)
+        self.pack_shared_prompts = packs_shared_prompts(self.share_prompt, run.padding_free, self.lm)
         self.step = 0
         self.tokens = 0  # prompt + response tokens rolled out so far (a cost measure)
         # the run's prompt stream: more_prompts(n) -> (token ids, messages) of the next n training prompts
