@@ -23,8 +23,9 @@ config).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -90,22 +91,37 @@ class SpanAttention:
             start = reply_start
         return SpanAttention(tuple(calls))
 
+    @cached_property
+    def _pieces(self) -> tuple[list[int], tuple[tuple[tuple[int, int, int], ...], ...]]:
+        """(each call's query count, each call's key spans as (piece, start, end) within the query pieces): the
+        calls' query spans tile the packed sequence, and every key span lies inside one of them."""
+        bounds = [start for (start, _), _ in self.calls]  # where each piece starts in the packed sequence
+        sizes = [end - start for (start, end), _ in self.calls]
+        keys = []
+        for _, key_spans in self.calls:
+            pieces = [bisect_right(bounds, a) - 1 for a, _ in key_spans]
+            keys.append(tuple((i, a - bounds[i], b - bounds[i]) for i, (a, b) in zip(pieces, key_spans, strict=True)))
+        return sizes, tuple(keys)
+
     def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
         """query (1, heads, S, D), key and value (1, kv heads, S, D) -> the output (1, S, heads, D)."""
+        sizes, key_spans = self._pieces
+        # One piece per call, by split: its backward joins the pieces' gradients in one copy, where a slice of
+        # the whole sequence per call would each write a zero-filled gradient of all S tokens.
+        queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
         outs = []
-        for (start, end), keys in self.calls:
-            k, v = _take(key, keys), _take(value, keys)  # (1, kv heads, K, D)
-            mask = None if k.shape[2] == end - start else _lower_right(end - start, k.shape[2], query.device)
-            out, _ = sdpa_on_cpu(module, query[:, :, start:end], k, v, mask, **kwargs)  # (1, Q, heads, D)
+        for q, spans in zip(queries, key_spans, strict=True):
+            k, v = _take(keys, spans), _take(values, spans)  # (1, kv heads, K, D)
+            mask = None if k.shape[2] == q.shape[2] else _lower_right(q.shape[2], k.shape[2], query.device)
+            out, _ = sdpa_on_cpu(module, q, k, v, mask, **kwargs)  # (1, Q, heads, D)
             outs.append(out)
         return torch.cat(outs, dim=1)
 
 
-def _take(t: torch.Tensor, spans: tuple[Span, ...]) -> torch.Tensor:
-    """(1, heads, S, D) -> (1, heads, K, D): the spans' positions, in order."""
-    if len(spans) == 1:
-        return t[:, :, spans[0][0] : spans[0][1]]
-    return torch.cat([t[:, :, a:b] for a, b in spans], dim=2)
+def _take(pieces: tuple[torch.Tensor, ...], spans: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
+    """(1, heads, K, D): the (piece, start, end) spans of the (1, heads, n, D) pieces, in order."""
+    parts = [pieces[i] if (a, b) == (0, pieces[i].shape[2]) else pieces[i][:, :, a:b] for i, a, b in spans]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 @lru_cache(maxsize=512)
