@@ -55,9 +55,10 @@ class SpanAttention:
       reply as one causal call, each later reply over [prompt, itself].
 
     No padding and no (S, S) mask: each call computes only cells that are attended. One layer's attention of 8
-    pair groups (1519 tokens; padded rows 8 x 261), forward + backward, 9 heads over 3, on a 2-core CPU: 46.3 ->
-    37.1 ms with float32 inputs and 62.1 -> 38.0 ms with bf16 against the padded rows' masked call
-    (results/speed/cpu_attention_spans/, `benchmarks/cpu_attention.py --span-kernel`).
+    pair groups (1519 tokens; padded rows 8 x 261), forward + backward, 9 heads over 3, on a 2-core CPU: 39.4 ->
+    22.6 ms with float32 inputs and 42.6 -> 22.4 ms with bf16 against the padded rows' masked call; 16 groups
+    (3431 tokens) 133.3 -> 54.9 ms (results/speed/cpu_attention_spans_split/, `benchmarks/cpu_attention.py
+    --span-kernel`).
 
     Passed to the model as ``prefopt_span_attention=``; transformers hands the keyword on to the attention
     function, and only sdpa_on_cpu reads it."""
