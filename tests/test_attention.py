@@ -151,6 +151,9 @@ def test_span_calls_of_packed_rows_and_of_shared_prompt_groups_by_hand():
     spans = SpanAttention.shared_prompt([(2, [3, 1]), (1, [2, 2])])
     assert spans.calls == (((0, 5), ((0, 5),)), ((5, 6), ((0, 2), (5, 6))),
                            ((6, 9), ((6, 9),)), ((9, 11), ((6, 7), (9, 11))))  # fmt: skip
+    # the calls' pieces of the packed tensors: query counts, then each call's keys as (piece, start, end) in them
+    assert spans._pieces == ([5, 1, 3, 2], (((0, 0, 5),), ((0, 0, 2), (1, 0, 1)), ((2, 0, 3),),
+                                            ((2, 0, 1), (3, 0, 2))))  # fmt: skip
     # 2 queries, the last 2 of 5 keys: the first sees keys 0-3, the second all 5
     assert _lower_right(2, 5, torch.device("cpu"))[0, 0].tolist() == [[True, True, True, True, False], [True] * 5]
 
@@ -190,3 +193,38 @@ def test_span_attention_gives_the_dense_masked_call_s_values_and_gradients():
             assert ours[0].shape == (1, allowed.shape[0], 4, 8) and ours[0].dtype == dtype
             for a, b in zip(ours, dense, strict=True):
                 assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_span_calls_under_bf16_autocast_attend_short_calls_in_float32_and_long_ones_in_bf16():
+    """Packed rows of 300 and 20 tokens under CPU bf16 autocast (query and key in float32, value in bf16, as
+    after RoPE): each row's output and gradients are those of sdpa_on_cpu called on that row alone, which attends
+    the 300 keys in bf16 and the 20 in float32; the packed output is bf16."""
+    from prefopt.core.attention import SPAN_ATTENTION, SpanAttention
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 4, 320, 8, generator=g)  # (1, heads, S, D)
+    k = torch.randn(1, 2, 320, 8, generator=g)
+    v = torch.randn(1, 2, 320, 8, generator=g).bfloat16()
+
+    grad = torch.randn(1, 320, 4, 8, generator=g).bfloat16()  # (1, S, heads, D)
+
+    def attend(start, end, **kwargs):
+        parts = [t[:, :, start:end].detach().clone().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = sdpa_on_cpu(_Attention(), *parts, None, **kwargs)  # (1, T, heads, D)
+        out.backward(grad[:, start:end])
+        return out.detach(), *(t.grad for t in parts)
+
+    packed = attend(0, 320, **{SPAN_ATTENTION: SpanAttention.rows([300, 20])})
+    assert packed[0].dtype == torch.bfloat16
+    for start, end in ((0, 300), (300, 320)):
+        alone = attend(start, end)
+        assert_close(packed[0][:, start:end], alone[0], rtol=0, atol=0)
+        for ours, theirs in zip(packed[1:], alone[1:], strict=True):
+            assert_close(ours[:, :, start:end], theirs, rtol=1e-5, atol=1e-6)
+    # the short row was attended in float32: its output differs from a bf16 call's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_bf16 = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, 300:].bfloat16(), k[:, :, 300:].bfloat16().repeat_interleave(2, 1),
+            v[:, :, 300:].repeat_interleave(2, 1), is_causal=True).transpose(1, 2)
+    assert not torch.equal(packed[0][:, 300:], in_bf16)

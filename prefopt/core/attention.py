@@ -105,18 +105,47 @@ class SpanAttention:
         return sizes, tuple(keys)
 
     def attend(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
-        """query (1, heads, S, D), key and value (1, kv heads, S, D) -> the output (1, S, heads, D)."""
+        """query (1, heads, S, D), key and value (1, kv heads, S, D) -> the output (1, S, heads, D). As in
+        sdpa_on_cpu, under bf16 or fp16 a call over fewer than FLOAT32_BELOW_KEYS keys attends in float32, the
+        others in that dtype, and the output is in it."""
         sizes, key_spans = self._pieces
-        # One piece per call, by split: its backward joins the pieces' gradients in one copy, where a slice of
-        # the whole sequence per call would each write a zero-filled gradient of all S tokens.
-        queries, keys, values = (t.split(sizes, dim=2) for t in (query, key, value))
-        outs = []
-        for q, spans in zip(queries, key_spans, strict=True):
-            k, v = _take(keys, spans), _take(values, spans)  # (1, kv heads, K, D)
-            mask = None if k.shape[2] == q.shape[2] else _lower_right(q.shape[2], k.shape[2], query.device)
-            out, _ = sdpa_on_cpu(module, q, k, v, mask, **kwargs)  # (1, Q, heads, D)
-            outs.append(out)
-        return torch.cat(outs, dim=1)
+        low = _low_precision(query, key, value) if query.device.type == "cpu" else None
+        if low is None:
+            return torch.cat(_span_calls(module, _split((query, key, value), sizes), key_spans, **kwargs), dim=1)
+        # The packed tensors converted once for all the calls, not once per call (in the forward and again in the
+        # backward: thousands of small conversions per step).
+        wide = [sum(b - a for _, a, b in spans) < FLOAT32_BELOW_KEYS for spans in key_spans]
+        with torch.autocast("cpu", enabled=False):
+            outs = [None] * len(key_spans)
+            dtypes = {torch.float32 if w else low for w in wide}
+            for dtype in dtypes:
+                calls = [i for i, w in enumerate(wide) if (torch.float32 if w else low) == dtype]
+                pieces = _split((query.to(dtype), key.to(dtype), value.to(dtype)), sizes)
+                for i, out in zip(calls, _span_calls(module, pieces, key_spans, calls, **kwargs), strict=True):
+                    outs[i] = out  # (1, Q, heads, D)
+            if len(dtypes) > 1:
+                outs = [out.float() for out in outs]  # exact for the low-precision outputs
+            return torch.cat(outs, dim=1).to(low)
+
+
+def _split(tensors: tuple[torch.Tensor, ...], sizes: list[int]) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Each (1, heads, S, D) tensor cut into one piece per span call, by split: its backward joins the pieces'
+    gradients in one copy, where a slice of the whole sequence per call would each write a zero-filled gradient
+    of all S tokens."""
+    return tuple(t.split(sizes, dim=2) for t in tensors)
+
+
+def _span_calls(module, pieces, key_spans, calls: list[int] | None = None, **kwargs) -> list[torch.Tensor]:
+    """The outputs (1, Q, heads, D) of span calls (all, or the indices `calls`) from the query, key and value
+    pieces (``_split``) and each call's key spans as (piece, start, end)."""
+    queries, keys, values = pieces
+    outs = []
+    for i in range(len(key_spans)) if calls is None else calls:
+        q, k, v = queries[i], _take(keys, key_spans[i]), _take(values, key_spans[i])  # k, v: (1, kv heads, K, D)
+        mask = None if k.shape[2] == q.shape[2] else _lower_right(q.shape[2], k.shape[2], q.device)
+        out, _ = _sdpa(module, q, k, v, mask, **kwargs)  # (1, Q, heads, D)
+        outs.append(out)
+    return outs
 
 
 def _take(pieces: tuple[torch.Tensor, ...], spans: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
